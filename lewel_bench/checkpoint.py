@@ -1,0 +1,186 @@
+"""Checkpoint I/O shared by every stage: backbone export and the evaluation intake.
+
+Formats understood by :func:`load_backbone`:
+
+* ``backbone.pth`` written by pretraining: ``{"state_dict": <torchvision ResNet keys, no fc>,
+  "meta": {"format": "lewel-bench/backbone", "arch", "method", "epochs", ...}}``;
+* a full pretraining checkpoint: ``{"model": <online network>, "meta": {"format":
+  "lewel-bench/pretrain", "backbone_prefix": "backbone.", "arch", ...}, ...}``: the backbone is found
+  from the checkpoint's own ``backbone_prefix``, never from a hard-coded one;
+* a plain torchvision ResNet state dict, bare or under ``state_dict`` / ``model``, optionally with a
+  prefix such as ``module.`` (found automatically when unambiguous, or given as ``prefix=``).
+
+The intake never evaluates a random network: missing backbone tensors or shape mismatches raise
+:class:`BackboneError` naming the counts and the first keys.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .io import atomic_torch_save
+from .models import build_backbone, infer_arch
+
+log = logging.getLogger(__name__)
+
+BACKBONE_FORMAT = "lewel-bench/backbone"
+PRETRAIN_FORMAT = "lewel-bench/pretrain"
+_OPTIONAL_SUFFIXES = ("num_batches_tracked",)
+
+
+class BackboneError(ValueError):
+    """A checkpoint holds no usable backbone (missing keys, wrong shapes, unknown layout)."""
+
+
+@dataclass
+class Backbone:
+    """What the intake found: a torchvision state dict without ``fc`` and where it came from."""
+
+    state_dict: dict[str, torch.Tensor]
+    arch: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    source_format: str = "torchvision"
+    prefix: str = ""
+    unexpected: list[str] = field(default_factory=list)
+    path: str = ""
+    sha256: str = ""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_backbone(path: str | Path, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
+    """Write ``backbone.pth`` atomically: torchvision keys (``fc`` dropped), tensors on CPU, plus meta."""
+    sd = {k: v.detach().cpu().clone() for k, v in state_dict.items() if not k.startswith("fc.")}
+    arch = meta.get("arch") or infer_arch(sd)
+    return atomic_torch_save({"state_dict": sd, "meta": {**meta, "arch": arch, "format": BACKBONE_FORMAT}}, path)
+
+
+def torch_load(path: str | Path) -> Any:
+    """Load a checkpoint file with a clear error when it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - re-raised with the path
+        raise BackboneError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+
+
+def _candidate_prefixes(sd: Mapping[str, Any]) -> list[str]:
+    """Prefixes P such that ``P + 'conv1.weight'`` and ``P + 'layer1.0.conv1.weight'`` are keys."""
+    out = []
+    for k in sd:
+        if k.endswith("layer1.0.conv1.weight"):
+            p = k[: -len("layer1.0.conv1.weight")]
+            if f"{p}conv1.weight" in sd:
+                out.append(p)
+    return sorted(set(out))
+
+
+def _unwrap(obj: Any, path: str) -> tuple[dict, dict, str]:
+    """Return (state dict holding the backbone, meta, source format)."""
+    if not isinstance(obj, Mapping):
+        raise BackboneError(f"{path}: expected a dict-like checkpoint, got {type(obj).__name__}")
+    meta = dict(obj.get("meta") or {}) if isinstance(obj.get("meta"), Mapping) else {}
+    fmt = meta.get("format", "")
+    if fmt == BACKBONE_FORMAT:
+        return dict(obj["state_dict"]), meta, "backbone"
+    if fmt == PRETRAIN_FORMAT:
+        return dict(obj["model"]), meta, "pretrain"
+    for key in ("state_dict", "model"):
+        if isinstance(obj.get(key), Mapping) and any(torch.is_tensor(v) for v in obj[key].values()):
+            return dict(obj[key]), meta, "torchvision"
+    if any(torch.is_tensor(v) for v in obj.values()):
+        return dict(obj), meta, "torchvision"
+    raise BackboneError(f"{path}: no state dict found (top-level keys: {', '.join(map(str, list(obj)[:10]))})")
+
+
+def extract_backbone(obj: Any, prefix: str | None = None, arch: str | None = None, path: str = "<memory>") -> Backbone:
+    """Find, strip and validate the ResNet backbone inside a loaded checkpoint object."""
+    sd, meta, fmt = _unwrap(obj, path)
+    if prefix is None:
+        prefix = meta.get("backbone_prefix")
+    if prefix is None:
+        cands = _candidate_prefixes(sd)
+        if not cands:
+            raise BackboneError(
+                f"{path}: no ResNet backbone found: no key ends with 'conv1.weight' beside 'layer1.0.conv1.weight' "
+                f"({len(sd)} keys, first: {', '.join(list(sd)[:5])})")
+        if len(cands) > 1 and "" not in cands:
+            raise BackboneError(f"{path}: several backbones found (prefixes {cands}); pass prefix= to choose one")
+        prefix = "" if "" in cands else cands[0]
+    stripped = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    if not stripped:
+        raise BackboneError(f"{path}: no key starts with backbone prefix {prefix!r} ({len(sd)} keys in the checkpoint)")
+    arch = arch or meta.get("arch") or infer_arch(stripped)
+    if arch is None:
+        raise BackboneError(f"{path}: cannot tell the ResNet depth from keys under prefix {prefix!r}; pass arch=")
+    ref = build_backbone(arch).state_dict()
+    missing = [k for k in ref if k not in stripped and not k.endswith(_OPTIONAL_SUFFIXES)]
+    mismatched = [f"{k}: {tuple(stripped[k].shape)} vs expected {tuple(ref[k].shape)}"
+                  for k in ref if k in stripped and tuple(stripped[k].shape) != tuple(ref[k].shape)]
+    if missing or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} of {len(ref)} backbone tensors missing (first: {', '.join(missing[:5])})")
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatches (first: {'; '.join(mismatched[:3])})")
+        raise BackboneError(f"{path}: refusing to use this checkpoint as a {arch} backbone: " + "; ".join(parts))
+    unexpected = [k for k in stripped if k not in ref]
+    if [k for k in unexpected if not k.startswith("fc.")]:
+        log.warning("%s: %d unexpected keys ignored (first: %s)", path, len(unexpected), ", ".join(unexpected[:5]))
+    clean = {k: stripped[k] if k in stripped else ref[k] for k in ref}
+    return Backbone(state_dict=clean, arch=arch, meta=meta, source_format=fmt, prefix=prefix,
+                    unexpected=unexpected, path=path)
+
+
+def load_backbone(path: str | Path, prefix: str | None = None, arch: str | None = None) -> Backbone:
+    """Read any accepted checkpoint file and return its validated backbone (see module docstring)."""
+    bb = extract_backbone(torch_load(path), prefix=prefix, arch=arch, path=str(path))
+    bb.sha256 = sha256_file(path)
+    log.info("loaded %s backbone (%s format, prefix %r) from %s", bb.arch, bb.source_format, bb.prefix, path)
+    return bb
+
+
+def backbone_into(model: torch.nn.Module, bb: Backbone) -> None:
+    """Load ``bb`` into a torchvision ResNet ``model``; only ``fc.*`` may be missing (else an error)."""
+    missing, unexpected = model.load_state_dict(bb.state_dict, strict=False)
+    bad = [k for k in missing if not k.startswith("fc.")]
+    if bad or unexpected:
+        raise BackboneError(f"{bb.path}: loading into {type(model).__name__}: missing {bad[:5]}, unexpected {unexpected[:5]}")
+
+
+RANDOM_SPEC = "random:"
+
+
+def random_backbone(arch: str = "resnet50", seed: int = 0) -> Backbone:
+    """An explicitly requested random-init baseline (``--ckpt random:resnet50``), labelled ``random``.
+
+    Evaluations only ever use a random network when asked for it by this spec; it is recorded as
+    method ``random`` so it never passes for a pretrained result.
+    """
+    g = torch.random.fork_rng()
+    with g:
+        torch.manual_seed(seed)
+        sd = build_backbone(arch).state_dict()
+    return Backbone(state_dict=sd, arch=arch, meta={"method": "random", "exp": "random", "epochs": 0, "arch": arch},
+                    source_format="random", path=f"{RANDOM_SPEC}{arch}", sha256=f"random-init-seed{seed}")
+
+
+def resolve_backbone(spec: str | Path, prefix: str | None = None, arch: str | None = None, seed: int = 0) -> Backbone:
+    """``random:<arch>`` gives :func:`random_backbone`; anything else is a file for :func:`load_backbone`."""
+    s = str(spec)
+    if s.startswith(RANDOM_SPEC):
+        return random_backbone(s[len(RANDOM_SPEC):] or arch or "resnet50", seed=seed)
+    return load_backbone(spec, prefix=prefix, arch=arch)

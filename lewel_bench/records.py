@@ -1,0 +1,99 @@
+"""Result records: one JSON file per evaluation run, written atomically under ``results/records/``.
+
+A record is what ``tools/make_tables.py`` aggregates into the paper's tables. Required fields:
+
+    method, pretrain_exp, pretrain_epochs   what was evaluated (from the checkpoint's meta when known)
+    eval, protocol                          e.g. eval="linear", protocol="lewel_b" / "voc07+12_c4" / ...
+    metrics                                 {"top1": 71.9, "top5": 90.5} (percentages, like the paper)
+    seed, checkpoint_sha256, config         reproducibility
+    git_commit, start_time, end_time, host  provenance (filled in by ``make_record``)
+
+File names are unique (time + random suffix), so concurrent evaluations never overwrite each other.
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+from .io import atomic_write_json
+from .utils import REPO_ROOT, git_commit, hostname
+
+REQUIRED = ("method", "pretrain_exp", "pretrain_epochs", "eval", "protocol", "metrics", "seed",
+            "checkpoint_sha256", "config", "git_commit", "start_time", "end_time", "host")
+SCHEMA_VERSION = 1
+
+
+class RecordError(ValueError):
+    """A record file is malformed; the message names the file and the problem."""
+
+
+def default_records_dir() -> Path:
+    """``$LEWEL_RESULTS_DIR/records`` if set, else ``<repo>/results/records``."""
+    root = os.environ.get("LEWEL_RESULTS_DIR")
+    return Path(root) / "records" if root else REPO_ROOT / "results" / "records"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def make_record(*, method: str, pretrain_exp: str, pretrain_epochs: int | None, eval: str, protocol: str,
+                metrics: Mapping[str, float], seed: int, checkpoint_sha256: str, config: Mapping[str, Any],
+                start_time: str, end_time: str | None = None, **extra: Any) -> dict:
+    """Assemble a complete record (provenance fields filled in here)."""
+    rec = dict(schema=SCHEMA_VERSION, method=method, pretrain_exp=pretrain_exp, pretrain_epochs=pretrain_epochs,
+               eval=eval, protocol=protocol, metrics=dict(metrics), seed=seed,
+               checkpoint_sha256=checkpoint_sha256, config=dict(config), git_commit=git_commit(),
+               start_time=start_time, end_time=end_time or now_iso(), host=hostname())
+    rec.update(extra)
+    validate_record(rec, "<new record>")
+    return rec
+
+
+def validate_record(rec: Any, where: str) -> None:
+    if not isinstance(rec, Mapping):
+        raise RecordError(f"{where}: a record must be a JSON object")
+    missing = [k for k in REQUIRED if k not in rec]
+    if missing:
+        raise RecordError(f"{where}: missing fields {', '.join(missing)}")
+    if not isinstance(rec["metrics"], Mapping) or not rec["metrics"]:
+        raise RecordError(f"{where}: 'metrics' must be a non-empty object")
+
+
+def write_record(rec: Mapping[str, Any], records_dir: str | Path | None = None) -> Path:
+    """Validate and write ``rec`` atomically to a unique file; returns its path."""
+    validate_record(rec, "<record to write>")
+    d = Path(records_dir) if records_dir else default_records_dir()
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    name = f"{rec['eval']}-{rec['pretrain_exp']}-{stamp}-{uuid.uuid4().hex[:8]}.json"
+    return atomic_write_json(d / name.replace("/", "_"), dict(rec))
+
+
+def load_records(records_dir: str | Path | None = None) -> tuple[list[dict], list[str]]:
+    """All records under ``records_dir`` and a list of problems (malformed files), never silently dropped."""
+    d = Path(records_dir) if records_dir else default_records_dir()
+    records, problems = [], []
+    for p in sorted(d.glob("*.json")):
+        try:
+            rec = json.loads(p.read_text())
+            validate_record(rec, str(p))
+        except (json.JSONDecodeError, RecordError) as e:
+            problems.append(f"{p}: {e}")
+            continue
+        rec["_path"] = str(p)
+        records.append(rec)
+    return records, problems
+
+
+def record_for_backbone(bb: Any, *, eval: str, protocol: str, metrics: Mapping[str, float], seed: int,
+                        config: Mapping[str, Any], start_time: str, **extra: Any) -> dict:
+    """A record whose method / experiment / epochs / sha256 come from a ``checkpoint.Backbone``."""
+    meta = bb.meta or {}
+    return make_record(method=meta.get("method", "unknown"), pretrain_exp=meta.get("exp", Path(bb.path).parent.name),
+                       pretrain_epochs=meta.get("epochs"), eval=eval, protocol=protocol, metrics=metrics, seed=seed,
+                       checkpoint_sha256=bb.sha256, config=config, start_time=start_time,
+                       checkpoint=bb.path, arch=bb.arch, **extra)

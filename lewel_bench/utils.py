@@ -1,0 +1,75 @@
+"""Small shared helpers: logging, seeding, RNG state, git commit, host name."""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def setup_logging(level: int = logging.INFO, rank: int = 0) -> None:
+    """Root logging to stderr; ranks other than 0 only log warnings."""
+    logging.basicConfig(
+        level=level if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s %(levelname)s [rank{rank}] %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch; ``deterministic`` also asks torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Every RNG state a resumed run needs to continue bit-identically."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def git_commit(repo: Path = REPO_ROOT) -> str:
+    """The current commit (with ``-dirty`` if the tree has changes), or ``unknown`` outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def hostname() -> str:
+    return socket.gethostname()
+
+
+def default_num_workers() -> int:
+    """Loader workers: all cores but one per process (at least 0 = load in the main process)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(0, n // max(local, 1) - 1)
