@@ -88,8 +88,7 @@ def to_detectron2(bb: Backbone) -> dict:
     """The detectron2 checkpoint dict for a validated :class:`Backbone` (fc dropped, numpy values)."""
     check_complete(bb.state_dict, bb.arch, bb.path or "<backbone>")
     model = {tv_to_d2_name(k): v.detach().cpu().numpy() for k, v in bb.state_dict.items() if not k.startswith("fc.")}
-    return {"model": model, "__author__": AUTHOR, "matching_heuristics": True,
-            "lewel_bench_meta": {k: v for k, v in (bb.meta or {}).items() if isinstance(v, (str, int, float, bool))}}
+    return {"model": model, "__author__": AUTHOR, "matching_heuristics": True}
 
 
 def from_detectron2(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,113 @@
+"""Semi-supervised fine-tuning on a labelled subset (LEWEL Sec. 4.2, Table 2).
+
+    python -m eval_semisup --config 1pct --ckpt runs/lewel_b/backbone.pth --data /imagenet \
+        --subset /path/to/imagenet_subsets/1percent.txt
+    python -m eval_semisup --config mini_1pct --ckpt random:resnet18 --data data/mini/imagenet
+
+The whole network is fine-tuned (BN in train mode) with SGD momentum 0.9, wd 1e-4, batch 256,
+50 epochs, lr / 10 at epochs 30 and 40; backbone / classifier lr 1e-4 / 1.0 for 1% and 0.01 / 0.1 for
+10% (official scripts). The subset is a SimCLR split file (one training file name per line, e.g.
+``n01440764_10026.JPEG``): the official ``1percent.txt`` / ``10percent.txt`` come from the SimCLR
+repository's ``imagenet_subsets`` folder; a relative path is looked up under the data root (the mini
+data writes its own). Every name must exist in the training set, or the run stops naming the first
+missing ones. Top-1 / top-5 on the full val set; one record, eval ``semisup``, protocol ``1pct``/``10pct``.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from lewel_bench import classification as C
+from lewel_bench.dist import barrier, cleanup
+
+log = logging.getLogger("eval_semisup")
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def param_groups(model: torch.nn.Module, backbone_lr: float, classifier_lr: float) -> list[dict]:
+    """Two groups: every backbone tensor at ``backbone_lr``, the classifier ``fc`` at ``classifier_lr``."""
+    fc = [p for n, p in model.named_parameters() if n.startswith("fc.")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("fc.")]
+    return [{"params": rest, "lr": backbone_lr}, {"params": fc, "lr": classifier_lr}]
+
+
+def resolve_subset(subset: str | None, data_root: Path) -> Path:
+    """``--subset`` / ``data.subset``: an absolute path, or relative to the data root, that must exist."""
+    if not subset:
+        raise SystemExit("eval_semisup: no subset file: pass --subset PATH (e.g. SimCLR's 1percent.txt)")
+    p = Path(subset)
+    if not p.is_absolute() and not p.exists():
+        p = data_root / p
+    if not p.is_file():
+        raise SystemExit(f"eval_semisup: subset file not found: {subset} (also tried {data_root / subset}). The "
+                         "official 1percent.txt / 10percent.txt are in the SimCLR repository's imagenet_subsets folder")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = C.stage_parser("python -m eval_semisup", __doc__.split("\n")[0], "1pct")
+    parser.add_argument("--subset", default=None, help="SimCLR split file (default: config data.subset)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    st = C.setup_stage("eval_semisup", args, CONFIG_DIR)
+    cfg, dev = st.cfg, st.info.device
+    subset = resolve_subset(args.subset or cfg["data"].get("subset"), st.data_root)
+    cfg["data"]["subset_file"] = str(subset)
+    fp = C.fingerprint(cfg, st.bb.sha256)
+    done = C.finished_result(st, fp, args.fresh)
+    if done:
+        log.info("already finished (%s): %s; pass --fresh to run again", st.out / "result.json", done["metrics"])
+        return
+    t0 = time.time()
+    train_tf, val_tf = C.transforms_from_config(cfg["data"])
+    try:
+        train_set = C.build_imagenet(st.data_root, "train", train_tf, subset_file=subset)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"eval_semisup: bad subset file {subset}: {e}") from None
+    val_set = C.build_imagenet(st.data_root, "val", val_tf)
+    log.info("subset %s: %d labelled training images; %d val images", subset, len(train_set), len(val_set))
+    nw = cfg["data"].get("num_workers")
+    train_loader = C.make_loader(train_set, cfg["batch_size"], True, st.seed, nw)
+    val_loader = C.make_loader(val_set, cfg["batch_size"], False, st.seed, nw)
+
+    model = C.build_finetune_model(st.bb, C.num_classes_of(val_set)).to(dev)
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    ocfg = cfg["optim"]
+    opt = C.build_optimizer(param_groups(model, ocfg["backbone_lr"], ocfg["classifier_lr"]),
+                            {**ocfg, "lr": ocfg["backbone_lr"]})
+    amp = bool(cfg.get("amp", True)) and dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    state = C.RunState(st.out, fp)
+    saved = None if args.fresh else state.load()
+    start, history = 0, []
+    if saved:
+        C.restore(saved, model, opt, scaler)
+        start, history = saved["epoch"], saved["history"]
+    net = C.wrap_ddp(model, st.info)
+
+    epochs = int(cfg["epochs"])
+    for epoch in range(start, epochs):
+        lrs = C.set_lr(opt, C.lr_factor(epoch, cfg["schedule"], epochs))
+        stats = C.train_one_epoch(net, train_loader, opt, dev, epoch, amp, scaler, cfg.get("log_every", 50))
+        stats.update(epoch=epoch + 1, lr_backbone=lrs[0], lr_classifier=lrs[1])
+        history.append(stats)
+        log.info("epoch %d/%d lr %.3g/%.3g loss %.4f train top1 %.2f (%.1fs)", epoch + 1, epochs, lrs[0], lrs[1],
+                 stats["loss"], stats["train_top1"], stats["time_s"])
+        if st.info.is_main and (epoch + 1 == epochs or (epoch + 1) % cfg.get("save_every", 1) == 0):
+            state.save(epoch + 1, model.state_dict(), opt, scaler, history)
+        barrier()
+
+    res = C.evaluate(model, val_loader, dev, amp)
+    metrics = {"top1": res["top1"], "top5": res["top5"]}
+    C.finish(st, "semisup", cfg["protocol"], metrics, fp, args.records_dir, epochs=epochs, n_val=res["n"],
+             n_train=len(train_set), subset_file=str(subset), wall_time_s=round(time.time() - t0, 1),
+             history=history)
+    cleanup()
+
+
+if __name__ == "__main__":
+    main()

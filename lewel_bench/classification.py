@@ -1,0 +1,535 @@
+"""Image-classification evaluation shared by ``eval_linear``, ``eval_semisup`` and ``eval_knn``.
+
+One copy of every piece the three stages share:
+
+* models: :class:`LinearProbe` (frozen backbone in eval mode + a linear classifier, Sec. 4.1) and
+  :func:`build_finetune_model` (the whole torchvision ResNet trained, Sec. 4.2), both built from a
+  validated :class:`lewel_bench.checkpoint.Backbone`;
+* transforms: RandomResizedCrop + flip (train) and resize + center crop (val), sizes from the config;
+* data loaders that shard over ranks (train: ``DistributedSampler``; eval: every sample exactly once);
+* the train / eval loops (top-1 / top-5 from correct counts all-reduced over ranks), feature extraction
+  for kNN over ranks (per shard by :func:`lewel_bench.knn.extract_features`), the optimiser registry
+  (SGD; LARS = :class:`pretrain.optim.LARS`) and the per-epoch lr schedules (step, cosine);
+* resumable run state: an atomic ``checkpoint.pth`` in the run's output folder;
+* the stage plumbing (arguments, checkpoint intake, output folder, record + ``result.json``).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torchvision import transforms as T
+
+from .checkpoint import Backbone, BackboneError, backbone_into, resolve_backbone
+from .config import ConfigError, load_config
+from .dist import DistInfo, get_rank, get_world_size, init_distributed, is_dist
+from .io import atomic_torch_save, atomic_write_json
+from .models import build_torchvision_resnet
+from .records import now_iso, record_for_backbone, write_record
+from .registry import Registry
+from .utils import REPO_ROOT, default_num_workers, get_rng_state, seed_everything, set_rng_state, setup_logging
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# --------------------------------------------------------------------------------------------------
+# transforms
+# --------------------------------------------------------------------------------------------------
+def train_transform(crop_size: int = 224, scale: Sequence[float] = (0.08, 1.0)) -> T.Compose:
+    """RandomResizedCrop + horizontal flip + ImageNet normalisation (the standard linear / fine-tune train view)."""
+    return T.Compose([T.RandomResizedCrop(crop_size, scale=tuple(scale)), T.RandomHorizontalFlip(),
+                      T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def val_transform(crop_size: int = 224, resize_size: int = 256) -> T.Compose:
+    """Resize (short side) + center crop + normalisation (256 / 224 on ImageNet)."""
+    return T.Compose([T.Resize(resize_size), T.CenterCrop(crop_size), T.ToTensor(),
+                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def transforms_from_config(data_cfg: Mapping[str, Any]) -> tuple[T.Compose, T.Compose]:
+    """``(train, val)`` transforms from ``data.crop_size``, ``data.resize_size``, ``data.scale``."""
+    crop, resize = int(data_cfg["crop_size"]), int(data_cfg["resize_size"])
+    return train_transform(crop, data_cfg.get("scale", (0.08, 1.0))), val_transform(crop, resize)
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------------
+class ShardSampler(Sampler[int]):
+    """Evaluation sampler: rank r gets indices r, r + W, r + 2W, ... (every sample once, no padding).
+
+    ``DistributedSampler`` pads the last batch with repeated samples, which would bias the accuracy;
+    this one does not, and the correct counts are summed over ranks.
+    """
+
+    def __init__(self, n: int, rank: int | None = None, world_size: int | None = None) -> None:
+        self.n = n
+        self.rank = get_rank() if rank is None else rank
+        self.world_size = get_world_size() if world_size is None else world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))
+
+
+def per_rank_batch(global_batch: int, world_size: int) -> int:
+    """The config's batch size is the global one (as in the paper); each rank takes its share."""
+    if global_batch % world_size:
+        log.warning("batch size %d is not divisible by %d ranks; using %d per rank",
+                    global_batch, world_size, global_batch // world_size)
+    return max(1, global_batch // world_size)
+
+
+def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int = 0, num_workers: int | None = None,
+                drop_last: bool = False) -> DataLoader:
+    """A loader for this rank: shuffled ``DistributedSampler`` (call ``set_epoch``) or a :class:`ShardSampler`."""
+    world, rank = get_world_size(), get_rank()
+    sampler: Sampler = (DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed,
+                                           drop_last=drop_last)
+                        if train else ShardSampler(len(dataset), rank, world))
+    workers = default_num_workers() if num_workers is None else num_workers
+    return DataLoader(dataset, batch_size=per_rank_batch(batch_size, world), sampler=sampler,
+                      num_workers=workers, pin_memory=torch.cuda.is_available(), drop_last=drop_last and train,
+                      persistent_workers=workers > 0)
+
+
+def num_classes_of(dataset: Dataset) -> int:
+    """Number of classes of an ImageFolder-like dataset (``classes`` attribute) or from its targets."""
+    classes = getattr(dataset, "classes", None)
+    if classes is not None:
+        return len(classes)
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        raise ValueError(f"{type(dataset).__name__} has neither 'classes' nor 'targets'; cannot count classes")
+    return int(max(targets)) + 1
+
+
+# --------------------------------------------------------------------------------------------------
+# models
+# --------------------------------------------------------------------------------------------------
+def _init_fc(fc: nn.Linear) -> None:
+    """Classifier init of MoCo / SimSiam linear evaluation: N(0, 0.01) weights, zero bias."""
+    nn.init.normal_(fc.weight, mean=0.0, std=0.01)
+    nn.init.zeros_(fc.bias)
+
+
+class LinearProbe(nn.Module):
+    """Frozen backbone f_theta (always in eval mode, no gradient) + a trainable linear classifier (Sec. 4.1).
+
+    ``norm="bn"`` puts a parameter-free BatchNorm1d (``affine=False``, as in MAE's linear probe) before
+    the classifier: still a linear classifier at test time (a fixed affine map folded into ``fc``), but
+    insensitive to the feature scale. The paper recipes use ``norm="none"``; the mini config uses
+    ``bn`` because briefly pretrained mini backbones give features with norms around 100, on which
+    SGD at lr 0.4 diverges.
+    """
+
+    def __init__(self, bb: Backbone, num_classes: int, norm: str = "none") -> None:
+        super().__init__()
+        if norm not in ("none", "bn"):
+            raise ValueError(f"linear probe norm {norm!r}: expected 'none' or 'bn'")
+        net = build_torchvision_resnet(bb.arch, num_classes)
+        backbone_into(net, bb)
+        self.fc = net.fc
+        _init_fc(self.fc)
+        self.norm = nn.BatchNorm1d(self.fc.in_features, affine=False) if norm == "bn" else nn.Identity()
+        net.fc = nn.Identity()
+        self.backbone = net
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+
+    def train(self, mode: bool = True) -> "LinearProbe":
+        """Only the head follows ``mode``; BN statistics of the frozen backbone never change."""
+        self.training = mode
+        self.norm.train(mode)
+        self.fc.train(mode)
+        self.backbone.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            feats = self.backbone(x)
+        return self.fc(self.norm(feats.float()))
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The head: ``fc.*`` and, with ``norm="bn"``, the running statistics ``norm.*``."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+
+def build_finetune_model(bb: Backbone, num_classes: int) -> nn.Module:
+    """The whole torchvision ResNet, initialised from ``bb`` with a fresh classifier (Sec. 4.2)."""
+    net = build_torchvision_resnet(bb.arch, num_classes)
+    backbone_into(net, bb)
+    _init_fc(net.fc)
+    return net
+
+
+def build_feature_extractor(bb: Backbone) -> nn.Module:
+    """The backbone alone in eval mode (``fc = Identity``): pooled features for kNN."""
+    net = build_torchvision_resnet(bb.arch, 1000)
+    backbone_into(net, bb)
+    net.fc = nn.Identity()
+    return net.eval().requires_grad_(False)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def wrap_ddp(model: nn.Module, info: DistInfo) -> nn.Module:
+    """DistributedDataParallel when more than one rank (only parameters that require grad are synced)."""
+    if not info.distributed:
+        return model
+    ids = [info.local_rank] if info.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+# --------------------------------------------------------------------------------------------------
+# optimisers and schedules
+# --------------------------------------------------------------------------------------------------
+OPTIMIZERS: Registry = Registry("optimizer")
+
+
+@OPTIMIZERS.register("sgd")
+def _sgd(groups: list[dict], cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg.get("momentum", 0.9),
+                           weight_decay=cfg.get("weight_decay", 0.0), nesterov=cfg.get("nesterov", False))
+
+
+@OPTIMIZERS.register("lars")
+def _lars(groups: list[dict], cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    from pretrain.optim import LARS  # the one LARS copy (pretraining owns it); groups may set lars_exclude
+
+    return LARS(groups, lr=cfg["lr"], momentum=cfg.get("momentum", 0.9), weight_decay=cfg.get("weight_decay", 0.0),
+                trust_coefficient=cfg.get("trust_coefficient", 0.001))
+
+
+def build_optimizer(groups: list[dict], cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """``cfg`` = the config's ``optim`` block (``name``, ``lr``, ``momentum``, ``weight_decay``, ...).
+
+    Each group may carry its own ``lr``; it is remembered as ``base_lr`` for the schedule.
+    """
+    opt = OPTIMIZERS.get(cfg["name"])(groups, cfg)
+    for g in opt.param_groups:
+        g.setdefault("base_lr", g["lr"])
+    return opt
+
+
+def lr_factor(epoch: int, sched: Mapping[str, Any], epochs: int) -> float:
+    """Per-epoch lr multiplier: ``step`` (x ``gamma`` at each milestone) or ``cosine`` (0.5 (1 + cos(pi e / E)))."""
+    kind = sched["name"]
+    if kind == "step":
+        return float(sched.get("gamma", 0.1)) ** sum(epoch >= m for m in sched["milestones"])
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    if kind == "constant":
+        return 1.0
+    raise ValueError(f"unknown lr schedule {kind!r} (expected step, cosine or constant)")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> list[float]:
+    for g in optimizer.param_groups:
+        g["lr"] = g["base_lr"] * factor
+    return [g["lr"] for g in optimizer.param_groups]
+
+
+# --------------------------------------------------------------------------------------------------
+# metrics, loops
+# --------------------------------------------------------------------------------------------------
+def topk_correct(logits: torch.Tensor, target: torch.Tensor, topk: Sequence[int] = (1, 5)) -> torch.Tensor:
+    """Number of samples whose label is among the k highest logits, for each k (k capped at #classes)."""
+    maxk = min(max(topk), logits.shape[1])
+    pred = logits.topk(maxk, dim=1).indices  # (B, maxk)
+    hit = pred.eq(target[:, None])
+    return torch.stack([hit[:, : min(k, maxk)].any(dim=1).sum() for k in topk]).to(torch.float64)
+
+
+def topk_accuracy(logits: torch.Tensor, target: torch.Tensor, topk: Sequence[int] = (1, 5)) -> list[float]:
+    """Top-k accuracies in percent (single process)."""
+    c = topk_correct(logits, target, topk)
+    return [float(x) * 100.0 / max(len(target), 1) for x in c]
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    if is_dist():
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+def _autocast(device: torch.device, amp: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda")
+
+
+def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, device: torch.device,
+                    epoch: int, amp: bool = False, scaler: "torch.amp.GradScaler | None" = None,
+                    log_every: int = 50) -> dict[str, float]:
+    """One epoch of cross-entropy training; ``model.train()`` (a :class:`LinearProbe` keeps its backbone in eval)."""
+    model.train()
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+    channels_last = device.type == "cuda"
+    tot_loss, tot_n, correct = torch.zeros((), dtype=torch.float64), 0, torch.zeros(2, dtype=torch.float64)
+    t0 = time.time()
+    for it, (images, target) in enumerate(loader):
+        images, target = _to_device(images, device, channels_last), target.to(device, non_blocking=True)
+        with _autocast(device, amp):
+            logits = model(images)
+            loss = F.cross_entropy(logits.float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        n = target.shape[0]
+        tot_loss += loss.detach().double().cpu() * n
+        tot_n += n
+        correct += topk_correct(logits.detach(), target).cpu()
+        if log_every and (it + 1) % log_every == 0:
+            log.info("epoch %d it %d/%d loss %.4f (%.1fs)", epoch, it + 1, len(loader), loss.item(), time.time() - t0)
+    stats = all_reduce_sum(torch.cat([tot_loss.view(1), torch.tensor([float(tot_n)], dtype=torch.float64), correct])
+                           .to(device)).cpu()
+    n = max(stats[1].item(), 1.0)
+    return {"loss": stats[0].item() / n, "train_top1": 100.0 * stats[2].item() / n,
+            "train_top5": 100.0 * stats[3].item() / n, "time_s": time.time() - t0}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False) -> dict[str, float]:
+    """Top-1 / top-5 in percent over the whole (sharded) set: correct counts summed over ranks."""
+    model.eval()
+    t0 = time.time()
+    channels_last = device.type == "cuda"
+    counts = torch.zeros(3, dtype=torch.float64)  # top1, top5, n
+    for images, target in loader:
+        images, target = _to_device(images, device, channels_last), target.to(device, non_blocking=True)
+        with _autocast(device, amp):
+            logits = model(images)
+        counts[:2] += topk_correct(logits.float(), target).cpu()
+        counts[2] += target.shape[0]
+    counts = all_reduce_sum(counts.to(device)).cpu()
+    n = counts[2].item()
+    if n == 0:
+        raise ValueError("evaluation set is empty")
+    log.info("evaluated %d images in %.1fs", int(n), time.time() - t0)
+    return {"top1": 100.0 * counts[0].item() / n, "top5": 100.0 * counts[1].item() / n, "n": int(n)}
+
+
+def gather_variable(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate tensors of different lengths (dim 0) from every rank."""
+    if not is_dist():
+        return x
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(get_world_size())]
+    dist.all_gather(sizes, n)
+    m = int(max(s.item() for s in sizes))
+    pad = torch.zeros((m - x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
+    out = [torch.empty((m, *x.shape[1:]), dtype=x.dtype, device=x.device) for _ in sizes]
+    dist.all_gather(out, torch.cat([x, pad]).contiguous())
+    return torch.cat([o[: int(s.item())] for o, s in zip(out, sizes)])
+
+
+def extract_features_all_ranks(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised pooled features and labels of the whole (sharded) set, gathered over ranks.
+
+    Each rank runs :func:`lewel_bench.knn.extract_features` on its shard; the shards are concatenated.
+    """
+    from .knn import extract_features
+
+    model.eval()
+    f, y = extract_features(model, loader, device, channels_last=device.type == "cuda")
+    return gather_variable(f.to(device)), gather_variable(y.to(device))
+
+
+# --------------------------------------------------------------------------------------------------
+# resumable run state
+# --------------------------------------------------------------------------------------------------
+def fingerprint(cfg: Mapping[str, Any], checkpoint_sha256: str) -> str:
+    """What a resumed run must share with the saved state: the config (minus ``_meta``) and the backbone."""
+    clean = {k: v for k, v in cfg.items() if k != "_meta"}
+    blob = json.dumps({"cfg": clean, "ckpt": checkpoint_sha256}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class RunState:
+    """``<out>/checkpoint.pth``: epoch, trainable weights, optimiser, scaler, RNG, history (atomic writes)."""
+
+    def __init__(self, out_dir: str | Path, fp: str) -> None:
+        self.path = Path(out_dir) / "checkpoint.pth"
+        self.fp = fp
+
+    def load(self) -> dict | None:
+        """The saved state if it belongs to this run (same fingerprint), else None (with a warning)."""
+        if not self.path.is_file():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") != self.fp:
+            log.warning("%s belongs to another config or backbone (fingerprint %s, now %s): starting afresh",
+                        self.path, state.get("fingerprint"), self.fp)
+            return None
+        log.info("resuming from %s (epoch %d done)", self.path, state["epoch"])
+        return state
+
+    def save(self, epoch: int, weights: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+             scaler: Any = None, history: list | None = None) -> None:
+        atomic_torch_save({"fingerprint": self.fp, "epoch": epoch,
+                           "weights": {k: v.detach().cpu() for k, v in weights.items()},
+                           "optimizer": optimizer.state_dict(),
+                           "scaler": scaler.state_dict() if scaler is not None else None,
+                           "rng": get_rng_state(), "history": history or []}, self.path)
+
+
+def restore(state: Mapping[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any = None) -> None:
+    """Load weights (``strict=False`` is never needed: the keys are the trainable ones we saved)."""
+    missing, unexpected = model.load_state_dict(state["weights"], strict=False)
+    saved = set(state["weights"])
+    if unexpected or any(k in saved for k in missing):
+        raise RuntimeError(f"resume: state does not fit the model (unexpected {unexpected[:5]})")
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+
+
+# --------------------------------------------------------------------------------------------------
+# stage plumbing shared by the three command lines
+# --------------------------------------------------------------------------------------------------
+def stage_parser(prog: str, description: str, default_config: str) -> argparse.ArgumentParser:
+    """Arguments common to ``eval_linear``, ``eval_semisup`` and ``eval_knn``."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--config", default=default_config,
+                   help=f"config name in the stage's configs/ folder or a YAML path (default {default_config})")
+    p.add_argument("--ckpt", required=True,
+                   help="backbone.pth, a full pretraining checkpoint, a torchvision state dict, or random:<arch> "
+                        "for an explicit random-init baseline")
+    p.add_argument("--data", default=None, help="ImageNet-layout root with train/ and val/ (default: config data.root)")
+    p.add_argument("--out", default=None, help="output folder (default runs/<exp>/<stage>/<config>)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--records-dir", default=None, help="where the result record goes (default results/records)")
+    p.add_argument("--fresh", action="store_true", help="ignore a saved state / finished result in --out")
+    p.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. epochs=2 data.crop_size=64)")
+    return p
+
+
+@dataclass
+class Stage:
+    """What every evaluation starts from: config, backbone, devices, output folder, start time."""
+
+    name: str
+    cfg: dict
+    bb: Backbone
+    info: DistInfo
+    out: Path
+    data_root: Path
+    seed: int
+    start_time: str
+
+
+def _config_name(spec: str) -> str:
+    return Path(spec).stem if spec.endswith((".yaml", ".yml")) else spec
+
+
+def default_out_dir(bb: Backbone, stage: str, config: str) -> Path:
+    """``runs/<exp>/<stage>/<config>``: <exp> is the folder of a checkpoint under ``runs/`` (so
+    ``runs/lewel_m/backbone.pth`` -> ``runs/lewel_m/eval_linear/mini``), else the checkpoint's meta ``exp`` or
+    file stem; ``random_<arch>`` for a random-init baseline."""
+    runs = REPO_ROOT / "runs"
+    if bb.source_format == "random":
+        exp = f"random_{bb.arch}"
+    else:
+        path = Path(bb.path).resolve()
+        exp = path.parent.name if runs in path.parents else (bb.meta.get("exp") or path.stem)
+    return runs / str(exp) / stage / config
+
+
+def setup_stage(name: str, args: argparse.Namespace, config_dir: str | Path) -> Stage:
+    """Logging, process group, config, backbone intake (refusal -> ``SystemExit`` naming the problem), paths.
+
+    A checkpoint that is missing, unreadable, or lacks / mis-shapes backbone tensors ends the run here
+    with a non-zero exit and :class:`BackboneError`'s message (counts and first keys); nothing is evaluated.
+    """
+    start = now_iso()
+    info = init_distributed()
+    setup_logging(rank=info.rank)
+    try:
+        cfg = load_config(args.config, config_dir, args.overrides)
+    except ConfigError as e:
+        raise SystemExit(f"{name}: {e}") from None
+    try:
+        bb = resolve_backbone(args.ckpt, arch=cfg.get("arch"), seed=args.seed)
+    except BackboneError as e:
+        hint = ("" if str(args.ckpt).startswith("random:") or Path(args.ckpt).exists() else
+                " (pretrain first, e.g. `make pretrain EXP=<exp>`, or pass another checkpoint with CKPT= / --ckpt)")
+        raise SystemExit(f"{name}: checkpoint refused: {e}{hint}") from None
+    if bb.source_format == "random":
+        log.warning("evaluating an explicitly requested RANDOM-INIT %s backbone (recorded as method 'random')", bb.arch)
+    root = args.data or cfg.get("data", {}).get("root")
+    if not root:
+        raise SystemExit(f"{name}: no data root: pass --data ROOT (ImageNet layout with train/ and val/)")
+    root = Path(root)
+    if not (root / "train").is_dir() or not (root / "val").is_dir():
+        raise SystemExit(f"{name}: {root} is not an ImageNet-layout root (expected {root}/train and {root}/val)")
+    out = Path(args.out) if args.out else default_out_dir(bb, name, _config_name(args.config))
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(args.seed + info.rank)
+    log.info("%s: config %s, backbone %s (%s, method %s), data %s, out %s, %d rank(s) on %s", name,
+             cfg["_meta"]["config_path"], bb.path, bb.arch, bb.meta.get("method"), root, out, info.world_size,
+             info.device)
+    return Stage(name=name, cfg=cfg, bb=bb, info=info, out=out, data_root=root, seed=args.seed, start_time=start)
+
+
+def build_imagenet(root: str | Path, split: str, transform: Any, subset_file: str | Path | None = None) -> Dataset:
+    """The ImageNet-layout reader of :mod:`lewel_bench.data` (one place to adapt if its signature changes)."""
+    from .data import ImageNetFolder
+
+    return ImageNetFolder(root, split, transform=transform, subset_file=subset_file)
+
+
+def finished_result(stage: Stage, fp: str, fresh: bool) -> dict | None:
+    """A ``result.json`` left by a finished run with the same fingerprint (so a re-run writes no duplicate)."""
+    p = stage.out / "result.json"
+    if fresh or not p.is_file():
+        return None
+    res = json.loads(p.read_text())
+    return res if res.get("fingerprint") == fp else None
+
+
+def finish(stage: Stage, eval_name: str, protocol: str, metrics: Mapping[str, float], fp: str,
+           records_dir: str | Path | None = None, **extra: Any) -> Path | None:
+    """Write the result record (rank 0; atomic, unique name) and ``<out>/result.json``."""
+    if not stage.info.is_main:
+        return None
+    cfg = {k: v for k, v in stage.cfg.items()}
+    rec = record_for_backbone(stage.bb, eval=eval_name, protocol=protocol, metrics=dict(metrics), seed=stage.seed,
+                              config=cfg, start_time=stage.start_time, dataset=stage.cfg.get("dataset", "imagenet"),
+                              data_root=str(stage.data_root), world_size=stage.info.world_size, **extra)
+    path = write_record(rec, records_dir)
+    atomic_write_json(stage.out / "result.json", {"fingerprint": fp, "metrics": dict(metrics), "record": str(path)})
+    log.info("%s %s: %s -> record %s", eval_name, protocol,
+             ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()), path)
+    return path

@@ -1,0 +1,77 @@
+# The whole pipeline for one experiment: pretrain -> converters -> every evaluation -> tables.
+#   make all EXP=lewel_b                       locally, one stage after the other
+#   make all EXP=lewel_b LAUNCHER=slurm LAUNCH_CONFIG=launch/slurm.yaml
+#                                              every stage submitted at once as a SLURM job with afterok
+#                                              dependencies (nothing waits on the login node); job ids
+#                                              under runs/<EXP>/chain/*.id
+#   make demo                                  the chain on the embedded mini data (fresh clone, 2 cores)
+#   make all EXP=lewel_b_r50                   the chain on the mini data (ResNet-50, as the transfer stages need)
+# CHAIN_EVALS picks the evaluations (names below); DATA=/imagenet etc. are passed to the stage targets.
+CHAIN_EVALS ?= linear semisup1 semisup10 voc-det voc-seg coco-c4-1x coco-fpn-1x
+CHAIN_DIR   ?= runs/$(EXP)/chain
+# Small jobs (converters, tables) need no GPU.
+CHAIN_CPU_ARGS ?= GPUS_PER_NODE=0 NODES=1
+
+# evaluation name -> stage make target (targets live in mk/eval_*.mk)
+_chain_linear      := eval-linear
+_chain_semisup1    := eval-semisup PCT=1
+_chain_semisup10   := eval-semisup PCT=10
+_chain_knn         := eval-knn
+_chain_voc-det     := eval-voc-det
+_chain_voc-seg     := eval-voc-seg
+_chain_coco-c4-1x  := eval-coco ARCH=c4 SCHED=1x
+_chain_coco-fpn-1x := eval-coco ARCH=fpn SCHED=1x
+_chain_coco-fpn-2x := eval-coco ARCH=fpn SCHED=2x
+_chain_unknown = $(strip $(foreach e,$(CHAIN_EVALS),$(if $(_chain_$(e)),,$(e))))
+
+ifeq ($(LAUNCHER),slurm)
+# $(call _chain_after,<steps>,<this step>): wait for the jobs of <steps>, record this step's job id
+_chain_ids   = $(foreach s,$(1),$(CHAIN_DIR)/$(s).id)
+_chain_after = $(if $(1),DEPENDENCY=afterok:$$(cat $(call _chain_ids,$(1)) 2>/dev/null | paste -sd: -)) \
+               JOB_ID_FILE=$(CHAIN_DIR)/$(2).id
+else
+_chain_after =
+endif
+
+define _chain_nl
+
+
+endef
+# one recipe line per evaluation
+_chain_eval_lines = $(foreach e,$(CHAIN_EVALS),+$(MAKE) --no-print-directory $(_chain_$(e)) EXP=$(EXP) \
+  $(call _chain_after,pretrain convert,$(e))$(_chain_nl))
+
+.PHONY: all convert demo chain-check
+# On the mini data (no DATA) the transfer stages need a ResNet-50: the <method>_r50 experiments
+# (pretrain/configs/<method>_r50_mini.yaml); the plain mini configs train a ResNet-18.
+_chain_transfer = $(filter voc-det voc-seg coco-%,$(CHAIN_EVALS))
+_chain_r18_mini = $(and $(if $(DATA),,1),$(_chain_transfer),$(if $(findstring r50,$(EXP)),,1))
+chain-check:
+	@$(if $(_chain_unknown),echo "CHAIN_EVALS: unknown evaluation(s) '$(_chain_unknown)'; known: linear semisup1 semisup10 knn voc-det voc-seg coco-c4-1x coco-fpn-1x coco-fpn-2x" >&2; exit 2,true)
+	@$(if $(_chain_r18_mini),echo "make all EXP=$(EXP) on the mini data: $(_chain_transfer) need a ResNet-50; use EXP=$(EXP)_r50 (pretrain/configs/$(EXP)_r50_mini.yaml) or CHAIN_EVALS without them" >&2; exit 2,true)
+
+all: chain-check ## pretrain EXP, convert, every evaluation (CHAIN_EVALS), tables; LAUNCHER=slurm chains jobs
+	@mkdir -p $(CHAIN_DIR) && rm -f $(CHAIN_DIR)/*.id
+	@echo "== chain $(EXP): pretrain -> convert -> $(CHAIN_EVALS) -> tables ($(LAUNCHER))"
+	$(MAKE) --no-print-directory pretrain EXP=$(EXP) $(call _chain_after,,pretrain)
+	$(MAKE) --no-print-directory convert EXP=$(EXP) $(CHAIN_CPU_ARGS) $(call _chain_after,pretrain,convert)
+	$(_chain_eval_lines)
+	$(MAKE) --no-print-directory tables $(CHAIN_CPU_ARGS) $(call _chain_after,$(CHAIN_EVALS),tables)
+	@if [ "$(LAUNCHER)" = slurm ]; then echo "== submitted; job ids in $(CHAIN_DIR)/:"; \
+	  for f in $(CHAIN_DIR)/*.id; do echo "   $$(basename $$f .id): $$(paste -sd' ' $$f)"; done; fi
+
+# The transfer stages' input formats, written next to the backbone (runs/<EXP>/backbone_{d2.pkl,mmseg.pth}).
+CONVERT_IN ?= runs/$(EXP)/backbone.pth
+convert: $(STAMP) ## convert runs/EXP/backbone.pth for detectron2 and mmseg
+	$(RUN) tools.convert_to_detectron2 $(CONVERT_IN) runs/$(EXP)/backbone_d2.pkl
+	$(RUN) tools.convert_to_mmseg $(CONVERT_IN) runs/$(EXP)/backbone_mmseg.pth
+
+# make demo: the whole chain on data/mini from a fresh clone (target: at most 30 minutes on 2 cores).
+DEMO_EXP   ?= lewel_b_r50
+DEMO_EVALS ?= linear semisup1 semisup10 voc-det voc-seg coco-c4-1x
+demo: $(STAMP) ## the whole chain (pretrain -> evaluations -> tables, figures) on the embedded mini data
+	$(MAKE) --no-print-directory data
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory all EXP=$(DEMO_EXP) DATA= LAUNCHER=local CHAIN_EVALS="$(DEMO_EVALS)" && \
+	$(MAKE) --no-print-directory figures EXP=$(DEMO_EXP) && \
+	echo "== demo finished in $$(( $$(date +%s) - start )) s; tables: results/tables/README.md, figures: $(FIGURES_DIR)/"

@@ -1,0 +1,88 @@
+"""LEWEL (Huang et al., CVPR 2022): LEWEL_M (MoCo-based, Eq. 4) and LEWEL_B (BYOL-based, Eq. 5).
+
+Both use the coupled head (:class:`pretrain.heads.CoupledHead`): g on [GAP(F), pixels] in one pass
+gives the global embedding z and the alignment maps W; the d/h aligned representations (Eq. 1-2)
+go through the semantic projector p. Total loss Eq. (3): (1 - beta) L_g + beta L_a.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lewel_bench import dist as ldist
+
+from ..heads import MLP, CoupledHead
+from ..losses import info_nce, info_nce_in_batch, lewel_total, normalized_mse
+from .base import METHODS, Encoder, QueueMixin, SSLMethod
+from .byol import sym_reduce
+
+
+def coupled_head(D: int, mc: dict) -> CoupledHead:
+    return CoupledHead(D, mc["hidden"], mc["dim"], h=mc["groups"], temperature=mc["align_temperature"],
+                       sem_hidden=mc.get("sem_hidden") or mc["hidden"], sem_dim=mc.get("sem_dim") or mc["dim"],
+                       reassociate=mc.get("reassociate", "auto"))
+
+
+@METHODS.register("lewel_m")
+class LEWELM(QueueMixin, SSLMethod):
+    """L_g: InfoNCE of z' against target z'' with queue negatives; L_a: InfoNCE of aligned z'_k against
+    z''_k with the other images of the (global) batch at the same k as negatives (Sec. 3.3)."""
+
+    def __init__(self, cfg: dict) -> None:
+        super().__init__(cfg)
+        mc = cfg["model"]
+        self.tau, self.beta = float(mc["temperature"]), float(mc["beta"])
+        self.symmetric = bool(mc.get("symmetric", False))
+        self.online = Encoder(self.arch, coupled_head(self.D, mc), pooled=False)
+        self.target = self.make_target(self.online)
+        self.init_queue(mc["queue_size"], mc["dim"])
+
+    def _direction(self, x_q: torch.Tensor, x_k: torch.Tensor):
+        z, za, _ = self.online(x_q)
+        tz, tza, _ = self.target_shuffled(x_k)
+        tz = F.normalize(tz, dim=1)
+        loss_g = info_nce(z, tz, self.queue.clone().detach(), self.tau)
+        tza_all = ldist.all_gather_nograd(tza.contiguous())
+        loss_a = info_nce_in_batch(za, tza_all, self.tau, offset=ldist.get_rank() * z.shape[0])
+        return loss_g, loss_a, tz
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor):
+        lg, la, k = self._direction(x1, x2)
+        keys = [k]
+        if self.symmetric:
+            lg2, la2, k1 = self._direction(x2, x1)
+            lg, la, keys = lg + lg2, la + la2, [k, k1]
+        for k in keys:
+            self.enqueue(ldist.all_gather_nograd(k))
+        return lewel_total(lg, la, self.beta), {"loss_g": lg.detach(), "loss_a": la.detach()}
+
+
+@METHODS.register("lewel_b")
+class LEWELB(SSLMethod):
+    """Predictor q on z (global loss), separate predictor s on the aligned embeddings (aligned loss);
+    normalised MSE (Eq. 5), global term averaged over B, aligned over B * d/h; directions summed as in
+    the official code (``model.sym_reduce``). Target flavour ``model.target``: params | eman."""
+
+    def __init__(self, cfg: dict) -> None:
+        super().__init__(cfg)
+        mc = cfg["model"]
+        self.beta = float(mc["beta"])
+        self.sym = mc.get("sym_reduce", "sum")
+        self.online = Encoder(self.arch, coupled_head(self.D, mc), pooled=False)
+        c = mc.get("sem_dim") or mc["dim"]
+        self.predictor = MLP(mc["dim"], mc["pred_hidden"], mc["dim"])  # q
+        self.predictor_aligned = MLP(c, mc["pred_hidden"], c)  # s
+        self.target = self.make_target(self.online)
+
+    def _online(self, x: torch.Tensor):
+        z, za, _ = self.online(x)
+        return self.predictor(z), self.predictor_aligned(za)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor):
+        (q1, s1), (q2, s2) = self._online(x1), self._online(x2)
+        with torch.no_grad():
+            t1, ta1, _ = self.target(x1)
+            t2, ta2, _ = self.target(x2)
+        lg = sym_reduce(normalized_mse(q1, t2), normalized_mse(q2, t1), self.sym)
+        la = sym_reduce(normalized_mse(s1, ta2), normalized_mse(s2, ta1), self.sym)
+        return lewel_total(lg, la, self.beta), {"loss_g": lg.detach(), "loss_a": la.detach()}

@@ -1,0 +1,256 @@
+"""The pretraining loop (moco-v3 style): per-iteration lr and EMA momentum, AMP on CUDA, resumable.
+
+Outputs in ``out_dir``: ``checkpoint.pth`` (atomic; every ``ckpt.every_iters`` iterations and at every
+epoch end), ``metrics.jsonl`` (one line per ``log_every`` iterations and per kNN evaluation),
+``backbone.pth`` (torchvision ResNet state dict without fc, written at the end), ``config.yaml``.
+Running again with the same ``out_dir`` resumes from the checkpoint; lines of ``metrics.jsonl`` after
+the checkpoint's iteration are dropped, so the log reads as one unbroken run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from lewel_bench import dist as ldist
+from lewel_bench.checkpoint import PRETRAIN_FORMAT, save_backbone
+from lewel_bench.io import append_jsonl, atomic_torch_save, atomic_write_text
+from lewel_bench.knn import extract_features, knn_top1
+from lewel_bench.utils import default_num_workers, get_rng_state, git_commit, seed_everything, set_rng_state
+
+from .augment import build_pair, eval_transform
+from .data import EpochBatchSampler, ImageFolderList, TwoViewDataset
+from .methods import METHODS, SSLMethod
+from .optim import build_optimizer, cosine_lr, set_lr
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is left as it was."""
+
+
+class ResumeError(RuntimeError):
+    """The output folder holds a checkpoint of a different experiment."""
+
+
+def _num_workers(cfg: dict) -> int:
+    n = cfg["data"].get("num_workers", "auto")
+    return default_num_workers() if n in (None, "auto") else int(n)
+
+
+def _set_threads(cfg: dict, device: torch.device, world: int) -> None:
+    """``num_threads``: auto = on CPU, the cores of this process minus its loader workers (at least 1).
+
+    On a small shared CPU machine, more compute threads than free cores makes every OpenMP barrier
+    wait for a descheduled thread: a step is then several times SLOWER than with one thread."""
+    n = cfg.get("num_threads", "auto")
+    if n in (None, "auto"):
+        if device.type != "cpu":
+            return
+        import os
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        n = max(1, cores // max(world, 1) - _num_workers(cfg))
+    torch.set_num_threads(int(n))
+    log.info("torch compute threads: %d", torch.get_num_threads())
+
+
+def _autocast(device: torch.device, amp: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda")
+
+
+def checkpoint_state(method: SSLMethod, optimizer, scaler, cfg: dict, epoch: int, iteration: int, exp: str) -> dict:
+    sd = method.state_dict()
+    queue_keys = [k for k in sd if k.startswith("queue")]
+    return {
+        "model": {k: v for k, v in sd.items() if not k.startswith("target.") and k not in queue_keys},
+        "target": method.target.state_dict(),
+        "queue": {k: sd[k] for k in queue_keys},
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": epoch,
+        "iteration": iteration,
+        "rng": get_rng_state(),
+        "config": cfg,
+        "meta": {"format": PRETRAIN_FORMAT, "backbone_prefix": method.backbone_prefix, "arch": cfg["arch"],
+                 "method": cfg["method"], "epochs": cfg["epochs"], "exp": exp, "git": git_commit()},
+    }
+
+
+def load_checkpoint(path: Path, method: SSLMethod, optimizer, scaler, exp: str) -> tuple[int, dict]:
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    meta = ck.get("meta", {})
+    if meta.get("format") != PRETRAIN_FORMAT:
+        raise ResumeError(f"{path} is not a lewel-bench pretraining checkpoint (meta.format={meta.get('format')!r})")
+    if meta.get("exp") != exp or meta.get("method") != method.cfg["method"]:
+        raise ResumeError(f"{path} holds experiment {meta.get('exp')!r} (method {meta.get('method')!r}), not {exp!r}: "
+                          f"choose another output folder (OUT=...) or delete it")
+    sd = dict(ck["model"])
+    sd.update({f"target.{k}": v for k, v in ck["target"].items()})
+    sd.update(ck["queue"])
+    method.load_state_dict(sd)
+    optimizer.load_state_dict(ck["optimizer"])
+    scaler.load_state_dict(ck["scaler"])
+    set_rng_state(ck["rng"])
+    return int(ck["iteration"]), ck
+
+
+def truncate_metrics(path: Path, iteration: int) -> None:
+    """Keep only the metric lines of iterations <= ``iteration`` (those the checkpoint has seen)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("iter", 0) <= iteration:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+    atomic_write_text(path, "".join(l + "\n" for l in keep))
+
+
+@torch.no_grad()
+def knn_monitor(method: SSLMethod, cfg: dict, device: torch.device, channels_last: bool) -> float:
+    """kNN top-1 (k=20, cosine, weighted) of the online backbone: train split bank, held-out val split."""
+    kc, dc = cfg["knn"], cfg["data"]
+    tf = eval_transform(cfg["aug"]["size"])
+    bank = ImageFolderList(dc["root"], dc["train_split"], tf, max_images=kc.get("max_train_images"))
+    val = ImageFolderList(dc["root"], kc["split"], tf, max_images=kc.get("max_val_images"))
+    mk = dict(batch_size=kc.get("batch_size", 256), num_workers=_num_workers(cfg), shuffle=False)
+    was = method.training
+    method.eval()
+    bb = method.backbone
+    ftr, ytr = extract_features(bb, DataLoader(bank, **mk), device, channels_last)
+    fva, yva = extract_features(bb, DataLoader(val, **mk), device, channels_last)
+    method.train(was)
+    return knn_top1(ftr, ytr, fva, yva, num_classes=len(bank.classes), k=kc["k"], t=kc["t"])
+
+
+def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo) -> Path:
+    """Train (or resume) the experiment; returns the path of ``checkpoint.pth``."""
+    device = dist_info.device
+    cuda = device.type == "cuda"
+    amp = cfg["amp"] if cfg["amp"] != "auto" else cuda
+    channels_last = cfg["channels_last"] if cfg["channels_last"] != "auto" else cuda
+    seed = int(cfg["seed"])
+    _set_threads(cfg, device, dist_info.world_size)
+    seed_everything(seed + dist_info.rank, deterministic=cfg.get("deterministic", False))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path, metrics_path = out_dir / "checkpoint.pth", out_dir / "metrics.jsonl"
+
+    world = dist_info.world_size
+    if cfg["batch_size"] % world:
+        raise ValueError(f"batch_size {cfg['batch_size']} is not divisible by the {world} processes")
+    local_bs = cfg["batch_size"] // world
+    dc = cfg["data"]
+    base = ImageFolderList(dc["root"], dc["train_split"], cache=dc.get("cache", False),
+                           max_images=dc.get("max_images"))
+    ds = TwoViewDataset(base, build_pair(cfg["aug"]["kind"], cfg["aug"]["size"], cfg["aug"]["scale"]), seed)
+    ipe = len(ds) // cfg["batch_size"]
+    total = cfg["epochs"] * ipe
+    warmup = int(round(cfg["optim"].get("warmup_epochs", 0) * ipe))
+
+    method = METHODS.get(cfg["method"])(cfg)
+    if cfg.get("sync_bn"):
+        if cuda and world > 1:
+            method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        else:
+            log.warning("sync_bn ignored: SyncBatchNorm needs CUDA and several processes")
+    method.to(device)
+    if channels_last:
+        method.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg["optim"], method)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and cuda)
+
+    it = 0
+    if ckpt_path.exists():
+        it, _ = load_checkpoint(ckpt_path, method, optimizer, scaler, exp)
+        log.info("resuming %s from %s at iteration %d/%d (epoch %d)", exp, ckpt_path, it, total, it // ipe)
+        if dist_info.is_main:
+            truncate_metrics(metrics_path, it)
+    elif dist_info.is_main:
+        atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+    ldist.barrier()
+    last_good = it
+
+    model = method
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            method, device_ids=[device.index] if cuda else None, broadcast_buffers=False)
+
+    def save(epoch: int) -> None:
+        nonlocal last_good
+        if dist_info.is_main:
+            atomic_torch_save(checkpoint_state(method, optimizer, scaler, cfg, epoch, it, exp), ckpt_path)
+        last_good = it
+        ldist.barrier()
+
+    log_every, ck_every = int(cfg.get("log_every", 1)), int(cfg["ckpt"].get("every_iters", 0) or 0)
+    bar = tqdm(total=total, initial=it, disable=not dist_info.is_main, desc=exp, dynamic_ncols=True,
+               mininterval=float(cfg.get("tqdm_interval", 2.0)))
+    nw = _num_workers(cfg)
+    while it < total:
+        epoch = it // ipe
+        sampler = EpochBatchSampler(len(ds), local_bs, seed, epoch, it % ipe, dist_info.rank, world)
+        loader = DataLoader(ds, batch_sampler=sampler, num_workers=nw, pin_memory=cuda)
+        method.train()
+        t0, n_img = time.perf_counter(), 0
+        for x1, x2 in loader:
+            x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
+            if channels_last:
+                x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
+            lr = cosine_lr(cfg["optim"]["lr"], it, total, warmup)
+            set_lr(optimizer, lr)
+            m = method.momentum_at(it, total)
+            method.iteration = it
+            with _autocast(device, amp):
+                loss, logs = model(x1, x2)
+            loss_val = ldist.all_reduce_mean(loss.detach().float()).item()
+            if not math.isfinite(loss_val):
+                bar.close()
+                raise NonFiniteLoss(f"{exp}: loss is {loss_val} at iteration {it} (epoch {epoch}, lr {lr:.4g}); "
+                                    f"stopped. Last good checkpoint: {ckpt_path} at iteration {last_good}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            method.update_target(m)
+            it += 1
+            n_img += x1.shape[0] * world
+            bar.update(1)
+            if it % log_every == 0 or it == total:
+                dt = time.perf_counter() - t0
+                rec = {"iter": it, "epoch": epoch, "loss": loss_val, "lr": lr, "momentum": m,
+                       "images_per_s": n_img / dt if dt > 0 else None}
+                rec.update({k: ldist.all_reduce_mean(v.float()).item() for k, v in logs.items()})
+                if dist_info.is_main:
+                    append_jsonl(metrics_path, rec)
+                bar.set_postfix(loss=f"{loss_val:.4f}", lr=f"{lr:.3g}")
+                t0, n_img = time.perf_counter(), 0
+            if ck_every and it % ck_every == 0 and it % ipe:
+                save(epoch)
+        done = it // ipe
+        kc = cfg["knn"]
+        if kc.get("every") and (done % kc["every"] == 0 or it == total):
+            if dist_info.is_main:
+                acc = knn_monitor(method, cfg, device, channels_last)
+                append_jsonl(metrics_path, {"iter": it, "epoch": done, "knn_top1": acc})
+                bar.write(f"epoch {done}: kNN top-1 {acc:.2f}%")
+                log.info("epoch %d: kNN top-1 (k=%d) on %s: %.2f%%", done, kc["k"], kc["split"], acc)
+            ldist.barrier()
+        save(done)
+    bar.close()
+    if dist_info.is_main:
+        meta = {"method": cfg["method"], "epochs": cfg["epochs"], "arch": cfg["arch"], "exp": exp,
+                "iteration": it, "seed": seed, "git": git_commit()}
+        save_backbone(out_dir / "backbone.pth", method.backbone.state_dict(), meta)
+    ldist.barrier()
+    return ckpt_path

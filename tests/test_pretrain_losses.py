@@ -1,0 +1,71 @@
+"""Losses Eq. (3)-(5) and view symmetry of the symmetric methods."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lewel_bench.config import load_config
+from pretrain.losses import info_nce, info_nce_in_batch, lewel_total, normalized_mse
+from pretrain.methods import METHODS
+
+CFG_DIR = "pretrain/configs"
+
+
+def tiny_cfg(method: str) -> dict:
+    cfg = load_config(f"{method}_mini", CFG_DIR, ["arch=resnet18"])
+    cfg["model"].update({k: v for k, v in {"hidden": 64, "dim": 32, "pred_hidden": 64}.items() if k in cfg["model"]})
+    if "queue_size" in cfg["model"]:
+        cfg["model"]["queue_size"] = 64
+    return cfg
+
+
+def test_info_nce_matches_eq4():
+    torch.manual_seed(0)
+    q, k, queue = torch.randn(4, 8), torch.randn(4, 8), torch.randn(10, 8)
+    tau = 0.2
+    qn, kn, nn_ = F.normalize(q, dim=1), F.normalize(k, dim=1), F.normalize(queue, dim=1)
+    pos = ((qn * kn).sum(1) / tau).exp()
+    neg = ((qn @ nn_.t()) / tau).exp().sum(1)
+    ref = -(pos / (pos + neg)).log().mean()
+    torch.testing.assert_close(info_nce(q, k, queue, tau), ref)
+
+
+def test_in_batch_info_nce_uses_same_index_negatives():
+    torch.manual_seed(0)
+    B, c, K, tau = 4, 8, 3, 0.2
+    q, k = torch.randn(B, c, K), torch.randn(B, c, K)
+    losses = []
+    for j in range(K):
+        qj, kj = F.normalize(q[:, :, j], dim=1), F.normalize(k[:, :, j], dim=1)
+        logits = qj @ kj.t() / tau  # negatives: other images at the same aligned index j
+        losses.append(F.cross_entropy(logits, torch.arange(B), reduction="none"))
+    torch.testing.assert_close(info_nce_in_batch(q, k, tau), torch.stack(losses).mean())
+    # a global batch of 2B with this rank's block at offset B
+    k2 = torch.cat([torch.randn(B, c, K), k])
+    assert info_nce_in_batch(q, k2, tau, offset=B) > 0
+
+
+def test_normalized_mse_eq5_and_total_eq3():
+    p, z = torch.randn(5, 6), torch.randn(5, 6)
+    ref = (2 - 2 * F.cosine_similarity(p, z, dim=1)).mean()
+    torch.testing.assert_close(normalized_mse(p, z), ref)
+    assert normalized_mse(z, z).abs() < 1e-6
+    assert lewel_total(torch.tensor(2.0), torch.tensor(4.0), 0.5) == 3.0
+    assert lewel_total(torch.tensor(2.0), torch.tensor(4.0), 0.25) == 2.5
+
+
+@pytest.mark.parametrize("method", ["byol", "lewel_b", "lewel_b_params"])
+def test_losses_symmetric_in_the_two_views(method):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(method.replace("_params", ""))
+    if method.endswith("_params"):
+        cfg["model"]["target"] = "params"
+    m = METHODS.get(cfg["method"])(cfg).train()
+    x1, x2 = torch.randn(4, 3, 48, 48), torch.randn(4, 3, 48, 48)  # layer4: 2 x 2
+    m2 = copy.deepcopy(m)  # BN running stats are updated by a forward: use twin copies
+    l12, logs12 = m(x1, x2)
+    l21, logs21 = m2(x2, x1)
+    torch.testing.assert_close(l12, l21, rtol=1e-5, atol=1e-6)
+    for key in logs12:
+        torch.testing.assert_close(logs12[key], logs21[key], rtol=1e-5, atol=1e-6)

@@ -1,0 +1,94 @@
+"""EMA momentum schedule, EMA / EMAN updates, the MoCo queue, LARS exclusions, lr schedule."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pretrain.ema import cosine_momentum, ema_update
+from pretrain.methods.base import QueueMixin
+from pretrain.optim import LARS, build_optimizer, cosine_lr, param_groups
+
+
+def test_momentum_schedule_endpoints():
+    assert cosine_momentum(0.98, 0, 1000) == pytest.approx(0.98)
+    assert cosine_momentum(0.98, 1000, 1000) == pytest.approx(1.0)
+    assert cosine_momentum(0.98, 500, 1000) == pytest.approx(0.99)
+    assert all(cosine_momentum(0.99, t, 100) <= cosine_momentum(0.99, t + 1, 100) for t in range(100))
+
+
+def _net():
+    return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+
+
+def test_ema_params_vs_eman():
+    torch.manual_seed(0)
+    online, target = _net(), _net()
+    online(torch.randn(8, 3))  # online BN stats move
+    t_stats = target[1].running_mean.clone()
+    t_w, o_w = target[0].weight.clone(), online[0].weight.clone()
+    ema_update(target, online, 0.9, "params")
+    torch.testing.assert_close(target[0].weight, 0.9 * t_w + 0.1 * o_w)
+    torch.testing.assert_close(target[1].running_mean, t_stats)  # buffers untouched
+    ema_update(target, online, 0.9, "eman")
+    torch.testing.assert_close(target[1].running_mean, 0.9 * t_stats + 0.1 * online[1].running_mean)
+    assert target[1].num_batches_tracked == online[1].num_batches_tracked
+    ema_update(target, online, 0.0, "params")
+    torch.testing.assert_close(target[0].weight, online[0].weight)
+
+
+class _Q(QueueMixin, nn.Module):
+    def __init__(self, size, dim):
+        nn.Module.__init__(self)
+        self.init_queue(size, dim)
+
+
+def test_queue_fifo():
+    q = _Q(6, 2)
+    batches = [torch.full((2, 2), float(i)) for i in range(1, 5)]
+    for b in batches[:3]:
+        q.enqueue(b)
+    assert q.queue[:, 0].tolist() == [1, 1, 2, 2, 3, 3] and int(q.queue_ptr) == 0
+    q.enqueue(batches[3])  # the oldest entries (batch 1) are replaced first
+    assert q.queue[:, 0].tolist() == [4, 4, 2, 2, 3, 3] and int(q.queue_ptr) == 2
+    q.enqueue(torch.full((5, 2), 9.0))  # wraps around
+    assert q.queue[:, 0].tolist() == [9, 4, 9, 9, 9, 9] and int(q.queue_ptr) == 1  # slots 2,3,4,5,0
+
+
+def test_lars_excludes_bn_and_bias():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    groups = param_groups(net, 0.1, exclude_bn_bias=True)
+    excluded = {id(p) for g in groups if g["lars_exclude"] for p in g["params"]}
+    assert excluded == {id(net[0].bias), id(net[1].weight), id(net[1].bias)}
+    assert all(g["weight_decay"] == 0 for g in groups if g["lars_exclude"])
+    opt = build_optimizer({"name": "lars", "lr": 0.5, "momentum": 0.9, "weight_decay": 0.1,
+                           "exclude_bn_bias": True, "trust_coefficient": 1e-3}, net)
+    assert isinstance(opt, LARS)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    net(torch.randn(8, 4)).pow(2).sum().backward()
+    grads = {n: p.grad.clone() for n, p in net.named_parameters()}
+    opt.step()
+    for n, p in net.named_parameters():
+        if n == "0.weight":  # adapted: step = lr * trust * ||w|| / ||g + wd w|| * (g + wd w)
+            d = grads[n] + 0.1 * before[n]
+            step = 0.5 * 1e-3 * before[n].norm() / d.norm() * d
+        else:  # excluded: plain SGD step, no decay, no trust ratio
+            step = 0.5 * grads[n]
+        torch.testing.assert_close(before[n] - p.detach(), step, rtol=1e-4, atol=1e-7)
+
+
+def test_sgd_groups_without_exclusion_decay_everything():
+    net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    groups = param_groups(net, 1e-4, exclude_bn_bias=False)
+    assert len(groups) == 1 and groups[0]["weight_decay"] == 1e-4
+
+
+def test_cosine_lr_with_warmup():
+    assert cosine_lr(1.0, 0, 100, 10) == pytest.approx(0.1)
+    assert cosine_lr(1.0, 9, 100, 10) == pytest.approx(1.0)
+    assert cosine_lr(1.0, 10, 100, 10) == pytest.approx(1.0)
+    assert cosine_lr(1.0, 55, 100, 10) == pytest.approx(0.5)
+    assert cosine_lr(1.0, 100, 100, 10) == pytest.approx(0.0, abs=1e-12)
+    assert cosine_lr(2.0, 0, 100, 0) == 2.0
+    assert math.isclose(cosine_lr(1.0, 50, 100, 0), 0.5)

@@ -1,0 +1,239 @@
+"""make_tables on a fixture set of records vs hand-computed CSVs; unmatched / malformed reporting; the
+paper data files; the `make all` chain as a dry run (local order and SLURM dependencies); the launcher's
+option handling."""
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lewel_bench.utils import REPO_ROOT
+from tools import make_tables as mt
+
+FIX = Path(__file__).resolve().parent / "fixtures"
+VALUE_SUFFIXES = (".paper", ".ours", ".std", ".n", ".diff")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tables")
+    tables, unmatched = mt.make_tables(FIX / "records", REPO_ROOT / "results" / "paper", out)
+    return out, tables, unmatched
+
+
+def _key(v) -> str:
+    """Key cells as text: 3.0 -> '3', NaN -> ''."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def _keys(df: pd.DataFrame, keys: list[str]) -> list[tuple]:
+    return sorted(tuple(_key(v) for v in row) for row in df[keys].itertuples(index=False))
+
+
+def _same(a, b) -> bool:
+    na = a is None or (isinstance(a, float) and math.isnan(a))
+    nb = b is None or (isinstance(b, float) and math.isnan(b))
+    if na or nb:
+        return na and nb
+    try:
+        return abs(float(a) - float(b)) < 1e-9
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+@pytest.mark.parametrize("name", ["table1_linear", "table2_semisup", "table3_voc", "table4_coco",
+                                  "table5_components", "table6_heads", "table8_handcrafted"])
+def test_table_matches_hand_computed(built, name):
+    out, tables, _ = built
+    got = pd.read_csv(out / f"{name}.csv")
+    want = pd.read_csv(FIX / "expected" / f"{name}.csv")
+    keys = [c for c in want.columns if not c.endswith(VALUE_SUFFIXES)]
+    ours_cols = [c for c in got.columns if c.endswith(".ours")]
+    # exactly the expected rows carry any of our numbers
+    with_ours = got[got[ours_cols].notna().any(axis=1)]
+    assert _keys(with_ours, keys) == _keys(want, keys)
+    for _, w in want.iterrows():
+        sel = got
+        for k in keys:
+            sel = sel[sel[k].map(_key) == _key(w[k])]
+        assert len(sel) == 1, f"{name}: row {dict(w[keys])} found {len(sel)} times"
+        g = sel.iloc[0]
+        for c in want.columns:
+            if c in keys:
+                continue
+            assert _same(g[c], w[c]), f"{name} row {w['label']!r} column {c}: got {g[c]!r}, expected {w[c]!r}"
+
+
+def test_paper_rows_and_columns_mirror_the_paper(built):
+    _, tables, _ = built
+    t1 = tables["table1_linear"]
+    paper_rows = t1[t1["dataset"] == "paper"]
+    assert list(paper_rows["label"])[:3] == ["InstDisc [42]", "PCL [23]", "SimCLR [7]"]
+    assert len(paper_rows) == 11
+    lewel_b = paper_rows[paper_rows["label"] == "LEWEL_B"].iloc[0]
+    assert (lewel_b["ep100_top1.paper"], lewel_b["ep200_top5.paper"], lewel_b["ep400_top1.paper"]) == (71.9, 91.0, 73.8)
+    # the cited and the reproduced BYOL rows are kept apart; ours goes beside the reproduction (*)
+    byol = paper_rows[paper_rows["method"] == "byol"].set_index("source")
+    assert byol.loc["cited", "ep100_top1.paper"] == 66.5 and byol.loc["reproduced", "ep100_top1.paper"] == 70.6
+    assert math.isnan(byol.loc["cited", "ep100_top1.ours"]) and byol.loc["reproduced", "ep100_top1.ours"] == 70.0
+    assert len(tables["table2_semisup"][tables["table2_semisup"]["dataset"] == "paper"]) == 10
+    assert len(tables["table3_voc"]) == 13 and len(tables["table4_coco"]) == 15
+    assert len(tables["table7_num_aligned"]) == 9
+    t4 = tables["table4_coco"].set_index("label")
+    assert t4.loc["PixelPro [44] (400 ep)", "segm_AP50.paper"] is None or math.isnan(t4.loc["PixelPro [44] (400 ep)", "segm_AP50.paper"])
+
+
+def test_mini_records_are_labelled_not_mixed(built):
+    _, tables, _ = built
+    t1 = tables["table1_linear"]
+    mini = t1[t1["dataset"] == "mini"]
+    assert set(mini["source"]) == {"ours"} and len(mini) == 2
+    # a mini lewel_b run never fills the paper's LEWEL_B row
+    assert t1[(t1["label"] == "LEWEL_B") & (t1["dataset"] == "paper")]["other_top1.ours"].isna().all()
+
+
+def test_unmatched_and_malformed_are_reported(built):
+    out, _, unmatched = built
+    want = pd.read_csv(FIX / "expected" / "unmatched.csv")
+    got = pd.read_csv(out / "unmatched.csv")
+    got["name"] = got["file"].map(lambda f: Path(f).name)
+    assert sorted(got["name"]) == sorted(want["file"])
+    for _, w in want.iterrows():
+        reason = got[got["name"] == w["file"]]["reason"].iloc[0]
+        assert w["reason"] in reason, (w["file"], reason)
+    md = (out / "README.md").read_text()
+    assert "72.5 ± 0.7 (n=2)" in md and "bad-protocol.json" in md and "Unmatched records" in md
+    other = pd.read_csv(out / "other_results.csv")
+    assert set(other["eval"]) == {"knn"}   # fpn_2x is placed in Table 8
+
+
+def test_strict_exits_nonzero_on_unmatched(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        mt.main(["--records", str(FIX / "records"), "--out", str(tmp_path / "t"), "--strict"])
+    assert e.value.code == 1
+    assert mt.main(["--records", str(tmp_path / "empty"), "--out", str(tmp_path / "t2"), "--strict"]) == 0
+
+
+def test_paper_file_errors_name_file_and_column(tmp_path):
+    p = tmp_path / "table1_linear.csv"
+    p.write_text("# schema: label:str,method:str,source:str,ep100_top1:float\n"
+                 "label,method,source,ep100_top1\nX,x,lewel,abc\n")
+    with pytest.raises(mt.PaperFileError, match=r"table1_linear.csv: data row 1, column 'ep100_top1'"):
+        mt.read_paper_csv(p)
+    p.write_text("label,method\nX,x\n")
+    with pytest.raises(mt.PaperFileError, match="no '# schema"):
+        mt.read_paper_csv(p)
+
+
+def test_all_paper_files_parse_with_their_schema():
+    for p in sorted((REPO_ROOT / "results" / "paper").glob("table*.csv")):
+        df, schema = mt.read_paper_csv(p)
+        assert {"label", "source"} <= set(schema), p
+        assert set(df["source"]) <= {"lewel", "reproduced", "cited", "original"}, p
+        assert len(df) > 0
+
+
+# ----------------------------------------------------------------------------- the chain (dry run)
+def _make_n(*args: str) -> list[str]:
+    r = subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=REPO_ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return r.stdout.splitlines()
+
+
+def _first(lines: list[str], pattern: str) -> int:
+    for i, ln in enumerate(lines):
+        if re.search(pattern, ln):
+            return i
+    raise AssertionError(f"no line matches {pattern!r} in the dry run:\n" + "\n".join(lines))
+
+
+CHAIN = [r"-- pretrain\b", r"-- tools\.convert_to_detectron2", r"-- tools\.convert_to_mmseg",
+         r"-- eval_linear\b", r"-- eval_semisup\b.*1pct", r"-- eval_semisup\b.*10pct", r"-- eval_detection\b",
+         r"-- eval_segmentation\b", r"-- eval_detection\b.*coco", r"-- eval_detection\b.*fpn",
+         r"-- tools\.make_tables"]
+
+
+def test_make_all_dry_run_shows_the_chain_in_order():
+    lines = _make_n("all", "EXP=lewel_b")
+    pos = [_first(lines, p) for p in CHAIN]
+    assert pos == sorted(pos), list(zip(CHAIN, pos))
+
+
+def test_make_all_slurm_dry_run_chains_jobs_with_afterok():
+    lines = _make_n("all", "EXP=lewel_b", "LAUNCHER=slurm", "PARTITION=debug")
+    launches = [ln for ln in lines if "lewel_bench.launch" in ln]
+    assert launches and all("--launcher slurm" in ln for ln in launches)
+    pre = launches[_first(launches, r"-- pretrain\b")]
+    assert "--dependency" not in pre and "--job-id-file runs/lewel_b/chain/pretrain.id" in pre
+    for pat, step in [(r"-- eval_linear\b", "linear"), (r"-- eval_segmentation\b", "voc-seg"),
+                      (r"-- tools\.make_tables", "tables")]:
+        ln = launches[_first(launches, pat)]
+        assert "--dependency afterok" in ln and f"--job-id-file runs/lewel_b/chain/{step}.id" in ln, ln
+    # every dependent submission reads the job ids of the steps it waits for
+    recipe = [ln for ln in lines if "DEPENDENCY=afterok:" in ln]
+    assert any("chain/pretrain.id" in ln and "eval-linear" in ln for ln in recipe)
+    tables = [ln for ln in recipe if re.search(r"\btables\b", ln)][0]
+    for step in ("linear", "semisup1", "semisup10", "voc-det", "voc-seg", "coco-c4-1x", "coco-fpn-1x"):
+        assert f"chain/{step}.id" in tables
+
+
+# ----------------------------------------------------------------------------- launcher options
+def test_launcher_options_config_and_placeholders(tmp_path):
+    from lewel_bench import launch
+
+    cfg = tmp_path / "l.yaml"
+    cfg.write_text("launcher: slurm\nslurm: {partition: gpu, gpus_per_node: 8, time: '1-02:30:00', nodes: 2}\n")
+    args, rest = launch.parse_args(["--config", str(cfg), "--nodes", "4", "--", "eval_knn", "--x"])
+    launcher, nproc, opts = launch.resolve_options(args)
+    assert (launcher, nproc, opts.partition, opts.nodes, opts.gpus_per_node) == ("slurm", 1, "gpu", 4, 8)
+    assert launch.parse_time_minutes(opts.time) == 26 * 60 + 30 and rest == ["eval_knn", "--x"]
+    assert launch.parse_time_minutes("90") == 90 and launch.parse_time_minutes("02:00:00") == 120
+    ex = REPO_ROOT / "launch" / "slurm.yaml"
+    with pytest.raises(launch.LaunchError, match="placeholder"):
+        launch.resolve_options(launch.parse_args(["--config", str(ex), "--", "x"])[0])
+    cfg.write_text("slurm: {partiton: gpu}\n")
+    with pytest.raises(launch.LaunchError, match="partition"):
+        launch.resolve_options(launch.parse_args(["--config", str(cfg), "--", "x"])[0])
+    with pytest.raises(launch.LaunchError, match="unknown stage"):
+        launch.stage_main("no_such_stage_xyz")
+    assert launch.stage_main("tools.make_tables") is mt.main
+
+
+def test_stagejob_checkpoint_returns_delayed_submission_of_itself():
+    import submitit
+
+    from lewel_bench.launch import StageJob
+
+    job = StageJob("eval_knn", ["--ckpt", "random:resnet18"])
+    d = job.checkpoint()
+    assert isinstance(d, submitit.helpers.DelayedSubmission)
+    assert isinstance(d.function, StageJob) and d.function.argv == job.argv and d.function.attempt == 1
+
+
+def test_local_nproc_spawns_ranks(tmp_path, monkeypatch):
+    """``--nproc 2``: two processes with torchrun's variables (a tiny stage module writes what it sees)."""
+    from lewel_bench import launch
+
+    pkg = tmp_path / "rank_probe"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "import json, os, sys\n"
+        "def main(argv):\n"
+        "    keys = ['RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT']\n"
+        "    open(os.path.join(argv[0], os.environ['RANK'] + '.json'), 'w').write(json.dumps({k: os.environ[k] for k in keys}))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    launch.main(["--nproc", "2", "--", "rank_probe", str(tmp_path)])
+    import json
+    seen = [json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1)]
+    assert [s["RANK"] for s in seen] == ["0", "1"] and {s["WORLD_SIZE"] for s in seen} == {"2"}
+    assert seen[0]["MASTER_PORT"] == seen[1]["MASTER_PORT"]

@@ -1,0 +1,508 @@
+"""Aggregate ``results/records/`` into CSV tables that mirror the LEWEL paper's Tables 1-8.
+
+    python -m tools.make_tables [--records results/records] [--paper results/paper] [--out results/tables] [--strict]
+
+For every paper table (``results/paper/table*.csv``: typed CSV files with a ``# schema:`` line) the output
+``results/tables/<name>.csv`` has the paper's rows and value columns; for each value column ``c``:
+``c.paper``, ``c.ours`` (mean over runs), ``c.std`` (sample std, ddof=1, when >= 2 runs), ``c.n`` (runs) and
+``c.diff`` (ours - paper). Records that fit a table but no paper row (other epochs, ``random`` init, mini
+data) become extra rows below the paper's (``source`` = ``ours``). Every row carries a ``dataset`` column:
+``paper`` for the paper's rows, else the records' dataset (``mini`` records are never merged into
+real-data rows). ``results/tables/README.md`` renders all tables in Markdown (``ours ± std (n)``).
+
+Records that cannot be placed (unknown eval / protocol, missing metric, IN-100 runs that fit no ablation
+row) and malformed files are listed in ``unmatched.csv`` and logged; ``--strict`` makes them an error.
+Matching: Tables 1-4 and 8 by (method, pretrain_epochs[, arch]); Tables 5-7 by pretrain_exp (``exp`` column).
+kNN results (no paper table) go to ``other_results.csv``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pandas as pd
+
+from lewel_bench.records import default_records_dir, load_records
+from lewel_bench.utils import REPO_ROOT
+
+log = logging.getLogger("tools.make_tables")
+
+PAPER_DIR = REPO_ROOT / "results" / "paper"
+TABLES_DIR = REPO_ROOT / "results" / "tables"
+
+# Record vocabulary (docs/CONVENTIONS.md): eval -> known protocols and the metric keys it reports.
+KNOWN_PROTOCOLS: dict[str, set[str]] = {
+    "linear": {"lewel_b_sgd", "lewel_m_lars", "mini"},
+    "semisup": {"1pct", "10pct"},
+    "knn": {"k20"},
+    "voc_det": {"c4_24k"},
+    "voc_seg": {"fcn_d8_20k"},
+    "coco": {"c4_1x", "fpn_1x", "fpn_2x"},
+}
+NO_CITED = "cited"
+TYPES: dict[str, Callable[[str], Any]] = {
+    "str": str, "int": int, "float": float,
+    "bool": lambda s: {"true": True, "false": False}[s.strip().lower()],
+}
+
+
+class PaperFileError(ValueError):
+    """A file under results/paper is malformed (the message names the file, line and column)."""
+
+
+# --------------------------------------------------------------------------- paper data
+def read_paper_csv(path: Path) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Read a typed paper CSV: ``#`` comment lines, one ``# schema: col:type,...`` line, then a header.
+
+    Empty cells are ``None`` (the paper's "-"); every other cell is converted to its declared type.
+    """
+    text = path.read_text()
+    schema: dict[str, str] = {}
+    body = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            s = line[1:].strip()
+            if s.startswith("schema:"):
+                for item in s[len("schema:"):].split(","):
+                    name, _, typ = item.strip().partition(":")
+                    if typ not in TYPES:
+                        raise PaperFileError(f"{path}: schema column {name!r} has unknown type {typ!r} "
+                                             f"(known: {sorted(TYPES)})")
+                    schema[name] = typ
+        elif line.strip():
+            body.append(line)
+    if not schema:
+        raise PaperFileError(f"{path}: no '# schema: col:type,...' line")
+    rows = list(csv.reader(io.StringIO("\n".join(body))))
+    header, data = rows[0], rows[1:]
+    if header != list(schema):
+        raise PaperFileError(f"{path}: header {header} does not match the schema {list(schema)}")
+    out = []
+    for i, r in enumerate(data, start=1):
+        if len(r) != len(header):
+            raise PaperFileError(f"{path}: data row {i} has {len(r)} cells, expected {len(header)}")
+        rec = {}
+        for col, cell in zip(header, r):
+            if cell.strip() == "":
+                rec[col] = None
+                continue
+            try:
+                rec[col] = TYPES[schema[col]](cell.strip())
+            except (ValueError, KeyError):
+                raise PaperFileError(f"{path}: data row {i}, column {col!r}: {cell!r} is not a {schema[col]}") from None
+        out.append(rec)
+    return pd.DataFrame(out, columns=header).astype(object), schema
+
+
+# --------------------------------------------------------------------------- table specs
+@dataclass(frozen=True)
+class Cell:
+    """Where a value column's numbers come from: eval, protocols (``{arch}`` filled from the row), metric."""
+    eval: str
+    metric: str
+    protocols: tuple[str, ...] | None = None     # None = any known protocol of the eval
+    epochs: int | None = None                    # fixed epochs (Table 1); None = the row's epochs column
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str                 # output name and results/paper/<name>.csv
+    title: str
+    cells: dict[str, Cell]    # paper value column -> where our numbers come from
+    key: str = "method"       # "method": match (method, epochs[, arch]); "exp": match pretrain_exp
+    row_attrs: tuple[str, ...] = ()   # row columns (besides label/method/source) that identify the row
+    extra_epoch_cells: dict[str, Cell] = field(default_factory=dict)  # Table 1: values at other epochs
+
+
+LIN = ("lewel_b_sgd", "lewel_m_lars", "mini")
+TABLES: list[TableSpec] = [
+    TableSpec("table1_linear", "Table 1: IN-1K linear classification (ResNet-50)", {
+        "ep100_top1": Cell("linear", "top1", LIN, 100, "100ep Acc@1"),
+        "ep100_top5": Cell("linear", "top5", LIN, 100, "100ep Acc@5"),
+        "ep200_top1": Cell("linear", "top1", LIN, 200, "200ep Acc@1"),
+        "ep200_top5": Cell("linear", "top5", LIN, 200, "200ep Acc@5"),
+        "ep400_top1": Cell("linear", "top1", LIN, 400, "400ep Acc@1"),
+    }, extra_epoch_cells={
+        "other_top1": Cell("linear", "top1", LIN, None, "other-ep Acc@1"),
+        "other_top5": Cell("linear", "top5", LIN, None, "other-ep Acc@5"),
+    }),
+    TableSpec("table2_semisup", "Table 2: IN-1K semi-supervised classification (ResNet-50)", {
+        "pct1_top1": Cell("semisup", "top1", ("1pct",), label="1% Acc@1"),
+        "pct1_top5": Cell("semisup", "top5", ("1pct",), label="1% Acc@5"),
+        "pct10_top1": Cell("semisup", "top1", ("10pct",), label="10% Acc@1"),
+        "pct10_top5": Cell("semisup", "top5", ("10pct",), label="10% Acc@5"),
+    }, row_attrs=("epochs",)),
+    TableSpec("table3_voc", "Table 3: Pascal VOC detection (Faster R-CNN R50-C4) and VOC12 segmentation", {
+        "det_AP": Cell("voc_det", "AP", ("c4_24k",), label="Det AP"),
+        "det_AP50": Cell("voc_det", "AP50", ("c4_24k",), label="Det AP50"),
+        "det_AP75": Cell("voc_det", "AP75", ("c4_24k",), label="Det AP75"),
+        "seg_mIoU": Cell("voc_seg", "mIoU", ("fcn_d8_20k",), label="Seg mIoU"),
+    }, row_attrs=("epochs",)),
+    TableSpec("table4_coco", "Table 4: MS-COCO Mask R-CNN, 1x schedule", {
+        "bbox_AP": Cell("coco", "bbox_AP", ("{arch}_1x",), label="AP^bb"),
+        "bbox_AP50": Cell("coco", "bbox_AP50", ("{arch}_1x",), label="AP^bb_50"),
+        "bbox_AP75": Cell("coco", "bbox_AP75", ("{arch}_1x",), label="AP^bb_75"),
+        "segm_AP": Cell("coco", "segm_AP", ("{arch}_1x",), label="AP^mk"),
+        "segm_AP50": Cell("coco", "segm_AP50", ("{arch}_1x",), label="AP^mk_50"),
+        "segm_AP75": Cell("coco", "segm_AP75", ("{arch}_1x",), label="AP^mk_75"),
+    }, row_attrs=("arch", "epochs")),
+    TableSpec("table8_handcrafted", "Table 8 (appendix): hand-crafted spatial alignment; IN-1K linear, "
+              "COCO Mask R-CNN R50-FPN 1x / 2x", {
+        "in1k_top1": Cell("linear", "top1", LIN, label="IN-1K Acc@1"),
+        "in1k_top5": Cell("linear", "top5", LIN, label="IN-1K Acc@5"),
+        **{f"x{s}_{m}": Cell("coco", m, (f"fpn_{s}x",), label=f"{s}x {m}")
+           for s in (1, 2) for m in ("bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP", "segm_AP50", "segm_AP75")},
+    }, row_attrs=("epochs",)),
+    TableSpec("table5_components", "Table 5: influence of each component (IN-100)", {
+        "in100_top1": Cell("linear", "top1", label="IN-100 Acc"),
+        "voc_mIoU": Cell("voc_seg", "mIoU", ("fcn_d8_20k",), label="VOC Seg mIoU"),
+    }, key="exp"),
+    TableSpec("table6_heads", "Table 6: MoCo with large projection heads (IN-100)", {
+        "in100_top1": Cell("linear", "top1", label="IN-100 Acc"),
+        "voc_mIoU": Cell("voc_seg", "mIoU", ("fcn_d8_20k",), label="VOC mIoU"),
+    }, key="exp"),
+    TableSpec("table7_num_aligned", "Table 7: number of aligned embeddings (IN-100)", {
+        "in100_top1": Cell("linear", "top1", label="IN-100 Acc"),
+        "voc_mIoU": Cell("voc_seg", "mIoU", ("fcn_d8_20k",), label="VOC 12 Seg mIoU"),
+    }, key="exp"),
+]
+
+
+# --------------------------------------------------------------------------- records
+@dataclass
+class Run:
+    """One metric value of one record, with everything a table matches on."""
+    method: str
+    exp: str
+    epochs: int | None
+    eval: str
+    protocol: str
+    metric: str
+    value: float
+    dataset: str
+    path: str
+
+
+def is_in100(exp: str) -> bool:
+    return "in100" in exp.lower()
+
+
+def flatten_records(records: list[dict], problems: list[str]) -> tuple[list[Run], list[dict]]:
+    """Records -> per-metric runs; records with an unknown eval / protocol or bad metrics -> unmatched."""
+    runs: list[Run] = []
+    unmatched: list[dict] = []
+    for p in problems:          # load_records' problems read "<file>: <message>" (the message may repeat the file)
+        file, _, msg = p.partition(": ")
+        msg = msg[len(file) + 2:] if msg.startswith(file + ": ") else msg
+        unmatched.append({"file": file, "reason": f"malformed: {msg}"})
+    for rec in records:
+        path = rec.get("_path", "?")
+        ev, proto = str(rec["eval"]), str(rec["protocol"])
+        if ev not in KNOWN_PROTOCOLS:
+            unmatched.append({"file": path, "reason": f"unknown eval {ev!r} (known: {sorted(KNOWN_PROTOCOLS)})"})
+            continue
+        if proto not in KNOWN_PROTOCOLS[ev]:
+            unmatched.append({"file": path, "reason": f"unknown protocol {proto!r} for eval {ev!r} "
+                                                      f"(known: {sorted(KNOWN_PROTOCOLS[ev])})"})
+            continue
+        epochs = rec.get("pretrain_epochs")
+        try:
+            epochs = None if epochs is None else int(epochs)
+        except (TypeError, ValueError):
+            unmatched.append({"file": path, "reason": f"pretrain_epochs {epochs!r} is not an integer"})
+            continue
+        bad = [k for k, v in rec["metrics"].items()
+               if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)]
+        if bad:
+            unmatched.append({"file": path, "reason": f"non-numeric metrics {bad}"})
+            continue
+        dataset = str(rec.get("dataset") or ("mini" if proto == "mini" else "unknown"))
+        for metric, value in rec["metrics"].items():
+            runs.append(Run(str(rec["method"]), str(rec["pretrain_exp"]), epochs, ev, proto, metric,
+                            float(value), dataset, path))
+    return runs, unmatched
+
+
+def aggregate(values: list[float]) -> tuple[float | None, float | None, int]:
+    """(mean, sample std or None for one run, count)."""
+    n = len(values)
+    if n == 0:
+        return None, None, 0
+    s = pd.Series(values, dtype=float)
+    return float(s.mean()), (float(s.std(ddof=1)) if n > 1 else None), n
+
+
+# --------------------------------------------------------------------------- building one table
+def _protocols(cell: Cell, row: dict) -> set[str]:
+    if cell.protocols is None:
+        return KNOWN_PROTOCOLS[cell.eval]
+    return {p.format(**{k: v for k, v in row.items() if v is not None}) for p in cell.protocols}
+
+
+def _round(x: float | None, nd: int = 2) -> float | None:
+    return None if x is None else round(x, nd)
+
+
+def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[pd.DataFrame, set[int]]:
+    """The table's DataFrame (paper rows + extra rows of ours) and the ids of the runs it used."""
+    used: set[int] = set()
+    cells = spec.cells
+    value_cols = list(cells) + list(spec.extra_epoch_cells)
+    id_cols = [c for c in paper.columns if c not in cells]
+    in_scope = [(i, r) for i, r in enumerate(runs)
+                if (is_in100(r.exp) if spec.key == "exp" else not is_in100(r.exp))]
+
+    def matching(cell: Cell, row: dict, dataset_ok: Callable[[str], bool], epochs: int | None | str) -> list[int]:
+        protos = _protocols(cell, row)
+        out = []
+        for i, r in in_scope:
+            if r.eval != cell.eval or r.metric != cell.metric or r.protocol not in protos or not dataset_ok(r.dataset):
+                continue
+            if spec.key == "exp":
+                if r.exp != row["exp"]:
+                    continue
+            else:
+                if r.method != row["method"]:
+                    continue
+                if epochs != "any" and r.epochs != epochs:
+                    continue
+            out.append(i)
+        return out
+
+    def fill(out_row: dict, col: str, paper_val: Any, idx: list[int], compare: bool) -> None:
+        mean, std, n = aggregate([runs[i].value for i in idx])
+        out_row[f"{col}.paper"] = paper_val
+        out_row[f"{col}.ours"] = _round(mean)
+        out_row[f"{col}.std"] = _round(std)
+        out_row[f"{col}.n"] = n
+        out_row[f"{col}.diff"] = _round(mean - paper_val) if (compare and mean is not None and paper_val is not None) else None
+        used.update(idx)
+
+    # Which paper row gets our numbers: per identity (method, epochs, arch) the first non-cited row, else
+    # the first row (e.g. the cited supervised baseline). Ablation rows: by exp.
+    rows = paper.to_dict("records")
+    owner: dict[tuple, int] = {}
+    for j, row in enumerate(rows):
+        ident = (row["exp"],) if spec.key == "exp" else (row["method"],) + tuple(row.get(a) for a in spec.row_attrs)
+        if ident not in owner or (rows[owner[ident]]["source"] == NO_CITED and row["source"] != NO_CITED):
+            owner[ident] = j
+    owners = set(owner.values())
+    n_rows_of: dict[Any, int] = {}
+    for r in rows:
+        n_rows_of[r.get("method")] = n_rows_of.get(r.get("method"), 0) + 1
+
+    real = lambda d: d != "mini"  # noqa: E731
+    out_rows = []
+    for j, row in enumerate(rows):
+        o = {c: row[c] for c in id_cols}
+        o["dataset"] = "paper"
+        for col, cell in cells.items():
+            idx: list[int] = []
+            if j in owners:
+                ep: int | None | str = cell.epochs if spec.key == "method" and cell.epochs is not None else row.get("epochs")
+                idx = matching(cell, row, real, ep)
+                if spec.key == "method" and not idx and n_rows_of.get(row["method"]) == 1:
+                    # a record without pretrain_epochs (e.g. torchvision supervised weights) fills the
+                    # method's only row
+                    idx = [i for i in matching(cell, row, real, "any") if runs[i].epochs is None]
+            fill(o, col, row[col], idx, compare=True)
+        for col in spec.extra_epoch_cells:
+            fill(o, col, None, [], compare=False)
+        out_rows.append(o)
+
+    # Extra rows: runs of this table's evals that no paper row took (other epochs, random init, mini data).
+    # Ablation tables (key "exp") get none: an IN-100 run that fits no row is reported as unmatched.
+    extra: dict[tuple, dict] = {}
+    if spec.key == "exp":
+        in_scope = []
+    all_cells = {**cells, **spec.extra_epoch_cells}
+    fixed_epochs = {c.epochs for c in cells.values() if c.epochs is not None}
+    for i, r in in_scope:
+        if i in used:
+            continue
+        for col, cell in all_cells.items():
+            if r.eval != cell.eval or r.metric != cell.metric:
+                continue
+            if spec.key == "exp":
+                ident = (r.exp, r.dataset)
+                row_ctx = {"exp": r.exp}
+            else:
+                arch = r.protocol.split("_")[0] if "arch" in spec.row_attrs else None
+                ident = (r.method, r.epochs, arch, r.dataset)
+                row_ctx = {"method": r.method, "epochs": r.epochs, "arch": arch}
+            if r.protocol not in _protocols(cell, row_ctx):
+                continue
+            if cell.epochs is not None and (r.epochs != cell.epochs or r.dataset == "mini"):
+                continue
+            if col in spec.extra_epoch_cells and r.epochs in fixed_epochs and r.dataset != "mini":
+                continue
+            e = extra.setdefault(ident, {"ctx": row_ctx, "dataset": r.dataset, "cols": {}})
+            e["cols"].setdefault(col, []).append(i)
+    for ident, e in sorted(extra.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+        ctx = e["ctx"]
+        o = {c: None for c in id_cols}
+        o.update({k: v for k, v in ctx.items() if k in id_cols})
+        name = ctx.get("exp") if spec.key == "exp" else ctx["method"]
+        ep = f", {ctx['epochs']} ep" if spec.key == "method" and ctx.get("epochs") is not None else ""
+        o["label"] = f"{name} (ours{ep}{', ' + e['dataset'] if e['dataset'] != 'unknown' else ''})"
+        o["source"] = "ours"
+        o["dataset"] = e["dataset"]
+        for col in value_cols:
+            fill(o, col, None, e["cols"].get(col, []), compare=False)
+        out_rows.append(o)
+
+    ordered = id_cols + ["dataset"] + [f"{c}.{k}" for c in value_cols for k in ("paper", "ours", "std", "n", "diff")]
+    df = pd.DataFrame(out_rows)
+    for c in ordered:
+        if c not in df.columns:
+            df[c] = None
+    return df[ordered], used
+
+
+# --------------------------------------------------------------------------- Markdown
+def _fmt(x: Any) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.1f}"
+    return str(x)
+
+
+def to_markdown(spec: TableSpec, df: pd.DataFrame, paper_cols: list[str]) -> str:
+    """Paper value | ours (mean ± std, n) | diff, one column group per paper column."""
+    value_cols = list(spec.cells) + list(spec.extra_epoch_cells)
+    id_cols = [c for c in paper_cols if c not in spec.cells and c not in ("method", "exp")]
+    labels = {**{c: cell.label or c for c, cell in spec.cells.items()},
+              **{c: cell.label or c for c, cell in spec.extra_epoch_cells.items()}}
+    has_ours = {c: bool(df[f"{c}.n"].fillna(0).astype(int).sum()) for c in value_cols}
+    has_paper = {c: bool(df[f"{c}.paper"].notna().any()) for c in value_cols}
+    head = id_cols + ["dataset"]
+    for c in value_cols:   # a column group shows "ours" and "Δ" only where we have numbers
+        head += [f"{labels[c]} paper"] if has_paper[c] else []
+        head += [f"{labels[c]} ours", f"{labels[c]} Δ"] if has_ours[c] else []
+    lines = [f"### {spec.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in df.iterrows():
+        cells = [_fmt(r.get(c)) for c in id_cols] + [str(r["dataset"])]
+        for c in value_cols:
+            n = r.get(f"{c}.n")
+            n = 0 if n is None or (isinstance(n, float) and math.isnan(n)) else int(n)
+            ours = _fmt(r[f"{c}.ours"])
+            if n > 1:
+                ours = f"{ours} ± {_fmt(r[f'{c}.std'])} (n={n})"
+            diff = r[f"{c}.diff"]
+            if has_paper[c]:
+                cells.append(_fmt(r[f"{c}.paper"]))
+            if has_ours[c]:
+                cells += [ours, "-" if diff is None or (isinstance(diff, float) and math.isnan(diff)) else f"{diff:+.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- driver
+def make_tables(records_dir: Path, paper_dir: Path, out_dir: Path) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """Build every table whose paper file exists; write CSVs, unmatched.csv and README.md under ``out_dir``."""
+    records, problems = load_records(records_dir)
+    for p in problems:
+        log.warning("malformed record: %s", p)
+    runs, unmatched = flatten_records(records, problems)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    used_all: set[int] = set()
+    tables: dict[str, pd.DataFrame] = {}
+    md = ["# LEWEL reproduction: our numbers beside the paper's", "",
+          f"Generated by `make tables` (`python -m tools.make_tables`) from {len(records)} records in "
+          f"`{records_dir}`. Each cell group: the paper's value, ours (mean ± sample std over n runs), and "
+          "ours - paper. Rows with dataset `mini` come from the embedded mini benchmark and are not comparable "
+          "to the paper. Source: `lewel` = LEWEL's own numbers, `reproduced` = the paper's `*`, `cited` = `†`, "
+          "`original` = other papers' own numbers, `ours` = a row only we have.", ""]
+    for spec in TABLES:
+        pfile = paper_dir / f"{spec.name}.csv"
+        if not pfile.exists():
+            log.warning("no paper data %s; skipping %s", pfile, spec.name)
+            continue
+        paper, _ = read_paper_csv(pfile)
+        df, used = build_table(spec, paper, runs)
+        used_all |= used
+        tables[spec.name] = df
+        df.to_csv(out_dir / f"{spec.name}.csv", index=False)
+        md.append(to_markdown(spec, df, list(paper.columns)))
+    extra = extra_table(runs, used_all)
+    if not extra.empty:
+        extra.to_csv(out_dir / "other_results.csv", index=False)
+        md += ["### Other results (no paper table: kNN)", "", extra.to_markdown(index=False)
+               if _has_tabulate() else extra.to_string(index=False), ""]
+    # records none of the tables nor the extra list took (e.g. IN-100 runs of an unknown ablation)
+    placed_paths = {runs[i].path for i in used_all} | set(extra.get("files", pd.Series(dtype=object)).explode())
+    for i, r in enumerate(runs):
+        if i not in used_all and r.path not in placed_paths:
+            unmatched.append({"file": r.path, "reason": f"no table row for eval {r.eval} / exp {r.exp} "
+                                                        f"(metric {r.metric})"})
+    um = pd.DataFrame(unmatched, columns=["file", "reason"]).drop_duplicates()
+    um.to_csv(out_dir / "unmatched.csv", index=False)
+    if not um.empty:
+        md += ["### Unmatched records", "", *[f"- `{r.file}`: {r.reason}" for r in um.itertuples()], ""]
+    (out_dir / "README.md").write_text("\n".join(md))
+    return tables, um
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def extra_table(runs: list[Run], used: set[int]) -> pd.DataFrame:
+    """kNN results (no paper table shows them), aggregated per setting."""
+    rows = [r for i, r in enumerate(runs) if i not in used
+            and r.eval == "knn"]
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame([r.__dict__ for r in rows])
+    df["epochs"] = df["epochs"].astype(object)
+    g = df.groupby(["eval", "protocol", "method", "exp", "dataset", "metric"], dropna=False, sort=True)
+    out = g["value"].agg(ours="mean", std=lambda s: s.std(ddof=1) if len(s) > 1 else None, n="count").reset_index()
+    out["epochs"] = g["epochs"].first().values
+    out["files"] = g["path"].agg(list).values
+    out["ours"] = out["ours"].round(2)
+    out["std"] = pd.to_numeric(out["std"]).round(2)
+    return out[["eval", "protocol", "method", "exp", "epochs", "dataset", "metric", "ours", "std", "n", "files"]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.make_tables", description=__doc__.split("\n\n")[0])
+    p.add_argument("--records", default=None, help="records folder (default results/records or $LEWEL_RESULTS_DIR/records)")
+    p.add_argument("--paper", default=str(PAPER_DIR), help="paper data folder (default results/paper)")
+    p.add_argument("--out", default=str(TABLES_DIR), help="output folder (default results/tables)")
+    p.add_argument("--strict", action="store_true", help="exit 1 if any record is malformed or unmatched")
+    p.add_argument("--print", action="store_true", help="print the Markdown rendering")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    records_dir = Path(args.records) if args.records else default_records_dir()
+    out = Path(args.out)
+    try:
+        tables, um = make_tables(records_dir, Path(args.paper), out)
+    except PaperFileError as e:
+        log.error("%s", e)
+        raise SystemExit(2) from None
+    for r in um.itertuples():
+        log.warning("unmatched record %s: %s", r.file, r.reason)
+    log.info("wrote %d tables to %s (%d unmatched records, see unmatched.csv)", len(tables), out, len(um))
+    if args.print:
+        print((out / "README.md").read_text())
+    if args.strict and not um.empty:
+        log.error("--strict: %d records could not be placed", len(um))
+        raise SystemExit(1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
