@@ -172,7 +172,23 @@ def d2_opts_for(tv_cfg: dict, class_names: Sequence[str], weights: Path, out: Pa
                  "SOLVER.MAX_ITER", str(s["max_iter"]), "SOLVER.STEPS", str(tuple(s["steps"])),
                  "SOLVER.WARMUP_ITERS", str(s["warmup_iters"]), "SOLVER.CHECKPOINT_PERIOD", str(s["checkpoint_period"]),
                  "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", str(m["roi_batch_per_image"]),
-                 "TEST.PRECISE_BN.NUM_ITER", "20", "DATALOADER.NUM_WORKERS", "0"]
+                 "MODEL.RPN.BATCH_SIZE_PER_IMAGE", str(m["rpn_batch_per_image"]),
+                 "TEST.DETECTIONS_PER_IMAGE", str(m["detections_per_img"]),
+                 "TEST.PRECISE_BN.NUM_ITER", str(tv_cfg.get("test", {}).get("precise_bn_iters", 20) or 1),
+                 "DATALOADER.NUM_WORKERS", "0"]
+        if str(tv_cfg["protocol"]).startswith("fpn"):
+            opts += ["MODEL.ANCHOR_GENERATOR.SIZES", str([[a] for a in m["fpn_anchor_sizes"]]),
+                     "MODEL.RPN.PRE_NMS_TOPK_TRAIN", str(m["fpn_rpn_pre_nms_train"]),
+                     "MODEL.RPN.POST_NMS_TOPK_TRAIN", str(m["fpn_rpn_post_nms_train"]),
+                     "MODEL.RPN.PRE_NMS_TOPK_TEST", str(m["fpn_rpn_pre_nms_test"]),
+                     "MODEL.RPN.POST_NMS_TOPK_TEST", str(m["fpn_rpn_post_nms_test"])]
+        else:
+            opts += ["MODEL.ANCHOR_GENERATOR.SIZES", str([list(m["anchor_sizes"])]),
+                     "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", str(m["pooler_resolution"]),
+                     "MODEL.RPN.PRE_NMS_TOPK_TRAIN", str(m["rpn_pre_nms_train"]),
+                     "MODEL.RPN.POST_NMS_TOPK_TRAIN", str(m["rpn_post_nms_train"]),
+                     "MODEL.RPN.PRE_NMS_TOPK_TEST", str(m["rpn_pre_nms_test"]),
+                     "MODEL.RPN.POST_NMS_TOPK_TEST", str(m["rpn_post_nms_test"])]
     return opts
 
 

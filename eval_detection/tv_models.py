@@ -15,6 +15,12 @@ Every BatchNorm is a plain ``nn.BatchNorm2d`` (trainable, batch statistics); wit
 :func:`build_model` callers convert them to SyncBN. Input normalisation is torchvision's RGB mean/std
 (= detectron2 ``PIXEL_MEAN [123.675, 116.28, 103.53]``, ``PIXEL_STD [58.395, 57.12, 57.375]``).
 Loading the backbone checks that ZERO backbone tensors are missing (:class:`BackboneError` otherwise).
+
+Known differences from detectron2 (so numbers are close, not identical, to the detectron2 backend):
+the C4 mask branch re-runs the shared res5 on the foreground RoIs (detectron2 reuses the box branch's
+res5 features); torchvision's box-regression loss is smooth-L1 with beta 1/9 (detectron2: L1, beta 0)
+and RPN/ROI sampling follow torchvision's implementation; no aspect-ratio grouping of batches;
+SyncBN is torch's ``SyncBatchNorm`` (detectron2's C4 config uses its "naive" SyncBN).
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 from lewel_bench.checkpoint import Backbone, BackboneError
-from lewel_bench.models import build_backbone
+from lewel_bench.models import FEATURE_DIMS, build_backbone
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,12 @@ MODEL_DEFAULTS: dict[str, Any] = dict(
 )
 
 
+def _out_channels(layer: nn.Sequential) -> int:
+    """Output channels of a ResNet stage (bottleneck: conv3, basic block: conv2)."""
+    last = layer[-1]
+    return (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
+
+
 class ResNetC4Trunk(nn.Module):
     """res2-res4 of a torchvision ResNet (stem + ``layer1..3``), keys named as torchvision's."""
 
@@ -56,7 +68,7 @@ class ResNetC4Trunk(nn.Module):
         super().__init__()
         self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
         self.layer1, self.layer2, self.layer3 = resnet.layer1, resnet.layer2, resnet.layer3
-        self.out_channels = resnet.layer3[-1].conv3.out_channels
+        self.out_channels = _out_channels(resnet.layer3)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -69,8 +81,8 @@ class Res5ExtraNorm(nn.Module):
     def __init__(self, layer4: nn.Module) -> None:
         super().__init__()
         self.res5 = layer4
-        self.norm = nn.BatchNorm2d(layer4[-1].conv3.out_channels)
-        self.out_channels = layer4[-1].conv3.out_channels
+        self.out_channels = _out_channels(layer4)
+        self.norm = nn.BatchNorm2d(self.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.res5(x))
@@ -119,9 +131,15 @@ def _load_into(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> 
     return len(own)
 
 
+def _check_arch(bb: Backbone) -> None:
+    if bb.arch not in FEATURE_DIMS:
+        raise BackboneError(f"detection transfer needs a torchvision ResNet, got {bb.arch!r}")
+    if bb.arch != "resnet50":
+        log.warning("the paper's detection protocol uses ResNet-50; this run uses %s (not comparable)", bb.arch)
+
+
 def _resnet_from(bb: Backbone) -> nn.Module:
-    if bb.arch not in ("resnet50", "resnet101", "resnet152"):
-        raise BackboneError(f"detection transfer needs a bottleneck ResNet (the protocol is ResNet-50), got {bb.arch}")
+    _check_arch(bb)
     net = build_backbone(bb.arch)
     _load_into(net, {k: v for k, v in bb.state_dict.items() if not k.startswith("fc.")}, f"{bb.path} -> {bb.arch}")
     return net
@@ -160,8 +178,7 @@ def build_c4(bb: Backbone, num_classes: int, mask: bool = False, **cfg: Any) -> 
 def build_fpn(bb: Backbone, num_classes: int, mask: bool = True, **cfg: Any) -> nn.Module:
     """Mask (or Faster) R-CNN R50-FPN from our weights, BN everywhere (SyncBN with several processes)."""
     m = {**MODEL_DEFAULTS, **cfg}
-    if bb.arch not in ("resnet50", "resnet101", "resnet152"):
-        raise BackboneError(f"detection transfer needs a bottleneck ResNet, got {bb.arch}")
+    _check_arch(bb)
     backbone = resnet_fpn_backbone(backbone_name=bb.arch, weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5)
     n = _load_into(backbone.body, {k: v for k, v in bb.state_dict.items() if not k.startswith("fc.")},
                    f"{bb.path} -> FPN body")

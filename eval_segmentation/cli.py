@@ -19,7 +19,9 @@ Steps (each resumable):
 3. ``Runner.from_cfg(cfg).train()`` then ``.test()`` (mmseg's ``IoUMetric`` on val);
 4. rank 0 writes the result record (eval ``voc_seg``, protocol ``fcn_d8_20k``, mIoU / aAcc in %,
    ``per_class_iou``, ``dataset``) and ``<work-dir>/record.json``; running again with the same
-   arguments after that does nothing (``--force`` evaluates again).
+   checkpoint / config / overrides / data / seed after that does nothing (``--force`` evaluates
+   again); with other overrides (e.g. a longer ``train_cfg.max_iters``) mmengine resumes and a new
+   record is written.
 
 Distributed: torchrun's or SLURM's environment (:func:`lewel_bench.dist.init_distributed`, NCCL on
 CUDA, gloo on CPU) and mmengine's ``pytorch`` launcher; SyncBN on CUDA, BN on CPU processes.
@@ -150,6 +152,11 @@ def build_cfg(args: argparse.Namespace, converted: Path, info: dist.DistInfo) ->
             d["data_root"] = str(REPO_ROOT / d["data_root"])  # the config's default, relative to the repo
     check_data(cfg)
 
+    if cfg.model.backbone.type != "ResNet" or cfg.model.backbone.get("deep_stem", False):
+        raise SegmentationError(
+            f"{config_path(args.config)}: backbone type {cfg.model.backbone.type!r}; the converted checkpoint is a "
+            "torchvision-stem ResNet, which only mmseg's `ResNet` (deep_stem=False) loads (ResNetV1c/V1d have a "
+            "deep stem)")
     cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=str(converted))
     cfg.model.backbone.pop("pretrained", None)
     cfg.model.pretrained = None
@@ -213,12 +220,20 @@ def summarise(cfg: Any, args: argparse.Namespace, info: dist.DistInfo) -> dict[s
             "work_dir": str(args.work_dir), "device": str(info.device)}
 
 
-def already_done(done: Path, bb: Backbone | None, force: bool, info: dist.DistInfo) -> bool:
-    """True (on every rank) when rank 0 finds this work dir's record for the same checkpoint."""
+def invocation(args: argparse.Namespace, bb: Backbone | None) -> dict[str, Any]:
+    """What makes two runs in one work dir the same evaluation (checkpoint, config, overrides, data, seed)."""
+    return json.loads(json.dumps({
+        "checkpoint_sha256": bb.sha256 if bb else None, "config": str(config_path(args.config).resolve()),
+        "cfg_options": dict(args.cfg_options), "data": str(resolve_data_root(args.data)) if args.data else None,
+        "seed": args.seed}, default=str))
+
+
+def already_done(done: Path, args: argparse.Namespace, bb: Backbone | None, info: dist.DistInfo) -> bool:
+    """True (on every rank) when rank 0 finds this work dir's record of the very same invocation."""
     skip = False
-    if info.is_main and done.is_file() and not force:
+    if info.is_main and done.is_file() and not args.force:
         prev = json.loads(done.read_text())
-        skip = bb is not None and prev.get("checkpoint_sha256") == bb.sha256
+        skip = prev.get("invocation") == invocation(args, bb)
         if skip:
             log.info("already evaluated (%s): mIoU %s; --force to evaluate again", done, prev["metrics"].get("mIoU"))
     if info.distributed:
@@ -264,7 +279,7 @@ def run(args: argparse.Namespace) -> None:
 
     converted, bb = prepare_backbone(args, work_dir, info)
     done = work_dir / DONE
-    if already_done(done, bb, args.force, info):
+    if already_done(done, args, bb, info):
         return
 
     cfg = build_cfg(args, converted, info)
@@ -285,7 +300,7 @@ def run(args: argparse.Namespace) -> None:
             dataset=cfg.get("lewel_dataset", "unknown"), mAcc=round(float(metrics.get("mAcc", float("nan"))), 2),
             wall_time_s=round(time.time() - t0, 1))
         path = write_record(rec, args.records_dir)
-        atomic_write_json(done, {**rec, "record_path": str(path)})
+        atomic_write_json(done, {**rec, "record_path": str(path), "invocation": invocation(args, bb)})
         log.info("mIoU %.2f aAcc %.2f -> %s", rec["metrics"]["mIoU"], rec["metrics"]["aAcc"], path)
     dist.barrier()
 

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     train_loader = C.make_loader(train_set, cfg["batch_size"], True, st.seed, nw)
     val_loader = C.make_loader(val_set, cfg["batch_size"], False, st.seed, nw)
 
-    model = C.build_finetune_model(st.bb, C.num_classes_of(val_set)).to(dev)
+    model = C.build_finetune_model(st.bb, C.num_classes_of(val_set), cfg.get("head_norm", "none")).to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     ocfg = cfg["optim"]

@@ -102,11 +102,13 @@ def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int = 0, n
                 drop_last: bool = False) -> DataLoader:
     """A loader for this rank: shuffled ``DistributedSampler`` (call ``set_epoch``) or a :class:`ShardSampler`."""
     world, rank = get_world_size(), get_rank()
-    sampler: Sampler = (DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed,
-                                           drop_last=drop_last)
+    bs = per_rank_batch(batch_size, world)
+    if train and math.ceil(len(dataset) / world) % bs == 1:
+        drop_last = True  # a last training batch of one image would break BatchNorm in train mode
+    sampler: Sampler = (DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
                         if train else ShardSampler(len(dataset), rank, world))
     workers = default_num_workers() if num_workers is None else num_workers
-    return DataLoader(dataset, batch_size=per_rank_batch(batch_size, world), sampler=sampler,
+    return DataLoader(dataset, batch_size=bs, sampler=sampler,
                       num_workers=workers, pin_memory=torch.cuda.is_available(), drop_last=drop_last and train,
                       persistent_workers=workers > 0)
 
@@ -136,7 +138,8 @@ class LinearProbe(nn.Module):
 
     ``norm="bn"`` puts a parameter-free BatchNorm1d (``affine=False``, as in MAE's linear probe) before
     the classifier: still a linear classifier at test time (a fixed affine map folded into ``fc``), but
-    insensitive to the feature scale. The paper recipes use ``norm="none"``; the mini config uses
+    insensitive to the feature scale. Its running statistics are a cumulative average
+    (``momentum=None``), exact for a frozen backbone even after few iterations. The paper recipes use ``norm="none"``; the mini config uses
     ``bn`` because briefly pretrained mini backbones give features with norms around 100, on which
     SGD at lr 0.4 diverges.
     """
@@ -149,7 +152,7 @@ class LinearProbe(nn.Module):
         backbone_into(net, bb)
         self.fc = net.fc
         _init_fc(self.fc)
-        self.norm = nn.BatchNorm1d(self.fc.in_features, affine=False) if norm == "bn" else nn.Identity()
+        self.norm = nn.BatchNorm1d(self.fc.in_features, affine=False, momentum=None) if norm == "bn" else nn.Identity()
         net.fc = nn.Identity()
         self.backbone = net
         self.backbone.requires_grad_(False)
@@ -173,11 +176,19 @@ class LinearProbe(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
 
-def build_finetune_model(bb: Backbone, num_classes: int) -> nn.Module:
-    """The whole torchvision ResNet, initialised from ``bb`` with a fresh classifier (Sec. 4.2)."""
+def build_finetune_model(bb: Backbone, num_classes: int, norm: str = "none") -> nn.Module:
+    """The whole torchvision ResNet, initialised from ``bb`` with a fresh classifier (Sec. 4.2).
+
+    ``norm="bn"``: the classifier is ``fc = Sequential(BatchNorm1d(affine=False), Linear)`` (see
+    :class:`LinearProbe`; mini configs only). Classifier parameters are those under ``fc.``.
+    """
+    if norm not in ("none", "bn"):
+        raise ValueError(f"fine-tuning head norm {norm!r}: expected 'none' or 'bn'")
     net = build_torchvision_resnet(bb.arch, num_classes)
     backbone_into(net, bb)
     _init_fc(net.fc)
+    if norm == "bn":
+        net.fc = nn.Sequential(nn.BatchNorm1d(net.fc.in_features, affine=False, momentum=None), net.fc)
     return net
 
 

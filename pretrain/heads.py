@@ -1,11 +1,13 @@
-"""Projection heads of the pretraining methods.
+"""Projection heads of the pretraining methods (channel-LAST layout: tensors are (..., C)).
 
-* :class:`MLP`: the "neck" used by BYOL and the official LEWEL code: 1x1 ``Conv1d`` layers
-  (linear without bias, BN, ReLU, linear without bias), applied position-wise to a ``(B, C, L)`` tensor
-  (or to a ``(B, C)`` vector). BN statistics are shared over the batch AND the length axis.
+* :class:`MLP`: the "neck" of BYOL and the official LEWEL code: linear (no bias), BN, ReLU, linear
+  (no bias). The weights are stored as the official 1x1 ``Conv1d`` layers (shape (out, in, 1)), but
+  applied as one GEMM over all positions of a (B, L, C) tensor (CPU runs 1x1 conv1d through a slow
+  im2col path). BN statistics are shared over the batch AND the position axis, exactly as BatchNorm1d
+  over a (B, C, L) tensor.
 * :func:`alignment_maps`: LEWEL's maps W (Sec. 3.2): L2-normalise the heat-maps across the d channels
   at every position, divide by a temperature, softmax over the H*W positions.
-* :func:`aligned_aggregate`: Eq. (1) with the channel grouping of Eq. (2).
+* :func:`aligned_aggregate`: Eq. (1) with the channel grouping of Eq. (2), one batched matmul.
 * :class:`CoupledHead`: the coupled global projector g (pooled vector at position 0 and the H*W pixels
   in ONE pass) plus the semantic projector p on the d/h aligned representations.
 """
@@ -17,7 +19,7 @@ from torch import nn
 
 
 class MLP(nn.Module):
-    """Two-layer MLP of 1x1 conv1d: ``Linear(in, hidden) [-> BN] -> ReLU -> Linear(hidden, out)``.
+    """Two-layer MLP ``Linear(in, hidden) [-> BN] -> ReLU -> Linear(hidden, out)`` on (..., in) tensors.
 
     ``bn=True, bias=False`` is the BYOL / LEWEL form (4096-256 for LEWEL_B, 2048-128 for LEWEL_M, Sec. 3.3);
     ``bn=False, bias=True`` is MoCo v2's head (2048-2048-128).
@@ -30,53 +32,56 @@ class MLP(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv1d(hidden, out_dim, 1, bias=bias)
 
-    def after_fc1(self, x: torch.Tensor) -> torch.Tensor:
-        """Everything after the first linear layer (for the re-associated aligned path)."""
-        return self.fc2(self.relu(self.bn(x)))
+    @staticmethod
+    def _linear(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, conv.weight.squeeze(-1), conv.bias)
+
+    def after_fc1(self, a: torch.Tensor) -> torch.Tensor:
+        """Everything after the first linear layer: BN over all leading dims, ReLU, second linear."""
+        shape = a.shape
+        a = self.relu(self.bn(a.reshape(-1, shape[-1]))).reshape(shape)
+        return self._linear(self.fc2, a)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:
-            return self.forward(x.unsqueeze(-1)).squeeze(-1)
-        return self.after_fc1(self.fc1(x))
+        return self.after_fc1(self._linear(self.fc1, x))
 
 
 def alignment_maps(heat: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Alignment maps W from the per-pixel heat-maps W~ (B, d, HW) (Sec. 3.2).
+    """Alignment maps W (B, HW, d) from the per-pixel heat-maps W~ (B, HW, d) (Sec. 3.2).
 
     L2 normalisation across the d channels at each position, division by the temperature (1.0 in
-    the official scripts), softmax over positions: every one of the d maps is >= 0 and sums to 1.
+    the official scripts), softmax over the positions: each of the d maps is >= 0 and sums to 1.
     """
-    return F.softmax(F.normalize(heat, dim=1) / temperature, dim=2)
+    return F.softmax(F.normalize(heat, dim=2) / temperature, dim=1)
 
 
-def aligned_aggregate(feat: torch.Tensor, maps: torch.Tensor, h: int) -> torch.Tensor:
-    """Aligned representations y_k, Eq. (1)-(2): returns (B, D, d/h).
+def aligned_aggregate(x: torch.Tensor, maps: torch.Tensor, h: int) -> torch.Tensor:
+    """Aligned representations y_k, Eq. (1)-(2): x (B, HW, D), maps (B, HW, d) -> (B, d/h, D).
 
-    ``feat`` (B, D, HW) splits into h groups of D/h channels; ``maps`` (B, d, HW) into h contiguous
-    blocks of d/h maps (block j pairs with feature group j, as in the official code; the paper's
-    interleaved index of Eq. (2) is a fixed permutation of g's outputs). y_k concatenates, over j,
-    map (j, k) applied to group j: one batched matmul.
+    The D channels split into h groups of D/h, the d maps into h contiguous blocks of d/h maps (block j
+    pairs with feature group j, as in the official code; the paper's interleaved index of Eq. (2) is a
+    fixed permutation of g's outputs). y_k concatenates, over j, map (j, k) applied to group j.
     """
-    b, D, hw = feat.shape
-    d = maps.shape[1]
+    b, hw, D = x.shape
+    d = maps.shape[2]
     if D % h or d % h:
         raise ValueError(f"channel grouping: D={D} and d={d} must both be divisible by h={h}")
     k = d // h
-    fg = feat.reshape(b, h, D // h, hw)
-    wg = maps.reshape(b, h, k, hw)
-    y = torch.matmul(fg, wg.transpose(2, 3))  # (B, h, D/h, d/h)
-    return y.reshape(b, D, k)
+    xg = x.reshape(b, hw, h, D // h).permute(0, 2, 1, 3)  # (B, h, HW, D/h)
+    wg = maps.reshape(b, hw, h, k).permute(0, 2, 3, 1)  # (B, h, d/h, HW)
+    y = torch.matmul(wg, xg)  # (B, h, d/h, D/h)
+    return y.permute(0, 2, 1, 3).reshape(b, k, D)
 
 
 class CoupledHead(nn.Module):
     """LEWEL head: coupled global projector g and semantic projector p (Sec. 3.2-3.3).
 
-    forward(F (B, D, H, W)) -> (z (B, d), z_aligned (B, c, d/h), W (B, d, HW)).
+    forward(F (B, D, H, W)) -> (z (B, d), z_aligned (B, d/h, c), W (B, HW, d)).
     g runs once over [GAP(F), pixels] (length 1 + HW, shared BN statistics); position 0 is the global
     embedding z, positions 1.. are the heat-maps W~. p runs on the d/h aligned representations.
-    ``reassociate``: p's first layer is linear, so p.fc1(sum_p W_p F_p) = sum_p W_p (p.fc1 F_p) per group;
-    computing it in the cheaper order (pixels first when HW < d/h) gives the same numbers up to
-    rounding ("auto" picks the cheaper, "never" is the literal order).
+    ``reassociate``: p's first layer is linear, so fc1(sum_p W_p F_p) = sum_p W_p fc1(F_p) group by group;
+    computing it pixels-first when HW < d/h is cheaper and gives the same numbers up to rounding
+    ("auto" picks the cheaper order, "never" is the literal order, "always" forces pixels-first).
     """
 
     def __init__(self, in_dim: int, hidden: int, dim: int, h: int = 4, temperature: float = 1.0,
@@ -85,35 +90,37 @@ class CoupledHead(nn.Module):
         super().__init__()
         if dim % h or in_dim % h:
             raise ValueError(f"LEWEL head: d={dim} and D={in_dim} must be divisible by h={h}")
+        if reassociate not in ("auto", "never", "always"):
+            raise ValueError(f"model.reassociate: expected auto, never or always, got {reassociate!r}")
         self.h, self.temperature, self.reassociate = h, temperature, reassociate
         self.g = MLP(in_dim, hidden, dim, bn=bn)
         self.p = MLP(in_dim, sem_hidden or hidden, sem_dim or dim, bn=bn)
 
     def forward(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, D, H, W = feat.shape
-        x = feat.flatten(2)  # (B, D, HW)
-        out = self.g(torch.cat([x.mean(2, keepdim=True), x], dim=2))  # one pass, shared BN stats
-        z, heat = out[:, :, 0], out[:, :, 1:]
+        x = feat.permute(0, 2, 3, 1).reshape(b, H * W, D)  # free when feat is channels_last
+        out = self.g(torch.cat([x.mean(1, keepdim=True), x], dim=1))  # one pass, shared BN statistics
+        z, heat = out[:, 0], out[:, 1:]
         maps = alignment_maps(heat, self.temperature)
-        k = maps.shape[1] // self.h
-        hw = H * W
-        if self.reassociate == "always" or (self.reassociate == "auto" and hw < k):
+        k = maps.shape[2] // self.h
+        if self.reassociate == "always" or (self.reassociate == "auto" and H * W < k):
             za = self.p.after_fc1(self._p_fc1_pixels_first(x, maps))
         else:
             za = self.p(aligned_aggregate(x, maps, self.h))
         return z, za, maps
 
     def _p_fc1_pixels_first(self, x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
-        """p.fc1 of every aligned representation, computed as sum_j W_(j,k) @ (fc1_j F_j)."""
-        b, D, hw = x.shape
+        """p.fc1 of every aligned representation as sum_j sum_pos W_(j,k)(pos) fc1_j(F_j(pos)): (B, d/h, hidden)."""
+        b, hw, D = x.shape
         h = self.h
-        k = maps.shape[1] // h
+        k = maps.shape[2] // h
         w1 = self.p.fc1.weight.squeeze(-1)  # (hidden, D)
         hid = w1.shape[0]
-        xg = x.reshape(b, h, D // h, hw)
-        w1g = w1.reshape(hid, h, D // h).permute(1, 0, 2)  # (h, hidden, D/h)
-        proj = torch.matmul(w1g.unsqueeze(0), xg)  # (B, h, hidden, HW)
-        out = torch.matmul(proj, maps.reshape(b, h, k, hw).transpose(2, 3)).sum(1)  # (B, hidden, d/h)
+        xg = x.reshape(b * hw, h, D // h).transpose(0, 1)  # (h, B*HW, D/h)
+        proj = torch.bmm(xg, w1.reshape(hid, h, D // h).permute(1, 2, 0))  # (h, B*HW, hidden)
+        proj = proj.reshape(h, b, hw, hid).permute(1, 0, 2, 3)  # (B, h, HW, hidden)
+        wg = maps.reshape(b, hw, h, k).permute(0, 2, 3, 1)  # (B, h, d/h, HW)
+        out = torch.matmul(wg, proj).sum(1)  # (B, d/h, hidden)
         if self.p.fc1.bias is not None:
-            out = out + self.p.fc1.bias[None, :, None]
+            out = out + self.p.fc1.bias
         return out

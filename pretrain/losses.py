@@ -24,20 +24,20 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, tau: float) 
 def info_nce_in_batch(q: torch.Tensor, k: torch.Tensor, tau: float, offset: int = 0) -> torch.Tensor:
     """Eq. (4) for the aligned embeddings with in-batch negatives (LEWEL_M's L_a).
 
-    q (B, c, K): online aligned embeddings; k (N, c, K): target ones of the whole (global) batch, N >= B;
-    the positive of q[i, :, j] is k[offset + i, :, j], its negatives are k[n, :, j] for the other images n
-    at the SAME aligned index j. Averaged over B * K, i.e. L_a = (h/d) sum_k mean_i l(z'_k, z''_k).
+    q (B, K, c): online aligned embeddings; k (N, K, c): target ones of the whole (global) batch, N >= B;
+    the positive of q[i, j] is k[offset + i, j], its negatives are k[n, j] for the other images n at the
+    SAME aligned index j. Averaged over B * K, i.e. L_a = (h/d) sum_k mean_i l(z'_k, z''_k).
     """
-    q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
-    logits = torch.einsum("bcj,ncj->jbn", q, k) / tau  # (K, B, N)
+    q, k = F.normalize(q, dim=2), F.normalize(k, dim=2)
+    logits = torch.bmm(q.transpose(0, 1), k.transpose(0, 1).transpose(1, 2)) / tau  # (K, B, N)
     labels = torch.arange(q.shape[0], device=q.device) + offset
     K = logits.shape[0]
     return F.cross_entropy(logits.reshape(K * q.shape[0], -1), labels.repeat(K))
 
 
 def normalized_mse(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Eq. (5): mean over rows of 2 - 2 cos(p, sg(z)); p, z (N, c) or (B, c, K) (channel dim 1)."""
-    return (2 - 2 * F.cosine_similarity(p, z.detach(), dim=1)).mean()
+    """Eq. (5): mean over rows of 2 - 2 cos(p, sg(z)); p, z (N, c) or (B, K, c) (channels last)."""
+    return (2 - 2 * (F.normalize(p, dim=-1) * F.normalize(z.detach(), dim=-1)).sum(-1)).mean()
 
 
 def lewel_total(loss_g: torch.Tensor, loss_a: torch.Tensor, beta: float) -> torch.Tensor:

@@ -176,7 +176,8 @@ def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo) -> Path
         log.info("resuming %s from %s at iteration %d/%d (epoch %d)", exp, ckpt_path, it, total, it // ipe)
         if dist_info.is_main:
             truncate_metrics(metrics_path, it)
-    elif dist_info.is_main:
+    elif dist_info.is_main:  # fresh start (a run killed before its first checkpoint leaves only log lines)
+        truncate_metrics(metrics_path, 0)
         atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
     ldist.barrier()
     last_good = it

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pickle
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from lewel_bench.checkpoint import BackboneError, load_backbone, random_backbone, save_backbone
+from lewel_bench.checkpoint import BackboneError, save_backbone
 from lewel_bench.models import build_backbone, build_torchvision_resnet
 
 REPO = Path(__file__).resolve().parent.parent

@@ -328,3 +328,13 @@ def test_default_output_folder_follows_the_experiment() -> None:
     assert C.default_out_dir(bb, "eval_linear", "lewel_m_lars") == runs / "lewel_m/eval_linear/lewel_m_lars"
     bb = Backbone({}, "resnet50", meta={}, path="/models/r50_torchvision.pth")
     assert C.default_out_dir(bb, "eval_semisup", "1pct") == runs / "r50_torchvision/eval_semisup/1pct"
+
+
+@pytest.mark.parametrize("norm", ["none", "bn"])
+def test_finetune_model_groups_backbone_and_classifier_lrs(norm: str) -> None:
+    net = C.build_finetune_model(random_backbone("resnet18"), 7, norm=norm)
+    back, cls = semisup_cli.param_groups(net, 1e-4, 1.0)
+    assert (back["lr"], cls["lr"]) == (1e-4, 1.0)
+    assert {id(p) for p in cls["params"]} == {id(p) for n, p in net.named_parameters() if n.startswith("fc.")}
+    assert len(cls["params"]) == 2 and len(back["params"]) == len(list(net.parameters())) - 2
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 7)

@@ -18,7 +18,7 @@ TINY = ["arch=resnet18", "aug.size=32", "batch_size=8", "epochs=2", "data.max_im
         "model.hidden=64", "model.dim=32", "model.pred_hidden=64", "tqdm_interval=60"]
 
 
-def _cmd(data: Path, out: Path, exp: str = "lewel_b_mini", extra=()):
+def _cmd(data: Path, out: Path, exp: str = "lewel_b_mini", extra=("model.target=eman",)):
     return [sys.executable, "-m", "pretrain", exp, "--data", str(data / "imagenet"), "--out", str(out), *TINY, *extra]
 
 

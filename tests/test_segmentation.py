@@ -169,6 +169,7 @@ def test_empty_or_partial_checkpoint_is_refused(pretrained, tmp_path):
         convert_state_dict(bad, "resnet50")
 
 
+@pytest.mark.slow
 def test_runner_trains_tests_writes_record_and_resumes(tiny_voc, pretrained, tmp_path):
     work, records = tmp_path / "work", tmp_path / "records"
     tiny = tmp_path / "fcn_r50-d8_tiny.py"
@@ -196,7 +197,7 @@ def test_runner_trains_tests_writes_record_and_resumes(tiny_voc, pretrained, tmp
     cli.main(argv + ["train_cfg.max_iters=1"])  # same arguments again: already done, no new record
     assert len(list(records.glob("*.json"))) == 1
 
-    cli.main(argv + ["train_cfg.max_iters=2", "--force"])  # a longer schedule resumes from iter_1
+    cli.main(argv + ["train_cfg.max_iters=2"])  # a longer schedule: mmengine resumes from iter_1
     assert (work / "iter_2.pth").is_file()
     logs = sorted(work.glob("*/*.log"))
     assert re.search(r"resumed epoch: \d+, iter: 1\b", logs[-1].read_text()), logs[-1]

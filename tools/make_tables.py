@@ -351,7 +351,8 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
         o = {c: None for c in id_cols}
         o.update({k: v for k, v in ctx.items() if k in id_cols})
         name = ctx.get("exp") if spec.key == "exp" else ctx["method"]
-        ep = f", {ctx['epochs']} ep" if spec.key == "method" and ctx.get("epochs") is not None else ""
+        ep = (f", {ctx['epochs']} ep" if spec.key == "method" and ctx.get("epochs") is not None
+              and ctx.get("method") != "random" else "")
         o["label"] = f"{name} (ours{ep}{', ' + e['dataset'] if e['dataset'] != 'unknown' else ''})"
         o["source"] = "ours"
         o["dataset"] = e["dataset"]

@@ -78,7 +78,14 @@ def alignment_maps_for(method: torch.nn.Module, view: torch.Tensor) -> torch.Ten
 
     feat = backbone_features(method.online.backbone, view[None])
     _, _, W = method.online.head(feat)
-    return W[0].reshape(W.shape[1], feat.shape[2], feat.shape[3])
+    h, w = feat.shape[2], feat.shape[3]
+    W = W[0]
+    # the head returns W as (HW, d) or (d, HW): the positions axis is the one each map sums to 1 over
+    if W.shape[0] == h * w and (W.shape[1] != h * w or torch.allclose(W.sum(0), torch.ones(W.shape[1]), atol=1e-4)):
+        W = W.t()
+    if W.shape[1] != h * w:
+        raise AlignmentError(f"alignment maps of shape {tuple(W.shape)} do not match the {h}x{w} feature map")
+    return W.reshape(W.shape[0], h, w)
 
 
 def strongest(maps: torch.Tensor, k: int) -> list[int]:
