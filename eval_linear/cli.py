@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from lewel_bench import classification as C
-from lewel_bench.dist import barrier, cleanup
+from lewel_bench.dist import cleanup
 from pretrain.optim import param_groups
 
 log = logging.getLogger("eval_linear")
@@ -50,30 +50,9 @@ def main(argv: list[str] | None = None) -> None:
         model = model.to(memory_format=torch.channels_last)
     ocfg = cfg["optim"]
     opt = C.build_optimizer(param_groups(model.fc, ocfg["weight_decay"], ocfg.get("exclude_bias", True)), ocfg)
-    amp = bool(cfg.get("amp", True)) and dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    state = C.RunState(st.out, fp)
-    saved = None if args.fresh else state.load()
-    start, history = 0, []
-    if saved:
-        C.restore(saved, model, opt, scaler)
-        start, history = saved["epoch"], saved["history"]
-    net = C.wrap_ddp(model, st.info)
-
+    history = C.fit(st, model, opt, train_loader, val_loader, fp, args.fresh, model.trainable_state_dict, ("lr",))
     epochs = int(cfg["epochs"])
-    for epoch in range(start, epochs):
-        lrs = C.set_lr(opt, C.lr_factor(epoch, cfg["schedule"], epochs))
-        stats = C.train_one_epoch(net, train_loader, opt, dev, epoch, amp, scaler, cfg.get("log_every", 50))
-        stats.update(epoch=epoch + 1, lr=lrs[0])
-        ev = cfg.get("eval_every", 0)
-        if ev and (epoch + 1) % ev == 0 and epoch + 1 < epochs:
-            stats.update({f"val_{k}": v for k, v in C.evaluate(model, val_loader, dev, amp).items()})
-        history.append(stats)
-        log.info("epoch %d/%d lr %.4g loss %.4f train top1 %.2f (%.1fs)", epoch + 1, epochs, lrs[0], stats["loss"],
-                 stats["train_top1"], stats["time_s"])
-        if st.info.is_main:
-            state.save(epoch + 1, model.trainable_state_dict(), opt, scaler, history)
-        barrier()
+    amp = bool(cfg.get("amp", True)) and dev.type == "cuda"
 
     res = C.evaluate(model, val_loader, dev, amp)
     metrics = {"top1": res["top1"], "top5": res["top5"]}

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from lewel_bench import classification as C
-from lewel_bench.dist import barrier, cleanup
+from lewel_bench.dist import cleanup
 
 log = logging.getLogger("eval_semisup")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -79,27 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     ocfg = cfg["optim"]
     opt = C.build_optimizer(param_groups(model, ocfg["backbone_lr"], ocfg["classifier_lr"]),
                             {**ocfg, "lr": ocfg["backbone_lr"]})
-    amp = bool(cfg.get("amp", True)) and dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    state = C.RunState(st.out, fp)
-    saved = None if args.fresh else state.load()
-    start, history = 0, []
-    if saved:
-        C.restore(saved, model, opt, scaler)
-        start, history = saved["epoch"], saved["history"]
-    net = C.wrap_ddp(model, st.info)
-
+    history = C.fit(st, model, opt, train_loader, val_loader, fp, args.fresh, model.state_dict, ("lr_backbone", "lr_classifier"))
     epochs = int(cfg["epochs"])
-    for epoch in range(start, epochs):
-        lrs = C.set_lr(opt, C.lr_factor(epoch, cfg["schedule"], epochs))
-        stats = C.train_one_epoch(net, train_loader, opt, dev, epoch, amp, scaler, cfg.get("log_every", 50))
-        stats.update(epoch=epoch + 1, lr_backbone=lrs[0], lr_classifier=lrs[1])
-        history.append(stats)
-        log.info("epoch %d/%d lr %.3g/%.3g loss %.4f train top1 %.2f (%.1fs)", epoch + 1, epochs, lrs[0], lrs[1],
-                 stats["loss"], stats["train_top1"], stats["time_s"])
-        if st.info.is_main and (epoch + 1 == epochs or (epoch + 1) % cfg.get("save_every", 1) == 0):
-            state.save(epoch + 1, model.state_dict(), opt, scaler, history)
-        barrier()
+    amp = bool(cfg.get("amp", True)) and dev.type == "cuda"
 
     res = C.evaluate(model, val_loader, dev, amp)
     metrics = {"top1": res["top1"], "top5": res["top5"]}

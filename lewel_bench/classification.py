@@ -23,7 +23,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -34,7 +34,7 @@ from torchvision import transforms as T
 
 from .checkpoint import Backbone, BackboneError, backbone_into, resolve_backbone
 from .config import ConfigError, load_config
-from .dist import DistInfo, get_rank, get_world_size, init_distributed, is_dist
+from .dist import DistInfo, barrier, get_rank, get_world_size, init_distributed, is_dist
 from .io import atomic_torch_save, atomic_write_json
 from .models import build_torchvision_resnet
 from .records import now_iso, record_for_backbone, write_record
@@ -425,6 +425,41 @@ def restore(state: Mapping[str, Any], model: nn.Module, optimizer: torch.optim.O
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
+
+
+def fit(stage: "Stage", model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLoader,
+        val_loader: DataLoader, fp: str, fresh: bool, weights: Callable[[], Mapping[str, torch.Tensor]],
+        lr_names: Sequence[str] = ("lr",)) -> list[dict]:
+    """The epoch loop shared by linear probing and fine-tuning; resumes from ``<out>/checkpoint.pth``.
+
+    ``weights()`` returns what is saved each epoch (the trainable tensors); ``lr_names`` names the
+    optimizer's param-group learning rates in the per-epoch history.
+    """
+    cfg, dev = stage.cfg, stage.info.device
+    amp = bool(cfg.get("amp", True)) and dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    state = RunState(stage.out, fp)
+    saved = None if fresh else state.load()
+    start, history = 0, []
+    if saved:
+        restore(saved, model, optimizer, scaler)
+        start, history = saved["epoch"], saved["history"]
+    net = wrap_ddp(model, stage.info)
+    epochs = int(cfg["epochs"])
+    for epoch in range(start, epochs):
+        lrs = set_lr(optimizer, lr_factor(epoch, cfg["schedule"], epochs))
+        stats = train_one_epoch(net, train_loader, optimizer, dev, epoch, amp, scaler, cfg.get("log_every", 50))
+        stats.update(epoch=epoch + 1, **dict(zip(lr_names, lrs)))
+        ev = cfg.get("eval_every", 0)
+        if ev and (epoch + 1) % ev == 0 and epoch + 1 < epochs:
+            stats.update({f"val_{k}": v for k, v in evaluate(model, val_loader, dev, amp).items()})
+        history.append(stats)
+        log.info("epoch %d/%d lr %s loss %.4f train top1 %.2f (%.1fs)", epoch + 1, epochs,
+                 "/".join(f"{x:.4g}" for x in lrs), stats["loss"], stats["train_top1"], stats["time_s"])
+        if stage.info.is_main and (epoch + 1 == epochs or (epoch + 1) % cfg.get("save_every", 1) == 0):
+            state.save(epoch + 1, weights(), optimizer, scaler, history)
+        barrier()
+    return history
 
 
 # --------------------------------------------------------------------------------------------------
