@@ -1,0 +1,40 @@
+"""Embedded mini benchmark (procedural shapes) and readers for ImageNet / VOC / COCO roots.
+
+The readers take a root path, so the same code reads the real datasets on a cluster and
+``data/mini`` here (``make data`` = ``python -m tools.make_mini_data --out data/mini --seed 0``).
+A missing or malformed root raises ONE :class:`DataLayoutError` naming the path and the layout:
+
+ImageNet (:class:`ImageNetFolder`)::
+
+    <root>/{train,val}/<wnid>/<name>.JPEG          classes = sorted wnid folders
+    <root>/{1percent,10percent}.txt                 SimCLR subsets: one train file name per line
+
+Pascal VOC (:class:`VOCDetection`, :func:`voc_segmentation_pairs`), ``root`` = VOCdevkit::
+
+    <root>/VOC<year>/Annotations/<id>.xml, JPEGImages/<id>.jpg
+    <root>/VOC<year>/SegmentationClass/<id>.png     palette PNG, 255 = object borders / ignore
+    <root>/VOC2012/SegmentationClassAug/<id>.png    plain class-index PNG (the "aug" set, mmseg voc12aug)
+    <root>/VOC<year>/ImageSets/Main/{train,val,trainval[,test]}.txt
+    <root>/VOC<year>/ImageSets/Segmentation/{train,val,trainval[,test],aug}.txt   (aug: VOC2012)
+
+COCO 2017 (:class:`COCODetection`, :func:`coco_paths`, :func:`load_coco`)::
+
+    <root>/annotations/instances_{train,val}2017.json, <root>/{train,val}2017/*.jpg
+
+The mini benchmark (:func:`generate_mini`) writes all three under ``<out>/imagenet``,
+``<out>/VOCdevkit`` and ``<out>/coco`` with the class names :data:`SHAPE_CLASSES` (VOC/seg class
+index = 1 + shape index, COCO category id = 1 + shape index; wnids :data:`WNIDS`).
+"""
+from .coco import COCODetection, coco_paths, load_coco
+from .imagenet import ImageNetFolder, parse_subset_file
+from .layout import DataLayoutError, require_file, require_layout
+from .mini import DEFAULT_SIZES, SHAPE_CLASSES, TEST_SIZES, WNIDS, generate_mini, is_complete, voc_palette
+from .voc import VOCDetection, read_image_ids, voc_segmentation_pairs, voc_year_dir
+
+__all__ = [
+    "COCODetection", "coco_paths", "load_coco",
+    "ImageNetFolder", "parse_subset_file",
+    "DataLayoutError", "require_file", "require_layout",
+    "DEFAULT_SIZES", "SHAPE_CLASSES", "TEST_SIZES", "WNIDS", "generate_mini", "is_complete", "voc_palette",
+    "VOCDetection", "read_image_ids", "voc_segmentation_pairs", "voc_year_dir",
+]
