@@ -38,7 +38,7 @@ import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +302,20 @@ class StageJob:
         return f"StageJob({self.stage!r}, {self.argv!r}, attempt={self.attempt})"
 
 
+# launcher option -> submitit executor parameter (set only when the option is given)
+_OPTIONAL_SUBMITIT_PARAMS = (
+    ("gpus_per_node", "gpus_per_node", int),
+    ("cpus_per_task", "cpus_per_task", int),
+    ("mem_gb", "mem_gb", float),
+    ("partition", "slurm_partition", str),
+    ("account", "slurm_account", str),
+    ("qos", "slurm_qos", str),
+    ("constraint", "slurm_constraint", str),
+    ("dependency", "slurm_dependency", str),
+    ("setup", "slurm_setup", list),
+)
+
+
 def make_executor(opts: SlurmOptions, stage: str) -> Any:
     """A submitit executor for ``opts``: one task per GPU, GPUs per node, requeue on timeout."""
     import submitit
@@ -316,24 +330,10 @@ def make_executor(opts: SlurmOptions, stage: str) -> Any:
         timeout_min=parse_time_minutes(opts.time),
         slurm_signal_delay_s=int(opts.signal_delay_s),
     )
-    if opts.gpus_per_node:
-        params["gpus_per_node"] = int(opts.gpus_per_node)
-    if opts.cpus_per_task:
-        params["cpus_per_task"] = int(opts.cpus_per_task)
-    if opts.mem_gb:
-        params["mem_gb"] = opts.mem_gb
-    if opts.partition:
-        params["slurm_partition"] = opts.partition
-    if opts.account:
-        params["slurm_account"] = opts.account
-    if opts.qos:
-        params["slurm_qos"] = opts.qos
-    if opts.constraint:
-        params["slurm_constraint"] = opts.constraint
-    if opts.dependency:
-        params["slurm_dependency"] = opts.dependency
-    if opts.setup:
-        params["slurm_setup"] = list(opts.setup)
+    for opt, key, conv in _OPTIONAL_SUBMITIT_PARAMS:
+        value = getattr(opts, opt)
+        if value:
+            params[key] = conv(value)
     additional = dict(opts.additional)
     if opts.dependency:
         # a failed dependency cancels this job instead of leaving it pending forever
