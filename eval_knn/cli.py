@@ -29,8 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     st = C.setup_stage("eval_knn", args, CONFIG_DIR)
     cfg, dev = st.cfg, st.info.device
     fp = C.fingerprint(cfg, st.bb.sha256)
-    if not args.fresh and (done := C.finished_result(st, fp, False)):
-        log.info("already finished (%s): %s; pass --fresh to run again", st.out / "result.json", done["metrics"])
+    if C.finished_result(st, fp, args.fresh):
         return
     t0 = time.time()
     _, val_tf = C.transforms_from_config(cfg["data"])

@@ -33,9 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     st = C.setup_stage("eval_linear", args, CONFIG_DIR)
     cfg, dev = st.cfg, st.info.device
     fp = C.fingerprint(cfg, st.bb.sha256)
-    done = C.finished_result(st, fp, args.fresh)
-    if done:
-        log.info("already finished (%s): %s; pass --fresh to run again", st.out / "result.json", done["metrics"])
+    if C.finished_result(st, fp, args.fresh):
         return
     t0 = time.time()
     train_tf, val_tf = C.transforms_from_config(cfg["data"])

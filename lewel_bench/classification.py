@@ -36,6 +36,7 @@ from .checkpoint import Backbone, BackboneError, backbone_into, resolve_backbone
 from .config import ConfigError, load_config
 from .dist import DistInfo, barrier, get_rank, get_world_size, init_distributed, is_dist
 from .io import atomic_torch_save, atomic_write_json
+from .knn import extract_features
 from .models import build_torchvision_resnet
 from .records import now_iso, record_for_backbone, write_record
 from .registry import Registry
@@ -370,8 +371,6 @@ def extract_features_all_ranks(model: nn.Module, loader: DataLoader, device: tor
 
     Each rank runs :func:`lewel_bench.knn.extract_features` on its shard; the shards are concatenated.
     """
-    from .knn import extract_features
-
     model.eval()
     f, y = extract_features(model, loader, device, channels_last=device.type == "cuda")
     return gather_variable(f.to(device)), gather_variable(y.to(device))
@@ -557,12 +556,15 @@ def build_imagenet(root: str | Path, split: str, transform: Any, subset_file: st
 
 
 def finished_result(stage: Stage, fp: str, fresh: bool) -> dict | None:
-    """A ``result.json`` left by a finished run with the same fingerprint (so a re-run writes no duplicate)."""
+    """A ``result.json`` left by a finished run with the same fingerprint (so a re-run writes no duplicate); logged."""
     p = stage.out / "result.json"
     if fresh or not p.is_file():
         return None
     res = json.loads(p.read_text())
-    return res if res.get("fingerprint") == fp else None
+    if res.get("fingerprint") != fp:
+        return None
+    log.info("already finished (%s): %s; pass --fresh to run again", p, res["metrics"])
+    return res
 
 
 def finish(stage: Stage, eval_name: str, protocol: str, metrics: Mapping[str, float], fp: str,
