@@ -5,6 +5,7 @@ Usage::
     python -m eval_segmentation --ckpt runs/lewel_b/backbone.pth --work-dir runs/lewel_b/eval_segmentation/voc12aug \
         --config voc12aug --data /datasets/VOCdevkit
     python -m eval_segmentation --ckpt random:resnet50 --work-dir /tmp/seg --config mini   # data/mini
+    python -m eval_segmentation --ckpt runs/lewel_m/backbone.pth --work-dir /tmp/seg18 --config mini  # ResNet-18
     torchrun --nproc_per_node 4 -m eval_segmentation ...                                  # DDP
 
 Steps (each resumable):
@@ -12,7 +13,8 @@ Steps (each resumable):
 1. rank 0 converts ``--ckpt`` (through :func:`lewel_bench.checkpoint.resolve_backbone`) to
    ``<work-dir>/backbone_mmseg.pth`` with :mod:`tools.convert_to_mmseg` (kept while the source's sha256
    is unchanged);
-2. builds the mmseg config: the config file, ``--cfg-options key=value`` (mmengine's), then the
+2. builds the mmseg config: the config file (a name in :data:`CONFIGS` picks the file for the converted
+   backbone's depth; a config file whose depth differs from the checkpoint's is refused), ``--cfg-options key=value`` (mmengine's), then the
    checkpoint (``model.backbone.init_cfg``), the data root (``--data``), the per-process batch
    (``total_batch_size / world size``), the seed, the launcher, and ``resume=True`` when the work dir
    holds an mmengine checkpoint;
@@ -43,11 +45,17 @@ from lewel_bench.checkpoint import Backbone, torch_load
 from lewel_bench.io import atomic_write_json
 from lewel_bench.records import now_iso, record_for_backbone, write_record
 from lewel_bench.utils import REPO_ROOT, setup_logging
+from tools.convert_to_mmseg import DEPTHS
 
 log = logging.getLogger("eval_segmentation")
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-CONFIGS = {"voc12aug": "fcn_r50-d8_voc12aug-512x512_20k.py", "mini": "fcn_r50-d8_mini.py"}
+#: config name -> {ResNet depth: file}: the backbone's depth picks the file (the mini pretraining trains
+#: ResNet-18, the protocol is ResNet-50).
+CONFIGS: dict[str, dict[int, str]] = {
+    "voc12aug": {50: "fcn_r50-d8_voc12aug-512x512_20k.py"},
+    "mini": {50: "fcn_r50-d8_mini.py", 18: "fcn_r18-d8_mini.py"},
+}
 EVAL, PROTOCOL = "voc_seg", "fcn_d8_20k"
 CONVERTED = "backbone_mmseg.pth"
 DONE = "record.json"
@@ -80,11 +88,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def config_path(name: str) -> Path:
-    path = CONFIG_DIR / CONFIGS[name] if name in CONFIGS else Path(name)
+def config_path(name: str, depth: int = 50) -> Path:
+    """The config file of ``name`` (a key of :data:`CONFIGS` or a path) for a ResNet of ``depth``."""
+    if name in CONFIGS:
+        if depth not in CONFIGS[name]:
+            raise SegmentationError(f"config {name!r} has no ResNet-{depth} variant (it has ResNet-"
+                                    f"{', '.join(map(str, CONFIGS[name]))}); pass a config file with --config")
+        return CONFIG_DIR / CONFIGS[name][depth]
+    path = Path(name)
     if not path.is_file():
         raise SegmentationError(f"config {name!r} not found: expected one of {', '.join(CONFIGS)} or an existing file")
     return path
+
+
+def converted_depth(converted: Path) -> int:
+    """ResNet depth recorded in the converted checkpoint's meta (written by ``convert_backbone``)."""
+    return int(torch_load(converted).get("meta", {}).get("depth", 50))
 
 
 def walk_dicts(obj: Any) -> Iterator[dict]:
@@ -142,7 +161,8 @@ def build_cfg(args: argparse.Namespace, converted: Path, info: dist.DistInfo) ->
     from mmengine.config import Config
     from mmengine.runner import find_latest_checkpoint
 
-    cfg = Config.fromfile(str(config_path(args.config)))  # custom_imports: mmcv.ops shim + PerClassIoUMetric
+    depth = converted_depth(converted)
+    cfg = Config.fromfile(str(config_path(args.config, depth)))  # custom_imports: mmcv.ops shim + PerClassIoUMetric
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     for d in dataset_cfgs(cfg):
@@ -157,6 +177,10 @@ def build_cfg(args: argparse.Namespace, converted: Path, info: dist.DistInfo) ->
             f"{config_path(args.config)}: backbone type {cfg.model.backbone.type!r}; the converted checkpoint is a "
             "torchvision-stem ResNet, which only mmseg's `ResNet` (deep_stem=False) loads (ResNetV1c/V1d have a "
             "deep stem)")
+    if cfg.model.backbone.get("depth") != depth:
+        raise SegmentationError(f"{config_path(args.config, depth)}: backbone depth {cfg.model.backbone.get('depth')}, "
+                                f"but {args.ckpt} is a ResNet-{depth}: use a config for that depth")
+    cfg.lewel_config_file = str(config_path(args.config, depth))
     cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=str(converted))
     cfg.model.backbone.pop("pretrained", None)
     cfg.model.pretrained = None
@@ -208,7 +232,7 @@ def prepare_backbone(args: argparse.Namespace, work_dir: Path, info: dist.DistIn
 def summarise(cfg: Any, args: argparse.Namespace, info: dist.DistInfo) -> dict[str, Any]:
     """The config facts a record keeps (what the tables / a reader need to judge the number)."""
     crop = cfg.get("crop_size")
-    return {"config_file": str(config_path(args.config)), "cfg_options": dict(args.cfg_options),
+    return {"config_file": cfg.lewel_config_file, "cfg_options": dict(args.cfg_options),
             "data_root": sorted({d["data_root"] for d in dataset_cfgs(cfg)}), "world_size": info.world_size,
             "batch_per_process": cfg.train_dataloader.batch_size,
             "total_batch_size": cfg.train_dataloader.batch_size * info.world_size,
@@ -223,7 +247,8 @@ def summarise(cfg: Any, args: argparse.Namespace, info: dist.DistInfo) -> dict[s
 def invocation(args: argparse.Namespace, bb: Backbone | None) -> dict[str, Any]:
     """What makes two runs in one work dir the same evaluation (checkpoint, config, overrides, data, seed)."""
     return json.loads(json.dumps({
-        "checkpoint_sha256": bb.sha256 if bb else None, "config": str(config_path(args.config).resolve()),
+        "checkpoint_sha256": bb.sha256 if bb else None,
+        "config": str(config_path(args.config, DEPTHS.get(bb.arch, 50) if bb else 50).resolve()),
         "cfg_options": dict(args.cfg_options), "data": str(resolve_data_root(args.data)) if args.data else None,
         "seed": args.seed}, default=str))
 

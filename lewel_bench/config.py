@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -17,6 +18,25 @@ import yaml
 
 class ConfigError(ValueError):
     """A config file or an override is malformed; the message names the file or key."""
+
+
+#: Scientific notation without a dot (``5e-4``): YAML 1.1 (PyYAML) reads it as a string, we read a float.
+_SCI_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _numbers(obj: Any) -> Any:
+    """``obj`` with every string that is a number in scientific notation turned into a float."""
+    if isinstance(obj, str) and _SCI_FLOAT.fullmatch(obj):
+        return float(obj)
+    if isinstance(obj, dict):
+        return {k: _numbers(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_numbers(v) for v in obj]
+    return obj
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _deep_merge(base: dict, over: Mapping) -> dict:
@@ -40,7 +60,7 @@ def _read_yaml(path: Path) -> dict:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at top level, got {type(data).__name__}")
-    return data
+    return _numbers(data)
 
 
 def load_yaml_config(path: str | Path, _seen: tuple = ()) -> dict:
@@ -83,13 +103,16 @@ def apply_overrides(cfg: dict, overrides: Iterable[str], source: str = "config")
             hint = f" Close matches: {', '.join(close)}." if close else ""
             raise ConfigError(f"unknown key {key!r} in override {item!r} for {source}.{hint}")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = _numbers(yaml.safe_load(raw) if raw != "" else "")
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from None
         node = cfg
         parts = key.split(".")
         for p in parts[:-1]:
             node = node[p]
+        if _is_number(node[parts[-1]]) and not _is_number(value):
+            raise ConfigError(f"override {item!r}: {key} is a number ({node[parts[-1]]!r} in {source}), "
+                              f"got {value!r}")
         node[parts[-1]] = value
     return cfg
 

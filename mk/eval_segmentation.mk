@@ -4,7 +4,8 @@
 #   make eval-voc-seg EXP=lewel_b CKPT=random:resnet50   explicit random-init baseline
 #   make eval-voc-seg EXP=lewel_b NPROC=4             DDP (4 local processes); LAUNCHER=slurm on a cluster
 # CKPT overrides runs/<EXP>/backbone.pth; VOC_DATA (else DATA) is a VOCdevkit root; SEG_CFG picks the config
-# (mini | voc12aug | path); SEG_ARGS adds CLI args, e.g. SEG_ARGS="--cfg-options train_cfg.max_iters=40".
+# (mini | voc12aug | path; `mini` takes the checkpoint's depth: fcn_r18-d8_mini.py for the mini pretraining's
+# ResNet-18, fcn_r50-d8_mini.py for a ResNet-50); SEG_ARGS adds CLI args, e.g. SEG_ARGS="--cfg-options train_cfg.max_iters=40".
 # Work dir (mmengine checkpoints/logs, resumed when run again): runs/<EXP>/eval_segmentation/<cfg>-<ckpt>/.
 SEG_CKPT  = $(if $(CKPT),$(CKPT),runs/$(EXP)/backbone.pth)
 SEG_DATA  = $(or $(VOC_DATA),$(DATA))

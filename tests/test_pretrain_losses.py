@@ -68,3 +68,28 @@ def test_losses_symmetric_in_the_two_views(method, target):
     torch.testing.assert_close(l12, l21, rtol=1e-5, atol=1e-6)
     for key in logs12:
         torch.testing.assert_close(logs12[key], logs21[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["mocov2", "lewel_m"])
+def test_single_process_shuffle_bn_emulation(method):
+    """``model.shuffle_bn_splits`` = n: the key batch is permuted, normalised in n chunks and put back in
+    order (with BN in eval mode the result equals a plain forward exactly, so every key is its own
+    sample's); in train mode each chunk has its own BN statistics, so keys differ from a plain forward."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg(method)
+    cfg["model"]["shuffle_bn_splits"] = 4
+    m = METHODS.get(cfg["method"])(cfg)
+    x = torch.randn(8, 3, 48, 48)
+    m.iteration = 3
+    m.target.eval()
+    plain, shuffled = m.target(x), m.target_shuffled(x)
+    for a, b in zip(plain if isinstance(plain, tuple) else (plain,), shuffled if isinstance(shuffled, tuple) else (shuffled,)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    m.target.train()
+    a, b = m.target(x), m.target_shuffled(x)
+    a, b = (a[0], b[0]) if isinstance(a, tuple) else (a, b)
+    assert a.shape == b.shape and not torch.allclose(a, b, atol=1e-4)
+    q = m.online_split(x)  # the query side is split the same way (no shuffle): n chunks of 2
+    q0 = q[0] if isinstance(q, tuple) else q
+    ref = m.online(x[:2])
+    torch.testing.assert_close(q0[:2], ref[0] if isinstance(ref, tuple) else ref, rtol=1e-5, atol=1e-6)

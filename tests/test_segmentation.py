@@ -21,8 +21,8 @@ from lewel_bench.models import build_backbone
 from eval_segmentation import cli
 from tools.convert_to_mmseg import ConversionError, convert_state_dict, convert_to_mmseg
 
-MINI_CFG = cli.CONFIG_DIR / cli.CONFIGS["mini"]
-FULL_CFG = cli.CONFIG_DIR / cli.CONFIGS["voc12aug"]
+MINI_CFG = cli.CONFIG_DIR / cli.CONFIGS["mini"][50]
+FULL_CFG = cli.CONFIG_DIR / cli.CONFIGS["voc12aug"][50]
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +133,25 @@ def test_converted_checkpoint_loads_into_mmseg_model(pretrained, tmp_path, monke
         ref = source.get(k, converted["state_dict"][k])  # num_batches_tracked may be absent in the source
         assert torch.equal(v, ref), k
     assert not torch.equal(model.backbone.conv1.weight, build_backbone("resnet50").conv1.weight)
+
+
+def test_mini_config_follows_the_backbone_depth(tmp_path):
+    """`--config mini` picks the ResNet-18 variant for the mini pretraining's backbones; it loads with zero
+    missing keys, and a config whose depth does not match the checkpoint is refused by name."""
+    assert cli.config_path("mini", 18).name == "fcn_r18-d8_mini.py"
+    assert cli.config_path("mini", 50) == MINI_CFG
+    with pytest.raises(cli.SegmentationError, match="no ResNet-18 variant"):
+        cli.config_path("voc12aug", 18)
+    torch.manual_seed(2)
+    src = tmp_path / "r18.pth"
+    save_backbone(src, build_backbone("resnet18").state_dict(), {"method": "lewel_m", "arch": "resnet18"})
+    out, _ = convert_to_mmseg(src, tmp_path / "r18_mmseg.pth")
+    assert cli.converted_depth(out) == 18
+    cfg, model = build_model_from_config(cli.config_path("mini", 18), out)
+    assert cfg.model.backbone.depth == 18
+    converted = torch.load(out, map_location="cpu")["state_dict"]
+    assert set(model.backbone.state_dict()) == set(converted)
+    assert all(torch.equal(v, converted[k]) for k, v in model.backbone.state_dict().items())
 
 
 def test_deep_stem_checkpoint_is_refused(tmp_path):

@@ -4,15 +4,16 @@ Every image is rendered from ``numpy.random.default_rng([seed, stream, index])``
 pure function of the seed and the sizes (byte-identical files for the same seed, on the same
 numpy/Pillow build), and any image can be rendered on its own.
 
-What makes it need *learned* features:
-    * 10 shape classes (:data:`SHAPE_CLASSES`) drawn at random size, position and rotation;
-    * every object gets a random texture (stripes, checker, gradients, rings, colour noise) in
-      random colours drawn from the same distribution as the background;
-    * backgrounds mix two random textures and carry distractor strokes (lines, arcs) in random colours,
-      at lower contrast; each object's mean colour is pushed away from its surroundings (class-blind),
-      so objects stand out and their *shape* is what a network has to learn.
-    So neither colour nor raw pixel positions separate the classes (a linear probe on raw pixels stays
-    near chance, see ``tests/test_data.py``).
+What makes it need *learned* features, and what self-supervised pretraining can learn from it:
+    * 10 shape classes (:data:`SHAPE_CLASSES`) drawn at random size, position and rotation, so the
+      class is the object's *shape*: a linear probe on raw pixels stays near chance (``tests/test_data.py``);
+    * each object is uniformly lighter or darker than its background (random sign and contrast, pixel
+      noise) on a smooth low-contrast grey background, and the whole image gets a random tint.
+    The nuisances (grey level, contrast, tint, position, scale) are ones the SSL augmentations (colour
+    jitter, grayscale, random resized crops) teach invariance to, and what two views of an image share is
+    the shape and its orientation. An earlier version painted every object and background with its own
+    random colours and textures: cross-view SSL then learnt those per-image colour/texture codes, which
+    carry no class, and its features did not beat a random-init network's in a mini-sized run.
 
 Layouts written under ``out`` (the conventions in ``docs/CONVENTIONS.md``):
     imagenet/{train,val}/<wnid>/<wnid>_<i>.JPEG, imagenet/{1percent,10percent}.txt, imagenet/classes.txt
@@ -28,7 +29,6 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,11 +39,15 @@ from lewel_bench.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 2
-#: Background texture contrast around its mean colour (objects keep full contrast).
-BG_CONTRAST = 0.5
-#: Minimum distance (RGB) between an object's mean colour and its surrounding background's mean.
-OBJECT_SEPARATION = 130.0
+GENERATOR_VERSION = 4
+#: Background: smooth grey blobs scaled by this around mid-grey, plus pixel noise of this sigma.
+BG_CONTRAST = 0.25
+BG_NOISE = 8.0
+#: Object grey level: the local background mean +- U(OBJECT_CONTRAST) (random sign), pixel noise sigma.
+OBJECT_CONTRAST = (50.0, 100.0)
+OBJECT_NOISE = 15.0
+#: Per-image tint: each RGB channel scaled by U(1 - TINT, 1 + TINT).
+TINT = 0.15
 
 SHAPE_CLASSES: tuple[str, ...] = (
     "circle", "square", "triangle", "star", "cross", "ring", "hexagon", "ellipse", "diamond", "heart",
@@ -158,84 +162,22 @@ def shape_polygon(cls: int, cx: float, cy: float, size: float, angle: float) -> 
 
 
 # ----------------------------------------------------------------------------------------------
-# Textures and scenes
+# Scenes
 # ----------------------------------------------------------------------------------------------
-@lru_cache(maxsize=64)
-def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    return yy, xx
-
-
-def _colours(rng: np.random.Generator, n: int) -> np.ndarray:
-    return rng.integers(0, 256, size=(n, 3)).astype(np.float32)
-
-
-def texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """A random (h, w, 3) float32 texture in [0, 255]: stripes, checker, gradients, rings or noise."""
-    yy, xx = _grid(h, w)
-    kind = int(rng.integers(6))
-    c = _colours(rng, 2)
-    th = rng.uniform(0.0, np.pi)
-    u = xx * np.float32(np.cos(th)) + yy * np.float32(np.sin(th))
-    if kind == 0:  # stripes (hard or soft)
-        period = rng.uniform(3.0, 14.0)
-        t = 0.5 + 0.5 * np.sin(u * np.float32(2 * np.pi / period) + np.float32(rng.uniform(0, 6.3)))
-        if rng.random() < 0.5:
-            t = (t > 0.5).astype(np.float32)
-    elif kind == 1:  # rotated checker
-        p = rng.uniform(3.0, 12.0)
-        v = yy * np.float32(np.cos(th)) - xx * np.float32(np.sin(th))
-        t = ((np.floor(u / p) + np.floor(v / p)) % 2).astype(np.float32)
-    elif kind == 2:  # linear gradient
-        t = (u - u.min()) / max(float(u.max() - u.min()), 1.0)
-    elif kind == 3:  # radial gradient or concentric rings
-        cy, cx = rng.uniform(-0.2, 1.2) * h, rng.uniform(-0.2, 1.2) * w
-        r = np.sqrt((yy - np.float32(cy)) ** 2 + (xx - np.float32(cx)) ** 2)
-        if rng.random() < 0.5:
-            t = r / max(float(r.max()), 1.0)
-        else:
-            t = ((r / np.float32(rng.uniform(3.0, 12.0))) % 1.0 > 0.5).astype(np.float32)
-    elif kind == 4:  # smooth colour noise (blobs of several random colours)
-        k = int(rng.integers(2, 7))
-        low = rng.integers(0, 256, size=(k, k, 3), dtype=np.uint8)
-        out = np.asarray(Image.fromarray(low).resize((w, h), Image.BILINEAR), dtype=np.float32)
-        return _add_noise(rng, out)
-    else:  # flat colour (noise added below)
-        t = np.zeros((h, w), np.float32)
-    out = c[0] + t[..., None] * (c[1] - c[0])
-    return _add_noise(rng, out)
-
-
-def _add_noise(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
-    sigma = rng.uniform(0.0, 18.0)
-    if sigma > 2.0:
-        img = img + rng.standard_normal(size=img.shape[:2] + (1,), dtype=np.float32) * np.float32(sigma)
-    return img
-
-
 def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Cluttered background: two textures mixed by a random blob mask, then distractor strokes."""
-    a, b = texture(rng, h, w), texture(rng, h, w)
-    k = int(rng.integers(2, 6))
+    """(h, w) float32 grey background: smooth random blobs at :data:`BG_CONTRAST` around mid-grey, plus
+    pixel noise (sigma :data:`BG_NOISE`)."""
+    k = int(rng.integers(2, 5))
     low = rng.integers(0, 256, size=(k, k), dtype=np.uint8)
-    m = np.asarray(Image.fromarray(low).resize((w, h), Image.BILINEAR)) > 127
-    img = np.where(m[..., None], a, b)
-    pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(pil)
-    for _ in range(int(rng.integers(3, 10))):
-        col = tuple(int(v) for v in rng.integers(0, 256, 3))
-        width = int(rng.integers(1, 5))
-        if rng.random() < 0.6:
-            pts = [(float(rng.uniform(0, w)), float(rng.uniform(0, h))) for _ in range(int(rng.integers(2, 5)))]
-            draw.line(pts, fill=col, width=width)
-        else:
-            x0, y0 = float(rng.uniform(-w / 4, w)), float(rng.uniform(-h / 4, h))
-            s = float(rng.uniform(0.1, 0.6)) * min(h, w)
-            start = float(rng.uniform(0, 360))
-            draw.arc([x0, y0, x0 + s, y0 + s], start, start + float(rng.uniform(60, 270)), fill=col, width=width)
-    img = np.asarray(pil, dtype=np.float32)
-    mean = img.reshape(-1, 3).mean(0)
-    return mean + (img - mean) * np.float32(BG_CONTRAST)
+    bg = np.asarray(Image.fromarray(low).resize((w, h), Image.BILINEAR), dtype=np.float32)
+    noise = rng.standard_normal(size=(h, w), dtype=np.float32) * np.float32(BG_NOISE)
+    return np.float32(128.0) + (bg - np.float32(128.0)) * np.float32(BG_CONTRAST) + noise
+
+
+def colourise(rng: np.random.Generator, grey: np.ndarray) -> np.ndarray:
+    """(h, w, 3) uint8: the grey scene under a random tint (each channel scaled by 1 +- :data:`TINT`)."""
+    tint = rng.uniform(1.0 - TINT, 1.0 + TINT, size=3).astype(np.float32)
+    return np.clip(grey[..., None] * tint, 0, 255).astype(np.uint8)
 
 
 @dataclass
@@ -253,10 +195,10 @@ def _extent(poly: np.ndarray) -> np.ndarray:
 
 
 def paint_object(img: np.ndarray, rng: np.random.Generator, cls: int, poly: np.ndarray) -> ShapeObject:
-    """Rasterise ``poly`` (PIL polygon fill) and paint a random texture into it, in place.
+    """Rasterise ``poly`` (PIL polygon fill) into the grey scene ``img``, in place.
 
-    The texture's mean colour is shifted, if needed, to at least :data:`OBJECT_SEPARATION` from the
-    mean of the surrounding background (the same rule for every class, so colour stays uninformative).
+    The object is uniformly lighter or darker (random sign, the same rule for every class) than the mean
+    of the background around it by U(:data:`OBJECT_CONTRAST`), with pixel noise :data:`OBJECT_NOISE`.
     """
     h, w = img.shape[:2]
     ex = _extent(poly)
@@ -265,15 +207,10 @@ def paint_object(img: np.ndarray, rng: np.random.Generator, cls: int, poly: np.n
     crop = Image.new("L", (x1 - x0, y1 - y0), 0)
     ImageDraw.Draw(crop).polygon([(float(x) - x0, float(y) - y0) for x, y in poly], fill=255)
     m = np.asarray(crop) > 0
-    tex = texture(rng, y1 - y0, x1 - x0)
     region = img[y0:y1, x0:x1]
-    mt, mb = tex[m].mean(0), (region[~m] if (~m).any() else region.reshape(-1, 3)).mean(0)
-    d = mt - mb
-    n = float(np.linalg.norm(d))
-    if n < OBJECT_SEPARATION:
-        u = d / n if n > 1e-3 else rng.normal(size=3).astype(np.float32) / np.float32(1.7)
-        tex = tex + (mb + u * np.float32(OBJECT_SEPARATION) - mt)
-    region[m] = tex[m]
+    mb = float((region[~m] if (~m).any() else region).mean())
+    level = mb + (1.0 if rng.random() < 0.5 else -1.0) * rng.uniform(*OBJECT_CONTRAST)
+    region[m] = np.float32(level) + rng.standard_normal(size=int(m.sum()), dtype=np.float32) * np.float32(OBJECT_NOISE)
     mask = np.zeros((h, w), bool)
     mask[y0:y1, x0:x1] = m
     ys, xs = np.nonzero(m)
@@ -282,15 +219,15 @@ def paint_object(img: np.ndarray, rng: np.random.Generator, cls: int, poly: np.n
 
 
 def render_classification(rng: np.random.Generator, cls: int, size: int) -> np.ndarray:
-    """A (size, size, 3) uint8 image with one object of class ``cls`` on a cluttered background."""
+    """A (size, size, 3) uint8 image with one object of class ``cls`` (60-95 % of the image wide)."""
     img = background(rng, size, size)
-    diam = rng.uniform(0.45, 0.9) * size
+    diam = rng.uniform(0.6, 0.95) * size
     poly = shape_polygon(cls, 0.0, 0.0, diam, rng.uniform(0.0, 2.0 * np.pi))
     ex = _extent(poly)
     lo, hi = -ex[:2] + 1, size - 2 - ex[2:]
     off = np.where(hi > lo, rng.uniform(np.minimum(lo, hi), np.maximum(lo, hi)), (lo + hi) / 2)
     paint_object(img, rng, cls, poly + off)
-    return np.clip(img, 0, 255).astype(np.uint8)
+    return colourise(rng, img)
 
 
 def render_detection(rng: np.random.Generator, min_size: int, max_size: int, max_objects: int,
@@ -317,7 +254,7 @@ def render_detection(rng: np.random.Generator, min_size: int, max_size: int, max
                 placed.append(ex)
                 objects.append(paint_object(img, rng, cls, poly))
                 break
-    return np.clip(img, 0, 255).astype(np.uint8), objects
+    return colourise(rng, img), objects
 
 
 # ----------------------------------------------------------------------------------------------

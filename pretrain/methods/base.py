@@ -49,6 +49,7 @@ class SSLMethod(nn.Module):
         self.momentum_schedule = mc.get("momentum_schedule", "cosine")
         self.iteration = 0  # set by the loop each step (ShuffleBN permutation seed)
         self.seed = int(cfg.get("seed", 0))
+        self.bn_splits = int(mc.get("shuffle_bn_splits", 1))
 
     # --- target network -------------------------------------------------------------------------
     def make_target(self, online: nn.Module) -> nn.Module:
@@ -76,20 +77,44 @@ class SSLMethod(nn.Module):
         return self.online.backbone
 
     # --- ShuffleBN (MoCo): the key encoder sees a permutation of the global batch -----------------
+    def _permutation(self, n: int, device: torch.device) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 7919 + self.iteration)
+        return torch.randperm(n, generator=g).to(device)  # the same on every rank
+
+    def online_split(self, x: torch.Tensor):
+        """Online forward; in one process with ``model.shuffle_bn_splits`` = n > 1, BatchNorm sees n
+        chunks of the batch separately, like the n GPUs whose per-GPU BN ShuffleBN relies on."""
+        if ldist.is_dist() or self.bn_splits <= 1:
+            return self.online(x)
+        return _cat_outputs([self.online(c) for c in x.chunk(self.bn_splits)])
+
     @torch.no_grad()
     def target_shuffled(self, x: torch.Tensor):
-        """Target forward with ShuffleBN under DDP (identity in one process)."""
+        """Target forward with ShuffleBN: under DDP the key batch is shuffled across processes (MoCo);
+        in one process with ``model.shuffle_bn_splits`` = n > 1 it is shuffled and its BN computed over
+        n chunks (the single-GPU emulation, as MoCo's CIFAR demo's SplitBatchNorm); else plain."""
         if not ldist.is_dist():
-            return self.target(x)
+            if self.bn_splits <= 1:
+                return self.target(x)
+            perm = self._permutation(x.shape[0], x.device)
+            out = _cat_outputs([self.target(c) for c in x[perm].chunk(self.bn_splits)])
+            inv = torch.argsort(perm)
+            return tuple(o[inv] for o in out) if isinstance(out, tuple) else out[inv]
         world, rank = ldist.get_world_size(), ldist.get_rank()
         x_all = ldist.all_gather_nograd(x)
-        g = torch.Generator().manual_seed(self.seed * 7919 + self.iteration)
-        perm = torch.randperm(x_all.shape[0], generator=g).to(x.device)  # same on every rank
+        perm = self._permutation(x_all.shape[0], x.device)
         inv = torch.argsort(perm)
         out = self.target(x_all[perm.view(world, -1)[rank]])
         outs = out if isinstance(out, tuple) else (out,)
         res = tuple(ldist.all_gather_nograd(o)[inv].view(world, -1, *o.shape[1:])[rank] for o in outs)
         return res if isinstance(out, tuple) else res[0]
+
+
+def _cat_outputs(outs: list):
+    """Concatenate per-chunk outputs (tensors or tuples of tensors) along the batch dimension."""
+    if isinstance(outs[0], tuple):
+        return tuple(torch.cat(parts) for parts in zip(*outs))
+    return torch.cat(outs)
 
 
 class QueueMixin:

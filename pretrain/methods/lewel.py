@@ -38,7 +38,7 @@ class LEWELM(QueueMixin, SSLMethod):
         self.init_queue(mc["queue_size"], mc["dim"])
 
     def _direction(self, x_q: torch.Tensor, x_k: torch.Tensor):
-        z, za, _ = self.online(x_q)
+        z, za, _ = self.online_split(x_q)
         tz, tza, _ = self.target_shuffled(x_k)
         tz = F.normalize(tz, dim=1)
         loss_g = info_nce(z, tz, self.queue.clone().detach(), self.tau)

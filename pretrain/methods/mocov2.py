@@ -26,7 +26,7 @@ class MoCoV2(QueueMixin, SSLMethod):
         self.init_queue(mc["queue_size"], mc["dim"])
 
     def _direction(self, x_q: torch.Tensor, x_k: torch.Tensor):
-        q = self.online(x_q)
+        q = self.online_split(x_q)
         k = F.normalize(self.target_shuffled(x_k), dim=1)
         return info_nce(q, k, self.queue.clone().detach(), self.tau), k
 
