@@ -8,10 +8,14 @@ model = dict(
     decode_head=dict(in_channels=512, channels=128),
     auxiliary_head=dict(in_channels=256, channels=64))
 
-# ResNet-18 is about 4x cheaper per iteration than ResNet-50 here: spend it on a longer schedule.
-max_iters = 400
+# ResNet-18 costs ~0.23 s per iteration here (2 cores, quiet): spend it on a longer schedule and a higher
+# lr. Measured from a 10-epoch LEWEL_M mini backbone: 400 iterations at lr 0.01 -> mIoU 10.0 (background
+# and one class), at lr 0.05 -> 10.8; 1600 iterations at lr 0.05 -> 24.7 (6.3 min incl. the test).
+max_iters = 1600
+optimizer = dict(type='SGD', lr=0.05, momentum=0.9, weight_decay=0.0005)
+optim_wrapper = dict(optimizer=optimizer)
 param_scheduler = [
     dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end=max_iters, by_epoch=False)
 ]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters)
-default_hooks = dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=1))
+default_hooks = dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=400, max_keep_ckpts=1))
