@@ -162,7 +162,8 @@ def build_cfg(args: argparse.Namespace, converted: Path, info: dist.DistInfo) ->
     from mmengine.runner import find_latest_checkpoint
 
     depth = converted_depth(converted)
-    cfg = Config.fromfile(str(config_path(args.config, depth)))  # custom_imports: mmcv.ops shim + PerClassIoUMetric
+    path = config_path(args.config, depth)
+    cfg = Config.fromfile(str(path))  # custom_imports: mmcv.ops shim + PerClassIoUMetric
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     for d in dataset_cfgs(cfg):
@@ -174,13 +175,12 @@ def build_cfg(args: argparse.Namespace, converted: Path, info: dist.DistInfo) ->
 
     if cfg.model.backbone.type != "ResNet" or cfg.model.backbone.get("deep_stem", False):
         raise SegmentationError(
-            f"{config_path(args.config)}: backbone type {cfg.model.backbone.type!r}; the converted checkpoint is a "
+            f"{path}: backbone type {cfg.model.backbone.type!r}; the converted checkpoint is a "
             "torchvision-stem ResNet, which only mmseg's `ResNet` (deep_stem=False) loads (ResNetV1c/V1d have a "
             "deep stem)")
     if cfg.model.backbone.get("depth") != depth:
-        raise SegmentationError(f"{config_path(args.config, depth)}: backbone depth {cfg.model.backbone.get('depth')}, "
+        raise SegmentationError(f"{path}: backbone depth {cfg.model.backbone.get('depth')}, "
                                 f"but {args.ckpt} is a ResNet-{depth}: use a config for that depth")
-    cfg.lewel_config_file = str(config_path(args.config, depth))
     cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=str(converted))
     cfg.model.backbone.pop("pretrained", None)
     cfg.model.pretrained = None
@@ -232,7 +232,7 @@ def prepare_backbone(args: argparse.Namespace, work_dir: Path, info: dist.DistIn
 def summarise(cfg: Any, args: argparse.Namespace, info: dist.DistInfo) -> dict[str, Any]:
     """The config facts a record keeps (what the tables / a reader need to judge the number)."""
     crop = cfg.get("crop_size")
-    return {"config_file": cfg.lewel_config_file, "cfg_options": dict(args.cfg_options),
+    return {"config_file": str(config_path(args.config, cfg.model.backbone.depth)), "cfg_options": dict(args.cfg_options),
             "data_root": sorted({d["data_root"] for d in dataset_cfgs(cfg)}), "world_size": info.world_size,
             "batch_per_process": cfg.train_dataloader.batch_size,
             "total_batch_size": cfg.train_dataloader.batch_size * info.world_size,
