@@ -40,7 +40,8 @@ from .knn import extract_features
 from .models import build_torchvision_resnet
 from .records import now_iso, record_for_backbone, write_record
 from .registry import Registry
-from .utils import REPO_ROOT, default_num_workers, get_rng_state, seed_everything, set_rng_state, setup_logging
+from .utils import (REPO_ROOT, amp_autocast, default_num_workers, get_rng_state, seed_everything, set_rng_state,
+                    setup_logging)
 
 log = logging.getLogger(__name__)
 
@@ -286,10 +287,6 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _autocast(device: torch.device, amp: bool):
-    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda")
-
-
 def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     x = x.to(device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
@@ -307,7 +304,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     t0 = time.time()
     for it, (images, target) in enumerate(loader):
         images, target = _to_device(images, device, channels_last), target.to(device, non_blocking=True)
-        with _autocast(device, amp):
+        with amp_autocast(device, amp):
             logits = model(images)
             loss = F.cross_entropy(logits.float(), target)
         optimizer.zero_grad(set_to_none=True)
@@ -340,7 +337,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bo
     counts = torch.zeros(3, dtype=torch.float64)  # top1, top5, n
     for images, target in loader:
         images, target = _to_device(images, device, channels_last), target.to(device, non_blocking=True)
-        with _autocast(device, amp):
+        with amp_autocast(device, amp):
             logits = model(images)
         counts[:2] += topk_correct(logits.float(), target).cpu()
         counts[2] += target.shape[0]

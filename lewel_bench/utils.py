@@ -73,3 +73,9 @@ def default_num_workers() -> int:
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     return max(0, n // max(local, 1) - 1)
+
+
+def amp_autocast(device: torch.device, amp: bool):
+    """fp16 autocast on CUDA when ``amp`` (AMP: the paper's and the official code's setting); a no-op
+    context on CPU, where fp32 is used (bf16 autocast is ~20x slower on the CPUs we run on)."""
+    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda")

@@ -8,9 +8,12 @@ configs expose ``aug.scale``.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from PIL import ImageFilter
 from torchvision import transforms as T
 
@@ -33,45 +36,171 @@ class GaussianBlur:
         return img.filter(ImageFilter.GaussianBlur(radius=s))
 
 
-def _view(size: int, scale: Sequence[float], blur_p: float, solarize_p: float,
-          jitter: Sequence[float], normalize: bool = True) -> Callable:
+@dataclass(frozen=True)
+class ViewSpec:
+    """One view's photometric recipe: colour jitter (brightness, contrast, saturation, hue strengths)
+    applied with probability ``jitter_p`` in a random order, grayscale, Gaussian blur, solarisation."""
+
+    jitter: tuple[float, float, float, float]
+    blur_p: float
+    solarize_p: float
+    jitter_p: float = 0.8
+    gray_p: float = 0.2
+
+
+#: MoCo v2: both views jitter (0.4, 0.4, 0.4, 0.1) p 0.8, grayscale 0.2, blur p 0.5.
+#: BYOL's asymmetric pair: jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2, blur p 1.0 / 0.1, solarise p 0.0 / 0.2.
+PAIR_SPECS: dict[str, tuple[ViewSpec, ViewSpec]] = {
+    "mocov2": (ViewSpec((0.4, 0.4, 0.4, 0.1), blur_p=0.5, solarize_p=0.0),) * 2,
+    "byol": (ViewSpec((0.4, 0.4, 0.2, 0.1), blur_p=1.0, solarize_p=0.0),
+             ViewSpec((0.4, 0.4, 0.2, 0.1), blur_p=0.1, solarize_p=0.2)),
+}
+
+
+def _view(size: int, scale: Sequence[float], spec: ViewSpec) -> Callable:
+    """The whole view on the PIL image (data-loader workers): crop, flip, photometric ops, normalise."""
     ops = [
         T.RandomResizedCrop(size, scale=tuple(scale), antialias=True),
         T.RandomHorizontalFlip(),
-        T.RandomApply([T.ColorJitter(*jitter)], p=0.8),
-        T.RandomGrayscale(p=0.2),
+        T.RandomApply([T.ColorJitter(*spec.jitter)], p=spec.jitter_p),
+        T.RandomGrayscale(p=spec.gray_p),
     ]
-    if blur_p > 0:
-        ops.append(T.RandomApply([GaussianBlur(size)], p=blur_p))
-    if solarize_p > 0:
-        ops.append(T.RandomSolarize(128, p=solarize_p))
-    ops.append(T.ToTensor())
-    if normalize:
-        ops.append(T.Normalize(IMAGENET_MEAN, IMAGENET_STD))
+    if spec.blur_p > 0:
+        ops.append(T.RandomApply([GaussianBlur(size)], p=spec.blur_p))
+    if spec.solarize_p > 0:
+        ops.append(T.RandomSolarize(128, p=spec.solarize_p))
+    ops += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     return T.Compose(ops)
 
 
-def mocov2_pair(size: int = 224, scale: Sequence[float] = (0.2, 1.0)) -> tuple[Callable, Callable]:
-    """MoCo v2: both views crop, flip, jitter (0.4, 0.4, 0.4, 0.1) p 0.8, grayscale 0.2, blur p 0.5."""
-    t = _view(size, scale, blur_p=0.5, solarize_p=0.0, jitter=(0.4, 0.4, 0.4, 0.1))
-    return t, t
+def build_pair(kind: str, size: int, scale: Sequence[float], batched: bool = False) -> tuple[Callable, Callable]:
+    """The two view transforms of augmentation ``kind`` (``aug.kind``: mocov2 | byol).
+
+    ``batched=False``: each maps a PIL image to a normalised float tensor. ``batched=True``: each maps it
+    to ``(uint8 crop, photometric parameters)`` (:class:`CropAndDraw`); :func:`apply_photometric` then
+    runs the photometric ops on a whole batch on the training device."""
+    if kind not in PAIR_SPECS:
+        raise ValueError(f"aug.kind: unknown augmentation {kind!r}; expected one of {', '.join(PAIR_SPECS)}")
+    make = (lambda spec: CropAndDraw(size, scale, spec)) if batched else (lambda spec: _view(size, scale, spec))
+    return tuple(make(spec) for spec in PAIR_SPECS[kind])
 
 
-def byol_pair(size: int = 224, scale: Sequence[float] = (0.08, 1.0)) -> tuple[Callable, Callable]:
-    """BYOL's asymmetric pair: jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2, blur p 1.0 / 0.1,
-    solarise p 0.0 / 0.2."""
-    j = (0.4, 0.4, 0.2, 0.1)
-    return (_view(size, scale, blur_p=1.0, solarize_p=0.0, jitter=j),
-            _view(size, scale, blur_p=0.1, solarize_p=0.2, jitter=j))
+# --- batched photometric ops (``aug.batched``): the loader workers only decode, crop and flip -------
+N_PARAMS = 12  # jitter on, brightness, contrast, saturation, hue, order (4), grayscale on, blur sigma, solarise on
 
 
-PAIRS = {"mocov2": mocov2_pair, "byol": byol_pair}
+class CropAndDraw:
+    """Worker half of a batched view: random resized crop and flip of the PIL image (uint8 (3, H, W)),
+    and every random draw of the photometric ops, as a float vector of :data:`N_PARAMS` (same
+    distributions as the PIL view: torchvision's ColorJitter factors and random order, etc.)."""
+
+    def __init__(self, size: int, scale: Sequence[float], spec: ViewSpec) -> None:
+        self.geometric = T.Compose([T.RandomResizedCrop(size, scale=tuple(scale), antialias=True),
+                                    T.RandomHorizontalFlip(), T.PILToTensor()])
+        self.spec, self.blur_scale = spec, size / 224.0
+        self.jitter = T.ColorJitter(*spec.jitter)
+
+    def draw(self) -> torch.Tensor:
+        p = torch.zeros(N_PARAMS)
+        p[1:4] = 1.0  # identity factors (unused while jitter is off)
+        if float(torch.rand(1)) < self.spec.jitter_p:
+            j = self.jitter
+            order, b, c, s, h = T.ColorJitter.get_params(j.brightness, j.contrast, j.saturation, j.hue)
+            p[0], p[1], p[2], p[3], p[4] = 1.0, b, c, s, h
+            p[5:9] = order.float()
+        p[9] = float(float(torch.rand(1)) < self.spec.gray_p)
+        if self.spec.blur_p > 0 and float(torch.rand(1)) < self.spec.blur_p:
+            p[10] = float(torch.empty(1).uniform_(0.1, 2.0)) * self.blur_scale
+        if self.spec.solarize_p > 0:
+            p[11] = float(float(torch.rand(1)) < self.spec.solarize_p)
+        return p
+
+    def __call__(self, img) -> tuple[torch.Tensor, torch.Tensor]:
+        crop = self.geometric(img)
+        return crop, self.draw()
 
 
-def build_pair(kind: str, size: int, scale: Sequence[float]) -> tuple[Callable, Callable]:
-    if kind not in PAIRS:
-        raise ValueError(f"aug.kind: unknown augmentation {kind!r}; expected one of {', '.join(PAIRS)}")
-    return PAIRS[kind](size, scale)
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601-2 luma (torchvision's rgb_to_grayscale): (B, 3, H, W) -> (B, 1, H, W)."""
+    return (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+
+
+def _blend(a: torch.Tensor, b: torch.Tensor | float, ratio: torch.Tensor) -> torch.Tensor:
+    return (ratio.view(-1, 1, 1, 1) * a + (1.0 - ratio.view(-1, 1, 1, 1)) * b).clamp(0.0, 1.0)
+
+
+def adjust_hue(x: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
+    """Per-sample hue shift (fraction of a turn, ``hue`` (B,)) through HSV, as torchvision's adjust_hue."""
+    maxc, minc = x.max(1).values, x.min(1).values
+    cr = maxc - minc
+    r, g, b = x.unbind(1)
+    safe_cr = torch.where(cr > 0, cr, torch.ones_like(cr))
+    rc, gc, bc = (maxc - r) / safe_cr, (maxc - g) / safe_cr, (maxc - b) / safe_cr
+    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = torch.where(cr > 0, torch.fmod(h / 6.0 + 1.0, 1.0), torch.zeros_like(h))
+    s = cr / torch.where(maxc > 0, maxc, torch.ones_like(maxc))
+    h = torch.remainder(h + hue.view(-1, 1, 1), 1.0)
+    # HSV -> RGB: channel n in (R, G, B) = v - v s clamp(min(k, 4 - k), 0, 1), k = (n + 6 h) mod 6, n = 5, 3, 1
+    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    k = torch.remainder(n + 6.0 * h.unsqueeze(1), 6.0)
+    return (maxc.unsqueeze(1) * (1.0 - s.unsqueeze(1) * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0))).clamp(0, 1)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """Per-sample separable Gaussian blur (kernel 2 * radius + 1, reflect padding, as torchvision's
+    gaussian_blur): ``sigma`` (B,) > 0."""
+    b, c, hgt, wid = x.shape
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t.view(1, -1) / sigma.view(-1, 1)) ** 2)
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (B*C, 2r+1)
+    y = x.reshape(1, b * c, hgt, wid)
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), k.view(b * c, 1, 1, -1), groups=b * c)
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), k.view(b * c, 1, -1, 1), groups=b * c)
+    return y.view(b, c, hgt, wid)
+
+
+_JITTER_OPS = (
+    lambda x, f: _blend(x, 0.0, f),  # brightness
+    lambda x, f: _blend(x, _gray(x).mean((1, 2, 3), keepdim=True), f),  # contrast
+    lambda x, f: _blend(x, _gray(x), f),  # saturation
+    adjust_hue,
+)
+
+
+def views_to_device(views, device: torch.device, batched: bool) -> torch.Tensor:
+    """A loader batch of one view on ``device``: the finished tensor, or (``batched``) the uint8 crops and
+    parameters moved there and finished by :func:`apply_photometric`."""
+    if not batched:
+        return views.to(device, non_blocking=True)
+    crops, params = views
+    return apply_photometric(crops.to(device, non_blocking=True), params.to(device, non_blocking=True))
+
+
+def apply_photometric(crops: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Device half of a batched view: uint8 crops (B, 3, H, W) and their :class:`CropAndDraw` parameters
+    (B, :data:`N_PARAMS`) -> normalised float views. Ops in the PIL view's order: colour jitter (the
+    sample's own order of brightness, contrast, saturation, hue), grayscale, blur, solarise, normalise."""
+    x = crops.float().div_(255.0)
+    jit = params[:, 0] > 0
+    for pos in range(4):
+        for op, fn in enumerate(_JITTER_OPS):
+            sel = jit & (params[:, 5 + pos] == op)
+            if sel.any():
+                x[sel] = fn(x[sel], params[sel, 1 + op])
+    sel = params[:, 9] > 0
+    if sel.any():
+        x[sel] = _gray(x[sel]).expand(-1, 3, -1, -1)
+    sel = params[:, 10] > 0
+    if sel.any():
+        radius = max(1, math.ceil(3.0 * float(params[sel, 10].max())))
+        x[sel] = gaussian_blur(x[sel], params[sel, 10], min(radius, min(x.shape[2:]) - 1))
+    sel = params[:, 11] > 0
+    if sel.any():
+        xs = x[sel]
+        x[sel] = torch.where(xs >= 128.0 / 255.0, 1.0 - xs, xs)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
 
 
 def eval_transform(size: int) -> Callable:

@@ -23,9 +23,10 @@ from lewel_bench import dist as ldist
 from lewel_bench.checkpoint import PRETRAIN_FORMAT, save_backbone
 from lewel_bench.io import append_jsonl, atomic_torch_save, atomic_write_text
 from lewel_bench.knn import extract_features, knn_top1
-from lewel_bench.utils import default_num_workers, get_rng_state, git_commit, seed_everything, set_rng_state
+from lewel_bench.utils import (amp_autocast, default_num_workers, get_rng_state, git_commit, seed_everything,
+                               set_rng_state)
 
-from .augment import build_pair, eval_transform
+from .augment import build_pair, eval_transform, views_to_device
 from .data import EpochBatchSampler, ImageFolderList, TwoViewDataset
 from .methods import METHODS, SSLMethod
 from .optim import build_optimizer, cosine_lr, set_lr
@@ -65,10 +66,6 @@ def _set_threads(cfg: dict, device: torch.device, world: int) -> None:
         n = max(1, cores // max(world, 1) - reserved)
     torch.set_num_threads(int(n))
     log.info("torch compute threads: %d", torch.get_num_threads())
-
-
-def _autocast(device: torch.device, amp: bool):
-    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda")
 
 
 def checkpoint_state(method: SSLMethod, optimizer, scaler, cfg: dict, epoch: int, iteration: int, exp: str) -> dict:
@@ -157,7 +154,9 @@ def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo) -> Path
     dc = cfg["data"]
     base = ImageFolderList(dc["root"], dc["train_split"], cache=dc.get("cache", False),
                            max_images=dc.get("max_images"))
-    ds = TwoViewDataset(base, build_pair(cfg["aug"]["kind"], cfg["aug"]["size"], cfg["aug"]["scale"]), seed)
+    ac = cfg["aug"]
+    batched = cuda if ac.get("batched", "auto") in ("auto", None) else bool(ac["batched"])
+    ds = TwoViewDataset(base, build_pair(ac["kind"], ac["size"], ac["scale"], batched), seed)
     ipe = len(ds) // cfg["batch_size"]
     total = cfg["epochs"] * ipe
     warmup = int(round(cfg["optim"].get("warmup_epochs", 0) * ipe))
@@ -208,15 +207,15 @@ def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo) -> Path
         loader = DataLoader(ds, batch_sampler=sampler, num_workers=nw, pin_memory=cuda)
         method.train()
         t0, n_img = time.perf_counter(), 0
-        for x1, x2 in loader:
-            x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
+        for v1, v2 in loader:
+            x1, x2 = views_to_device(v1, device, batched), views_to_device(v2, device, batched)
             if channels_last:
                 x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
             lr = cosine_lr(cfg["optim"]["lr"], it, total, warmup)
             set_lr(optimizer, lr)
             m = method.momentum_at(it, total)
             method.iteration = it
-            with _autocast(device, amp):
+            with amp_autocast(device, amp):
                 loss, logs = model(x1, x2)
             loss_val = ldist.all_reduce_mean(loss.detach().float()).item()
             if not math.isfinite(loss_val):

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -84,6 +85,18 @@ def test_nan_loss_stops_with_last_good_checkpoint(mini_data, tmp_path, monkeypat
         main(["byol_mini", "--data", str(mini_data / "imagenet"), "--out", str(out), *TINY[:-1], "knn.every=0"])
     ck = torch.load(out / "checkpoint.pth", weights_only=False)
     assert ck["iteration"] == 2 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_pretraining_runs_with_batched_augmentation(mini_data, tmp_path):
+    """``aug.batched`` (the CUDA default): workers crop and flip, the loop runs the photometric ops."""
+    from pretrain.cli import main
+
+    out = tmp_path / "batched"
+    main(["byol_mini", "--data", str(mini_data / "imagenet"), "--out", str(out), *TINY, "aug.batched=true",
+          "knn.every=0", "epochs=1"])
+    got = _losses(out)
+    assert sorted(got) == list(range(1, 7)) and all(np.isfinite(v) for v in got.values())
 
 
 def test_cli_errors(mini_data, tmp_path, capfd):

@@ -2,10 +2,13 @@
 
     python -m tools.bench_pretrain [--arch resnet50] [--size 224] [--batch 8] [--threads 1] [--reps 5]
     make bench-pretrain BENCH_ARGS="--size 160 --reps 7"
+    make bench-pretrain BENCH_ARGS="--batch 128 --steps 10"      # on a GPU: AMP + channels_last
 
 One step = forward + backward + optimiser step (+ EMA update for the self-supervised methods), on
-random images, with each method's IN-1K config (paper head sizes). Methods are interleaved round by
-round and the median is reported, so a load change on a shared machine hits every method alike.
+random images, with each method's IN-1K config (paper head sizes), in the training loop's precision:
+AMP (fp16 autocast, GradScaler) and channels_last on CUDA, fp32 on CPU (``--amp``, ``--channels-last``).
+Methods are interleaved round by round and the median is reported, so a load change on a shared
+machine hits every method alike.
 The FLOPs of one step (torch's FlopCounterMode) give the floor each time ratio would reach if every
 operation ran at the same speed. Targets (issue 3; the paper measured 1.044 and 1.007 on 8 V100 with
 AMP): LEWEL_B / BYOL <= 1.03, LEWEL_M / MoCo v2 <= 1.01, BYOL / supervised <= 2.8.
@@ -21,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lewel_bench.config import load_config
 from lewel_bench.models import build_torchvision_resnet
+from lewel_bench.utils import amp_autocast
 from pretrain.cli import CONFIG_DIR
 from pretrain.methods import METHODS
 from pretrain.optim import build_optimizer
@@ -29,8 +33,11 @@ METHOD_NAMES = ("mocov2", "lewel_m", "byol", "lewel_b")
 TARGETS = (("lewel_b", "byol", 1.03), ("lewel_m", "mocov2", 1.01), ("byol", "supervised", 2.8))
 
 
-def make_steps(arch: str, size: int, batch: int, device: torch.device, channels_last: bool):
-    """name -> zero-argument callable running one training step."""
+def make_steps(arch: str, size: int, batch: int, device: torch.device, channels_last: bool, amp: bool = False,
+               overrides: dict[str, list[str]] | None = None, methods: tuple[str, ...] = METHOD_NAMES):
+    """name -> zero-argument callable running one training step (as the pretraining loop runs it).
+
+    ``overrides``: config overrides per method name (e.g. {"lewel_b": ["model.reassociate=never"]})."""
     g = torch.Generator().manual_seed(0)
     x1 = torch.randn(batch, 3, size, size, generator=g).to(device)
     x2 = torch.randn(batch, 3, size, size, generator=g).to(device)
@@ -43,26 +50,30 @@ def make_steps(arch: str, size: int, batch: int, device: torch.device, channels_
         sup.to(memory_format=torch.channels_last)
     sup_opt = torch.optim.SGD(sup.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
 
-    def sup_step():
-        loss = torch.nn.functional.cross_entropy(sup(x1), y)
-        sup_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        sup_opt.step()
+    def optimise(loss, opt, scaler):
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    def sup_step(scaler=torch.amp.GradScaler("cuda", enabled=amp)):
+        with amp_autocast(device, amp):
+            loss = torch.nn.functional.cross_entropy(sup(x1), y)
+        optimise(loss, sup_opt, scaler)
 
     steps["supervised"] = sup_step
-    for name in METHOD_NAMES:
-        cfg = load_config(name, CONFIG_DIR, [f"arch={arch}"])
+    for name in methods:
+        cfg = load_config(name, CONFIG_DIR, [f"arch={arch}", *(overrides or {}).get(name, [])])
         m = METHODS.get(name)(cfg).to(device).train()
         if channels_last:
             m.to(memory_format=torch.channels_last)
         opt = build_optimizer(cfg["optim"], m)
 
-        def step(m=m, opt=opt):
+        def step(m=m, opt=opt, scaler=torch.amp.GradScaler("cuda", enabled=amp)):
             m.iteration += 1
-            loss, _ = m(x1, x2)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            with amp_autocast(device, amp):
+                loss, _ = m(x1, x2)
+            optimise(loss, opt, scaler)
             m.update_target(m.momentum_at(m.iteration, 1000))
 
         steps[name] = step
@@ -76,16 +87,35 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscribing a shared CPU)")
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=1, help="steps per timed round (use ~10 on a GPU)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--channels-last", action="store_true")
+    on_off = {"auto": None, "on": True, "off": False}
+    p.add_argument("--amp", choices=on_off, default="auto", help="fp16 autocast + GradScaler (auto: on CUDA)")
+    p.add_argument("--channels-last", choices=on_off, default="auto", help="auto: on CUDA")
+    p.add_argument("--set", action="append", default=[], metavar="METHOD:KEY=VALUE",
+                   help="config override for one method, e.g. lewel_b:model.reassociate=never (repeatable)")
+    p.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=METHOD_NAMES)
     args = p.parse_args(argv)
+    overrides: dict[str, list[str]] = {}
+    for item in args.set:
+        name, sep, kv = item.partition(":")
+        if not sep or name not in METHOD_NAMES:
+            p.error(f"--set {item!r}: expected METHOD:KEY=VALUE with METHOD one of {', '.join(METHOD_NAMES)}")
+        overrides.setdefault(name, []).append(kv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    steps = make_steps(args.arch, args.size, args.batch, device, args.channels_last)
+    cuda = device.type == "cuda"
+    amp = cuda if on_off[args.amp] is None else on_off[args.amp] and cuda
+    channels_last = cuda if on_off[args.channels_last] is None else on_off[args.channels_last]
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    steps = make_steps(args.arch, args.size, args.batch, device, channels_last, amp, overrides, tuple(args.methods))
     print(f"# {args.arch}, {args.size} px, batch {args.batch} (two views for SSL), {args.threads} thread(s), "
-          f"{device}, fp32, {args.reps} interleaved rounds (median)", flush=True)
+          f"{torch.cuda.get_device_name(device) if cuda else device}, {'AMP fp16' if amp else 'fp32'}"
+          f"{', channels_last' if channels_last else ''}, {args.reps} interleaved rounds of {args.steps} "
+          f"step(s) (median){'; ' + ' '.join(args.set) if args.set else ''}", flush=True)
     flops = {}
     for name, fn in steps.items():
         with FlopCounterMode(display=False) as fc:
@@ -98,9 +128,10 @@ def main(argv: list[str] | None = None) -> None:
         for name, fn in steps.items():
             sync()
             t = time.perf_counter()
-            fn()
+            for _ in range(args.steps):
+                fn()
             sync()
-            times[name].append(time.perf_counter() - t)
+            times[name].append((time.perf_counter() - t) / args.steps)
         print(f"  round {r + 1}/{args.reps}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in steps), flush=True)
     med = {n: statistics.median(v) for n, v in times.items()}
     sup = med["supervised"]
@@ -112,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     print("\n| ratio | time | FLOP floor | target | met |")
     print("|---|---|---|---|---|")
     for a, b, tgt in TARGETS:
+        if a not in med or b not in med:
+            continue
         r = med[a] / med[b]
         print(f"| {a} / {b} | {r:.3f} | {flops[a] / flops[b]:.3f} | <= {tgt} | {'yes' if r <= tgt else 'NO'} |")
 

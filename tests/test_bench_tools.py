@@ -1,0 +1,25 @@
+"""The benchmark scripts run end to end on a tiny setting and print their tables (timings are not asserted)."""
+import re
+
+
+def test_bench_pretrain_prints_ratios(capsys):
+    from tools.bench_pretrain import main
+
+    main(["--arch", "resnet18", "--size", "32", "--batch", "2", "--reps", "1", "--warmup", "0",
+          "--methods", "byol", "lewel_b", "--set", "lewel_b:model.reassociate=never"])
+    out = capsys.readouterr().out
+    assert "lewel_b:model.reassociate=never" in out
+    rows = dict(re.findall(r"^\| (\w+ / \w+) \| ([0-9.]+) \|", out, re.M))
+    assert set(rows) == {"lewel_b / byol", "byol / supervised"} and all(float(v) > 0 for v in rows.values())
+    flops = dict(re.findall(r"^\| (\w+) \| [0-9.]+ \| [0-9.]+ \| ([0-9.]+) \|", out, re.M))
+    assert float(flops["lewel_b"]) > float(flops["byol"]) > float(flops["supervised"])  # coupled head, two views
+
+
+def test_bench_loader_modes(capsys):
+    from tools.bench_loader import main
+
+    main(["--synthetic", "48", "--workers", "0", "--batch", "4", "--batches", "2", "--size", "32",
+          "--device", "cpu"])
+    out = capsys.readouterr().out
+    rows = re.findall(r"^\| ([\w-]+) \| 0 \| (\d+) \|", out, re.M)
+    assert [m for m, _ in rows] == ["pil", "batched-workers", "batched"] and all(int(v) > 0 for _, v in rows)

@@ -1,0 +1,119 @@
+"""Pretraining data-loader throughput: two augmented views per image, images/s by worker count.
+
+    python -m tools.bench_loader --data /imagenet --workers 4 8 16
+    python -m tools.bench_loader --synthetic 2048 --workers 8 15        # ImageNet-sized JPEGs in a temp dir
+
+Runs the training loop's own loader (``ImageFolderList`` without cache, ``TwoViewDataset``, the method's
+augmentation pair, ``EpochBatchSampler``, pinned memory when CUDA is present) and reports images/s
+(one image = its two views), for each ``--modes``: ``pil`` (every op in the workers, ``aug.batched=false``),
+``batched`` (workers decode, crop and flip; the photometric ops run per batch in the main process on
+``--device``, included in the time, as ``aug.batched=true`` does in the training loop) and
+``batched-workers`` (the same workers, views left unfinished: what the CPU side delivers on its own).
+Compare with the images/s of ``tools.bench_pretrain`` on the same machine divided by the number of
+GPUs the loader's cores feed: the loader must deliver more, or the GPU waits.
+Synthetic images are smooth noise plus texture saved as quality-90 JPEGs of ImageNet's mean size
+(500 x 375), so decoding costs what it costs on ImageNet.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from lewel_bench.utils import setup_logging
+from pretrain.augment import build_pair, views_to_device
+from pretrain.data import EpochBatchSampler, ImageFolderList, TwoViewDataset
+
+log = logging.getLogger("tools.bench_loader")
+
+
+def write_synthetic_jpegs(root: Path, n: int, size: tuple[int, int] = (500, 375), classes: int = 8,
+                          seed: int = 0) -> Path:
+    """``n`` JPEGs under ``root/train/<class>/``: low-frequency colour fields plus pixel noise."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    for i in range(n):
+        d = root / "train" / f"n{i % classes:08d}"
+        d.mkdir(parents=True, exist_ok=True)
+        low = rng.uniform(0, 255, (h // 25 + 1, w // 25 + 1, 3)).astype(np.uint8)
+        img = np.asarray(Image.fromarray(low).resize((w, h), Image.BICUBIC), dtype=np.float32)
+        img += rng.normal(0, 20, img.shape)
+        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(d / f"img_{i:06d}.JPEG", quality=90)
+    return root
+
+
+def measure(root: Path, workers: int, batch: int, kind: str, size: int, batches: int, batched: bool,
+            device: torch.device, finish: bool = True) -> float:
+    """Images/s of the two-view loader, views finished on ``device``, over ``batches`` batches after one
+    warm-up batch per worker."""
+    ds = TwoViewDataset(ImageFolderList(root, "train"), build_pair(kind, size, (0.2, 1.0), batched), seed=0)
+    n_batches = len(ds) // batch
+    need = batches + max(workers, 1)
+    if n_batches < need:
+        raise ValueError(f"{root}: {len(ds)} images give {n_batches} batches of {batch}; need {need}")
+    sampler = EpochBatchSampler(len(ds), batch, seed=0, epoch=0)
+    loader = DataLoader(ds, batch_sampler=sampler, num_workers=workers, pin_memory=torch.cuda.is_available(),
+                        persistent_workers=False, prefetch_factor=2 if workers else None)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def step():
+        v1, v2 = next(it)
+        if finish:
+            views_to_device(v2, device, batched)
+            return views_to_device(v1, device, batched).shape[0]
+        return len(v1[0] if batched else v1)
+
+    it = iter(loader)
+    for _ in range(max(workers, 1)):  # let every worker start and fill its first batch
+        step()
+    sync()
+    t = time.perf_counter()
+    n = sum(step() for _ in range(batches))
+    sync()
+    dt = time.perf_counter() - t
+    del it
+    return n / dt
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=Path, help="ImageNet-style root (reads <root>/train/<class>/*)")
+    src.add_argument("--synthetic", type=int, metavar="N", help="write N ImageNet-sized JPEGs to a temp dir")
+    p.add_argument("--workers", type=int, nargs="+", default=[4, 8])
+    p.add_argument("--batch", type=int, default=128, help="per-process batch")
+    p.add_argument("--batches", type=int, default=10, help="timed batches per worker count")
+    p.add_argument("--aug", default="byol", choices=("byol", "mocov2"))
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--threads", type=int, default=1, help="torch threads in the main process")
+    p.add_argument("--modes", nargs="+", default=["pil", "batched-workers", "batched"],
+                   choices=("pil", "batched", "batched-workers"))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where batched photometric ops run (and where views are moved)")
+    args = p.parse_args(argv)
+    setup_logging()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.data
+        if root is None:
+            t = time.perf_counter()
+            root = write_synthetic_jpegs(Path(tmp), args.synthetic)
+            log.info("wrote %d synthetic JPEGs in %.1f s", args.synthetic, time.perf_counter() - t)
+        print(f"# two-view loader, {args.aug} augmentation, {args.size} px, batch {args.batch}, {root}", flush=True)
+        print("| mode | workers | images/s | images/s per worker |\n|---|---|---|---|", flush=True)
+        for mode in args.modes:
+            for w in args.workers:
+                ips = measure(root, w, args.batch, args.aug, args.size, args.batches, mode != "pil",
+                              torch.device(args.device), finish=mode != "batched-workers")
+                print(f"| {mode} | {w} | {ips:.0f} | {ips / max(w, 1):.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
