@@ -25,7 +25,7 @@ from lewel_bench.data.layout import require_layout
 from lewel_bench.dist import init_distributed
 from lewel_bench.io import atomic_write_json
 from lewel_bench.records import now_iso, record_for_backbone, write_record
-from lewel_bench.utils import REPO_ROOT, default_num_workers, seed_everything, setup_logging
+from lewel_bench.utils import REPO_ROOT, default_num_workers, resolve_auto, seed_everything, setup_logging
 
 log = logging.getLogger("eval_detection")
 
@@ -140,7 +140,7 @@ def run_torchvision(cfg: dict, bb: Backbone, root: Path, out: Path, seed: int) -
 
     info = init_distributed()
     seed_everything(seed + info.rank)
-    amp = info.device.type == "cuda" if cfg.get("amp", "auto") == "auto" else bool(cfg["amp"])
+    amp = resolve_auto(cfg.get("amp", "auto"), info.device.type == "cuda")
     nw = default_num_workers() if cfg.get("num_workers", "auto") == "auto" else int(cfg["num_workers"])
     train_ds, test_ds, names, gt = build_datasets(cfg, root)
     model = build_model(cfg["arch"], bb, len(names), bool(cfg["mask"]), **cfg["model"])

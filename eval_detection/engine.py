@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from lewel_bench.io import atomic_torch_save
-from lewel_bench.utils import get_rng_state, set_rng_state
+from lewel_bench.utils import amp_step, get_rng_state, set_rng_state
 
 from .datasets import DetectionDataset, collate
 from .tv_models import set_test_size
@@ -109,10 +109,7 @@ def train(model: nn.Module, ds: DetectionDataset, solver: Mapping[str, Any], out
         loss = sum(losses.values())
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss is {loss.item()} at iteration {it}: {({k: v.item() for k, v in losses.items()})}")
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        amp_step(loss, opt, scaler)
         done = it + 1
         if rank == 0 and (done % log_every == 0 or done == max_iter or it == start):
             el = time.time() - t0

@@ -40,8 +40,8 @@ from .knn import extract_features
 from .models import build_torchvision_resnet
 from .records import now_iso, record_for_backbone, write_record
 from .registry import Registry
-from .utils import (REPO_ROOT, amp_autocast, default_num_workers, get_rng_state, seed_everything, set_rng_state,
-                    setup_logging)
+from .utils import (REPO_ROOT, amp_autocast, amp_step, default_num_workers, get_rng_state, seed_everything,
+                    set_rng_state, setup_logging)
 
 log = logging.getLogger(__name__)
 
@@ -307,14 +307,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         with amp_autocast(device, amp):
             logits = model(images)
             loss = F.cross_entropy(logits.float(), target)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        amp_step(loss, optimizer, scaler)
         n = target.shape[0]
         tot_loss += loss.detach().double().cpu() * n
         tot_n += n

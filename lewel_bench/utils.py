@@ -79,3 +79,23 @@ def amp_autocast(device: torch.device, amp: bool):
     """fp16 autocast on CUDA when ``amp`` (AMP: the paper's and the official code's setting); a no-op
     context on CPU, where fp32 is used (bf16 autocast is ~20x slower on the CPUs we run on)."""
     return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda")
+
+
+def amp_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+             scaler: "torch.amp.GradScaler | None" = None) -> None:
+    """One optimiser step: zero_grad, backward of the loss scaled by ``scaler`` (a disabled scaler or
+    None: unscaled), optimiser step, scaler update."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def resolve_auto(value: Any, default: bool) -> bool:
+    """A config switch that may say ``auto`` (e.g. ``amp``, ``channels_last``, ``aug.batched``): ``default``
+    (usually "on CUDA") for ``auto``, else the value as a bool."""
+    return default if value == "auto" else bool(value)

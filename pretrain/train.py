@@ -23,8 +23,8 @@ from lewel_bench import dist as ldist
 from lewel_bench.checkpoint import PRETRAIN_FORMAT, save_backbone
 from lewel_bench.io import append_jsonl, atomic_torch_save, atomic_write_text
 from lewel_bench.knn import extract_features, knn_top1
-from lewel_bench.utils import (amp_autocast, default_num_workers, get_rng_state, git_commit, seed_everything,
-                               set_rng_state)
+from lewel_bench.utils import (amp_autocast, amp_step, default_num_workers, get_rng_state, git_commit, resolve_auto,
+                               seed_everything, set_rng_state)
 
 from .augment import build_pair, eval_transform, views_to_device
 from .data import EpochBatchSampler, ImageFolderList, TwoViewDataset
@@ -139,8 +139,8 @@ def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo) -> Path
     """Train (or resume) the experiment; returns the path of ``checkpoint.pth``."""
     device = dist_info.device
     cuda = device.type == "cuda"
-    amp = cfg["amp"] if cfg["amp"] != "auto" else cuda
-    channels_last = cfg["channels_last"] if cfg["channels_last"] != "auto" else cuda
+    amp = resolve_auto(cfg["amp"], cuda)
+    channels_last = resolve_auto(cfg["channels_last"], cuda)
     seed = int(cfg["seed"])
     _set_threads(cfg, device, dist_info.world_size)
     seed_everything(seed + dist_info.rank, deterministic=cfg.get("deterministic", False))
@@ -155,7 +155,7 @@ def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo) -> Path
     base = ImageFolderList(dc["root"], dc["train_split"], cache=dc.get("cache", False),
                            max_images=dc.get("max_images"))
     ac = cfg["aug"]
-    batched = cuda if ac.get("batched", "auto") in ("auto", None) else bool(ac["batched"])
+    batched = resolve_auto(ac.get("batched", "auto"), cuda)
     ds = TwoViewDataset(base, build_pair(ac["kind"], ac["size"], ac["scale"], batched), seed)
     ipe = len(ds) // cfg["batch_size"]
     total = cfg["epochs"] * ipe
@@ -222,10 +222,7 @@ def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo) -> Path
                 bar.close()
                 raise NonFiniteLoss(f"{exp}: loss is {loss_val} at iteration {it} (epoch {epoch}, lr {lr:.4g}); "
                                     f"stopped. Last good checkpoint: {ckpt_path} at iteration {last_good}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            amp_step(loss, optimizer, scaler)
             method.update_target(m)
             it += 1
             n_img += x1.shape[0] * world

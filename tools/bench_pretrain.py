@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lewel_bench.config import load_config
 from lewel_bench.models import build_torchvision_resnet
-from lewel_bench.utils import amp_autocast
+from lewel_bench.utils import amp_autocast, amp_step
 from pretrain.cli import CONFIG_DIR
 from pretrain.methods import METHODS
 from pretrain.optim import build_optimizer
@@ -50,16 +50,10 @@ def make_steps(arch: str, size: int, batch: int, device: torch.device, channels_
         sup.to(memory_format=torch.channels_last)
     sup_opt = torch.optim.SGD(sup.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
 
-    def optimise(loss, opt, scaler):
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-
     def sup_step(scaler=torch.amp.GradScaler("cuda", enabled=amp)):
         with amp_autocast(device, amp):
             loss = torch.nn.functional.cross_entropy(sup(x1), y)
-        optimise(loss, sup_opt, scaler)
+        amp_step(loss, sup_opt, scaler)
 
     steps["supervised"] = sup_step
     for name in methods:
@@ -73,7 +67,7 @@ def make_steps(arch: str, size: int, batch: int, device: torch.device, channels_
             m.iteration += 1
             with amp_autocast(device, amp):
                 loss, _ = m(x1, x2)
-            optimise(loss, opt, scaler)
+            amp_step(loss, opt, scaler)
             m.update_target(m.momentum_at(m.iteration, 1000))
 
         steps[name] = step
