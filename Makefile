@@ -31,7 +31,7 @@ $(STAMP): requirements.txt pyproject.toml
 	@echo "Creating $(VENV) from requirements.txt (first use only)"
 	rm -rf $(VENV)
 	$(PYTHON_SYS) -m venv $(VENV)
-	$(VENV)/bin/pip install --disable-pip-version-check -q -r requirements.txt
+	$(VENV)/bin/pip install --disable-pip-version-check --no-cache-dir -q -r requirements.txt
 	$(VENV)/bin/pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	touch $@
 

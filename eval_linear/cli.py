@@ -5,9 +5,10 @@
 
 Recipes (``configs/``): ``lewel_b_sgd`` (SGD momentum 0.9, lr 0.4, batch 256, 50 epochs, lr / 10 at 30
 and 40, wd 0) and ``lewel_m_lars`` (LARS, batch 4096, lr 3.2, 90 epochs, cosine, wd 0); ``mini`` is the
-first scaled to the embedded mini data. The backbone stays in eval mode without gradient; the train
-view is RandomResizedCrop + flip (re-drawn every epoch, as in the paper), the val view resize + center
-crop. The run keeps ``<out>/checkpoint.pth`` after every epoch and resumes from it when run again.
+first scaled to the embedded mini data, on cached features (``cached_views``). The backbone stays in eval
+mode without gradient; the train view is RandomResizedCrop + flip (re-drawn every epoch, as in the paper,
+or with ``cached_views: K`` the centre crop and K - 1 draws extracted once), the val view resize + center
+crop. The run keeps ``<out>/checkpoint.pth`` every ``save_every`` epochs and resumes from it when run again.
 Writes one record: eval ``linear``, protocol from the config, metrics top1 / top5 (percent).
 """
 from __future__ import annotations
@@ -16,15 +17,44 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lewel_bench import classification as C
 from lewel_bench.dist import cleanup
+from lewel_bench.utils import amp_autocast
 from pretrain.optim import param_groups
 
 log = logging.getLogger("eval_linear")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def cached_feature_loaders(model: C.LinearProbe, train_set: Dataset, val_set: Dataset, center_tf: Any, views: int,
+                           cfg: dict, seed: int, device: torch.device, amp: bool) -> tuple[DataLoader, DataLoader]:
+    """Loaders over frozen features extracted once (``cached_views: K``), for a probe trained to convergence cheaply.
+
+    Training features: the centre crop of every training image plus ``K - 1`` draws of the train view
+    (RandomResizedCrop + flip, seeded); val features: the val view. Each rank extracts its shard; the
+    shards are gathered, and the head is trained over them like the images (global batch, shuffled).
+    """
+    def extract(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        loader = C.make_loader(ds, cfg["batch_size"], False, seed, cfg["data"].get("num_workers"))
+        with amp_autocast(device, amp):
+            f, y = C.extract_features_all_ranks(model.backbone, loader, device, normalize=False)
+        return f.cpu(), y.cpu()
+
+    t0 = time.time()
+    parts = [extract(C.build_imagenet(train_set.root, train_set.split, center_tf))]
+    parts += [extract(train_set) for _ in range(views - 1)]
+    train_feats = TensorDataset(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+    val_feats = TensorDataset(*extract(val_set))
+    log.info("cached features: %d training rows (%d views of %d images), %d val rows, dim %d (%.1fs)",
+             len(train_feats), views, len(train_set), len(val_feats), train_feats.tensors[0].shape[1],
+             time.time() - t0)
+    return (C.make_loader(train_feats, cfg["batch_size"], True, seed, 0),
+            C.make_loader(val_feats, cfg["batch_size"], False, seed, 0))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,17 +72,25 @@ def main(argv: list[str] | None = None) -> None:
     nw = cfg["data"].get("num_workers")
     train_loader = C.make_loader(train_set, cfg["batch_size"], True, st.seed, nw)
     val_loader = C.make_loader(val_set, cfg["batch_size"], False, st.seed, nw)
+    amp = bool(cfg.get("amp", True)) and dev.type == "cuda"
 
     model = C.LinearProbe(st.bb, C.num_classes_of(train_set), cfg.get("head_norm", "none")).to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    net: torch.nn.Module = model
+    views = int(cfg.get("cached_views", 0))
+    if views > 0:
+        train_loader, val_loader = cached_feature_loaders(model, train_set, val_set, val_tf, views, cfg, st.seed,
+                                                          dev, amp)
+        net = C.ProbeHead(model)
+    elif views < 0:
+        raise SystemExit(f"eval_linear: cached_views={views}: expected 0 (no cache) or a positive number of views")
     ocfg = cfg["optim"]
     opt = C.build_optimizer(param_groups(model.fc, ocfg["weight_decay"], ocfg.get("exclude_bias", True)), ocfg)
-    history = C.fit(st, model, opt, train_loader, val_loader, fp, args.fresh, model.trainable_state_dict, ("lr",))
+    history = C.fit(st, net, opt, train_loader, val_loader, fp, args.fresh, model.trainable_state_dict, ("lr",))
     epochs = int(cfg["epochs"])
-    amp = bool(cfg.get("amp", True)) and dev.type == "cuda"
 
-    res = C.evaluate(model, val_loader, dev, amp)
+    res = C.evaluate(net, val_loader, dev, amp)
     metrics = {"top1": res["top1"], "top5": res["top5"]}
     C.finish(st, "linear", cfg["protocol"], metrics, fp, args.records_dir, epochs=epochs, n_val=res["n"],
              n_train=len(train_set), wall_time_s=round(time.time() - t0, 1), history=history)

@@ -178,6 +178,21 @@ class LinearProbe(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
 
+class ProbeHead(nn.Module):
+    """The trainable part of a :class:`LinearProbe` (``norm`` + ``fc``, shared with it) on precomputed features.
+
+    Trained on cached frozen features it computes what the probe computes on the images they came from;
+    its state dict has the keys of ``LinearProbe.trainable_state_dict``.
+    """
+
+    def __init__(self, probe: LinearProbe) -> None:
+        super().__init__()
+        self.norm, self.fc = probe.norm, probe.fc
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(feats.float()))
+
+
 def build_finetune_model(bb: Backbone, num_classes: int, norm: str = "none") -> nn.Module:
     """The whole torchvision ResNet, initialised from ``bb`` with a fresh classifier (Sec. 4.2).
 
@@ -356,13 +371,15 @@ def gather_variable(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([o[: int(s.item())] for o, s in zip(out, sizes)])
 
 
-def extract_features_all_ranks(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-normalised pooled features and labels of the whole (sharded) set, gathered over ranks.
+def extract_features_all_ranks(model: nn.Module, loader: DataLoader, device: torch.device,
+                               normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features (L2-normalised unless ``normalize=False``) and labels of the whole (sharded) set,
+    gathered over ranks.
 
     Each rank runs :func:`lewel_bench.knn.extract_features` on its shard; the shards are concatenated.
     """
     model.eval()
-    f, y = extract_features(model, loader, device, channels_last=device.type == "cuda")
+    f, y = extract_features(model, loader, device, channels_last=device.type == "cuda", normalize=normalize)
     return gather_variable(f.to(device)), gather_variable(y.to(device))
 
 

@@ -15,15 +15,17 @@ from torch import nn
 
 @torch.no_grad()
 def extract_features(model: nn.Module | Callable, loader: Iterable, device: torch.device | str = "cpu",
-                     channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``model`` (images -> (B, D) features) over ``loader`` of (images, labels); L2-normalised on CPU."""
+                     channels_last: bool = False, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``model`` (images -> (B, D) features) over ``loader`` of (images, labels); on CPU, L2-normalised
+    unless ``normalize=False``."""
     feats, labels = [], []
     for x, y in loader:
         x = x.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         f = model(x)
-        feats.append(F.normalize(f.float().flatten(1), dim=1).cpu())
+        f = f.float().flatten(1)
+        feats.append((F.normalize(f, dim=1) if normalize else f).cpu())
         labels.append(torch.as_tensor(y).cpu())
     return torch.cat(feats), torch.cat(labels)
 

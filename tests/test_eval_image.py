@@ -157,6 +157,34 @@ def test_linear_probe_keeps_backbone_frozen_in_eval_mode() -> None:
     assert [n for n, p in bn.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
 
 
+def test_cached_probe_features_are_the_frozen_backbone_on_each_view(tiny_imagenet: Path) -> None:
+    """``cached_views: K``: K rows per training image (centre crop first, then K - 1 random crops) equal to the
+    frozen backbone on those views; the head on cached features computes what the probe computes on images."""
+    torch.manual_seed(0)
+    probe = C.LinearProbe(random_backbone("resnet18", seed=2), 3, norm="bn").eval()
+    center_tf, crop_tf = C.val_transform(32, 36), C.train_transform(32)
+    train_set = C.build_imagenet(tiny_imagenet, "train", crop_tf)
+    val_set = C.build_imagenet(tiny_imagenet, "val", center_tf)
+    cfg = {"batch_size": 8, "data": {"num_workers": 0}}
+    train_loader, val_loader = linear_cli.cached_feature_loaders(probe, train_set, val_set, center_tf, 3, cfg, 0,
+                                                                 torch.device("cpu"), False)
+    feats, labels = train_loader.dataset.tensors
+    n = len(train_set)
+    assert feats.shape == (3 * n, 512) and torch.equal(labels, torch.tensor(train_set.targets).repeat(3))
+    center = torch.stack([center_tf(Image.open(p).convert("RGB")) for p, _ in train_set.samples])
+    with torch.no_grad():
+        expected = probe.backbone(center)
+    torch.testing.assert_close(feats[:n], expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(feats[n:2 * n], feats[:n]) and not torch.allclose(feats[2 * n:], feats[n:2 * n])
+    head = C.ProbeHead(probe).eval()
+    assert set(head.state_dict()) == set(probe.trainable_state_dict())
+    (vx, vy), = [(x, y) for x, y in C.make_loader(val_set, len(val_set), False, num_workers=0)]
+    vfeats, vlabels = val_loader.dataset.tensors
+    assert torch.equal(vlabels, vy)
+    with torch.no_grad():
+        torch.testing.assert_close(head(vfeats), probe(vx), rtol=1e-4, atol=1e-5)
+
+
 def test_shard_sampler_covers_every_sample_once() -> None:
     shards = [list(C.ShardSampler(10, r, 3)) for r in range(3)]
     assert sorted(sum(shards, [])) == list(range(10)) and [len(s) for s in shards] == [4, 3, 3]
@@ -261,15 +289,15 @@ def test_linear_cli_end_to_end_resumes_after_interruption(tiny_imagenet: Path, t
 
     monkeypatch.setattr(C, "train_one_epoch", flaky)
     with pytest.raises(KeyboardInterrupt):
-        _run(linear_cli, "mini", "random:resnet18", tiny_imagenet, tmp_path, *TINY)
+        _run(linear_cli, "mini", "random:resnet18", tiny_imagenet, tmp_path, *TINY, "save_every=1")
     assert torch.load(tmp_path / "out" / "checkpoint.pth", weights_only=False)["epoch"] == 1
-    _run(linear_cli, "mini", "random:resnet18", tiny_imagenet, tmp_path, *TINY)
+    _run(linear_cli, "mini", "random:resnet18", tiny_imagenet, tmp_path, *TINY, "save_every=1")
     assert calls == [0, 1, 1]  # epoch 0 was not trained again
     (rec,) = _records(tmp_path / "records")
     assert (rec["eval"], rec["protocol"], rec["dataset"], rec["method"]) == ("linear", "mini", "mini", "random")
     assert set(rec["metrics"]) == {"top1", "top5"} and 0 <= rec["metrics"]["top1"] <= rec["metrics"]["top5"] <= 100
     assert rec["n_val"] == 12 and len(rec["history"]) == 2
-    _run(linear_cli, "mini", "random:resnet18", tiny_imagenet, tmp_path, *TINY)  # finished: no second record
+    _run(linear_cli, "mini", "random:resnet18", tiny_imagenet, tmp_path, *TINY, "save_every=1")  # finished: no new record
     assert len(_records(tmp_path / "records")) == 1
 
 
