@@ -65,26 +65,27 @@ def main(argv: list[str] | None = None) -> None:
     fp = C.fingerprint(cfg, st.bb.sha256)
     if C.finished_result(st, fp, args.fresh):
         return
+    views = int(cfg.get("cached_views", 0))
+    if views < 0:
+        raise SystemExit(f"eval_linear: cached_views={views}: expected 0 (no cache) or a positive number of views")
     t0 = time.time()
     train_tf, val_tf = C.transforms_from_config(cfg["data"])
     train_set = C.build_imagenet(st.data_root, "train", train_tf)
     val_set = C.build_imagenet(st.data_root, "val", val_tf)
-    nw = cfg["data"].get("num_workers")
-    train_loader = C.make_loader(train_set, cfg["batch_size"], True, st.seed, nw)
-    val_loader = C.make_loader(val_set, cfg["batch_size"], False, st.seed, nw)
     amp = bool(cfg.get("amp", True)) and dev.type == "cuda"
 
     model = C.LinearProbe(st.bb, C.num_classes_of(train_set), cfg.get("head_norm", "none")).to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     net: torch.nn.Module = model
-    views = int(cfg.get("cached_views", 0))
-    if views > 0:
+    if views:
         train_loader, val_loader = cached_feature_loaders(model, train_set, val_set, val_tf, views, cfg, st.seed,
                                                           dev, amp)
         net = C.ProbeHead(model)
-    elif views < 0:
-        raise SystemExit(f"eval_linear: cached_views={views}: expected 0 (no cache) or a positive number of views")
+    else:
+        nw = cfg["data"].get("num_workers")
+        train_loader = C.make_loader(train_set, cfg["batch_size"], True, st.seed, nw)
+        val_loader = C.make_loader(val_set, cfg["batch_size"], False, st.seed, nw)
     ocfg = cfg["optim"]
     opt = C.build_optimizer(param_groups(model.fc, ocfg["weight_decay"], ocfg.get("exclude_bias", True)), ocfg)
     history = C.fit(st, net, opt, train_loader, val_loader, fp, args.fresh, model.trainable_state_dict, ("lr",))
