@@ -14,6 +14,18 @@ MINI       ?= data/mini
 MINI_STAMP := $(MINI)/.complete
 SEED       ?= 0
 
+# What every stage target takes: EXP (experiment), DATA (a real dataset root; empty = the mini data),
+# OUT (the output folder of the stage the target runs), CKPT (the checkpoint an evaluation reads; default
+# $(RUNS)/$(EXP)/backbone.pth), ARGS (key=value config overrides of that stage). RUNS: where runs go
+# ($LEWEL_RUNS_DIR when set, e.g. a scratch file system; else runs/).
+RUNS ?= $(or $(LEWEL_RUNS_DIR),runs)
+EXP  ?= lewel_m
+DATA ?=
+OUT  ?=
+CKPT ?=
+ARGS ?=
+$(foreach v,EVAL_ARGS DET_ARGS SEG_ARGS,$(if $($(v)),$(error $(v) is no longer read: every stage target takes its overrides from ARGS=...)))
+
 # Where stages run: LAUNCHER=local (default) or slurm (through submitit; see mk/launch.mk).
 LAUNCHER    ?= local
 LAUNCH_ARGS ?= --launcher $(LAUNCHER)
@@ -25,7 +37,7 @@ export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD := 1
 
 .PHONY: help venv data test clean-venv
 help:
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed -e 's/:.*## /\t/' -e 's/\$$(EXP)/<EXP>/g' | sort
 
 $(STAMP): requirements.txt pyproject.toml
 	@echo "Creating $(VENV) from requirements.txt (first use only)"

@@ -4,27 +4,30 @@ Configs (``eval_detection/configs/torchvision/<name>.yaml``): ``voc_c4_24k`` (Ta
 ``coco_fpn_1x``, ``coco_fpn_2x`` (Table 4 / 8) and their ``mini_*`` versions for the embedded mini data.
 Backends: ``detectron2`` (the paper's code base; ``configs/detectron2/*.yaml`` + ``train_net.py``),
 ``torchvision`` (runs anywhere; same layout, schedule and metrics), ``auto`` = detectron2 when it can be
-imported, else torchvision (logged). Every run writes ``metrics.json`` in ``--out`` and one result record
-(eval ``voc_det`` / ``coco``). Running again with the same ``--out`` resumes training from ``last.pth``
-and does not write a second record for a finished run.
+imported, else torchvision (logged). Arguments, run identity, output folder and record follow the stage
+contract of :mod:`lewel_bench.stage`; the record's ``config`` is what ran (the torchvision config, or
+detectron2's own dumped config). Every run writes ``metrics.json`` in its folder and one result record
+(eval ``voc_det`` / ``coco``). Running again resumes training from ``last.pth`` and does not write a
+second record for a finished run.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import logging
-import os
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lewel_bench.checkpoint import Backbone, resolve_backbone
-from lewel_bench.config import load_config
+from lewel_bench.config import ConfigError, load_config
 from lewel_bench.data.layout import require_layout
 from lewel_bench.dist import init_distributed
 from lewel_bench.io import atomic_write_json
-from lewel_bench.records import now_iso, record_for_backbone, write_record
+from lewel_bench.records import now_iso
+from lewel_bench.stage import cli_entry, identity_config, open_stage, parse_stage_args, stage_parser
 from lewel_bench.utils import REPO_ROOT, default_num_workers, resolve_auto, seed_everything, setup_logging
 
 log = logging.getLogger("eval_detection")
@@ -50,18 +53,23 @@ def choose_backend(requested: str) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m eval_detection", description=__doc__.split("\n")[0])
-    p.add_argument("--config", required=True, help="config name (voc_c4_24k, coco_fpn_1x, mini_voc_c4_24k, ...) or path")
-    p.add_argument("--ckpt", required=True, help="backbone.pth / pretraining checkpoint / torchvision state dict, "
-                                                 "or random:resnet50 for the random-init baseline")
-    p.add_argument("--data", default=None, help="VOCdevkit root (VOC) or COCO root (annotations/, train2017/, val2017/)")
-    p.add_argument("--out", default=None, help="output folder (default runs/<exp>/detection/<config>-<backend>-s<seed>)")
-    p.add_argument("--seed", type=int, default=0)
+    p = stage_parser("python -m eval_detection", __doc__.split("\n")[0], None)
     p.add_argument("--backend", choices=["auto", "torchvision", "detectron2"], default="auto")
     p.add_argument("--no-record", action="store_true", help="do not write a result record (smoke runs)")
-    p.add_argument("--opts", nargs="*", default=[], help="config overrides key=value (e.g. solver.max_iter=10)")
-    p.add_argument("--d2-opts", nargs="*", default=[], help="detectron2 backend only: extra KEY VALUE overrides")
-    return p.parse_args(argv)
+    p.add_argument("--d2-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="detectron2 backend only: one more config override (repeatable), e.g. SOLVER.MAX_ITER=10")
+    return parse_stage_args(p, argv)
+
+
+def d2_pairs(items: list[str]) -> list[str]:
+    """``KEY=VALUE`` items -> detectron2's flat ``[KEY, VALUE, ...]`` list."""
+    out: list[str] = []
+    for it in items:
+        if "=" not in it:
+            raise ConfigError(f"--d2-opt {it!r}: expected KEY=VALUE (e.g. SOLVER.MAX_ITER=10)")
+        k, v = it.split("=", 1)
+        out += [k.strip(), v]
+    return out
 
 
 def default_data_root(cfg: dict) -> Path:
@@ -158,41 +166,56 @@ def run_torchvision(cfg: dict, bb: Backbone, root: Path, out: Path, seed: int) -
     return evaluate(cfg, net, test_ds, names, gt, info.device, info.rank, info.world_size, amp)
 
 
+#: Bump when a change of this stage's code changes its results (part of every run's identity).
+PROTOCOL_VERSION = 1
+STATE_FILES = ("last.pth", "metrics.json", "backbone_d2.pkl", "d2_results.json", "model_*.pth", "last_checkpoint")
+
+
+def data_parts(cfg: dict) -> list[str]:
+    """The parts of the data root that determine the result (for its fingerprint)."""
+    d = cfg["data"]
+    if d["format"] == "voc":
+        return sorted({f"VOC{y}" for y, _ in d["train"]} | {f"VOC{d['test'][0]}"})
+    return sorted({str(Path(d[s]["ann"]).parent) for s in ("train", "test")} | {d[s]["images"] for s in ("train", "test")})
+
+
+@cli_entry("eval_detection")
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    setup_logging(rank=int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))))
+    info = init_distributed()
+    setup_logging(rank=info.rank)
     start = now_iso()
-    cfg = load_config(args.config, CONFIG_DIR, args.opts)
+    cfg = load_config(args.config, CONFIG_DIR, args.overrides)
     backend = choose_backend(args.backend)
+    d2_opts = d2_pairs(args.d2_opt)
+    if d2_opts and backend != "detectron2":
+        raise ConfigError(f"--d2-opt is for the detectron2 backend; this run uses {backend}")
     bb = resolve_backbone(args.ckpt, seed=args.seed)
-    exp = (bb.meta or {}).get("exp") or "random"
-    out = Path(args.out) if args.out else REPO_ROOT / "runs" / str(exp) / "detection" / f"{Path(args.config).stem}-{backend}-s{args.seed}"
-    out.mkdir(parents=True, exist_ok=True)
-    done = out / "metrics.json"
-    if done.is_file():
-        log.info("%s exists: this run is finished (%s)", done, done.read_text().strip())
-        return
     root = Path(args.data) if args.data else default_data_root(cfg)
+    st = open_stage("eval_detection", args, cfg, bb, info, root, data_parts(cfg), PROTOCOL_VERSION, start,
+                    extra={"backend": backend, **({"d2_opts": d2_opts} if d2_opts else {})}, state_files=STATE_FILES)
+    if st.finished():
+        return
     log.info("detection transfer: config %s, backend %s, protocol %s, data %s, checkpoint %s (%s), out %s",
-             args.config, backend, cfg["protocol"], root, args.ckpt, bb.meta.get("method", "?"), out)
+             args.config, backend, cfg["protocol"], root, args.ckpt, bb.meta.get("method", "?"), st.out)
     if backend == "detectron2":
         from .train_net import run_detectron2
 
-        metrics = run_detectron2(cfg, args, bb, root, out, args.d2_opts)
+        metrics, ran = run_detectron2(cfg, args, bb, root, st.out, d2_opts)
     else:
-        metrics = run_torchvision(cfg, bb, root, out, args.seed)
+        metrics = run_torchvision(cfg, bb, root, st.out, args.seed)
+        ran = identity_config(cfg)
     if metrics is None:  # not the main process
         return
     keys = METRIC_KEYS[cfg["eval"]]
-    main_metrics = {k: round(float(metrics[k]), 3) for k in keys if k in metrics}
+    main_metrics = {k: float(metrics[k]) for k in keys if k in metrics}
+    main_metrics = {k: (round(v, 3) if math.isfinite(v) else v) for k, v in main_metrics.items()}
     extra = {k: v for k, v in metrics.items() if k not in keys}
-    log.info("%s %s (%s, %s): %s", cfg["eval"], cfg["protocol"], backend, cfg["dataset"], main_metrics)
+    log.info("%s %s (%s, %s): %s", cfg["eval"], cfg["protocol"], backend, st.data["name"], main_metrics)
     result = {"metrics": main_metrics, **extra, "backend": backend, "config": args.config, "seed": args.seed}
-    if not args.no_record:
-        cfg_rec = {k: v for k, v in cfg.items() if k != "_meta"}
-        rec = record_for_backbone(bb, eval=cfg["eval"], protocol=cfg["protocol"], metrics=main_metrics, seed=args.seed,
-                                  config={**cfg_rec, "config_name": args.config, "data_root": str(root)},
-                                  start_time=start, backend=backend, dataset=cfg["dataset"], **extra)
-        result["record"] = str(write_record(rec))
-        log.info("record: %s", result["record"])
-    atomic_write_json(done, result)
+    if args.no_record:
+        atomic_write_json(st.out / "metrics.json", result)
+        return
+    path = st.finish(cfg["eval"], cfg["protocol"], main_metrics, args.records_dir,
+                     config={**ran, "config_name": args.config}, backend=backend, **extra)
+    atomic_write_json(st.out / "metrics.json", {**result, "record": str(path)})

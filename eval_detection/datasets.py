@@ -30,7 +30,9 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+
+from lewel_bench.data.imagenet import read_image
+from lewel_bench.data.layout import DataError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "
                "tvmonitor")
 
 
-class DatasetError(ValueError):
+class DatasetError(DataError):
     """A detection dataset cannot be used as given (missing files, malformed annotations)."""
 
 
@@ -141,17 +143,16 @@ def load_voc_splits(root: str | Path, splits: Sequence[Sequence[str]], class_nam
 # COCO
 # ------------------------------------------------------------------------------------------------
 def load_coco(ann_file: str | Path, image_dir: str | Path, train: bool) -> tuple[list[DetSample], Counter, Any]:
-    """A COCO json as :class:`DetSample` (+ the pycocotools ``COCO`` object and the skip counts)."""
-    from pycocotools.coco import COCO
+    """A COCO json as :class:`DetSample` (+ the pycocotools ``COCO`` object and the skip counts).
+
+    The file is checked first (:func:`lewel_bench.data.coco.read_coco_json`: malformed JSON, missing fields,
+    unknown ids, non-finite boxes are an error naming the file and the entry)."""
+    from lewel_bench.data.coco import coco_api, read_coco_json
 
     ann_file, image_dir = Path(ann_file), Path(image_dir)
     if not ann_file.is_file():
         raise DatasetError(f"COCO annotation file not found: {ann_file}")
-    import contextlib
-    import io
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO(str(ann_file))
+    coco = coco_api(read_coco_json(ann_file))
     cat_ids = sorted(coco.getCatIds())
     if not cat_ids:
         raise DatasetError(f"{ann_file}: no categories")
@@ -217,11 +218,7 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         s = self.samples[i]
-        try:
-            with Image.open(s.file) as im:
-                img = np.asarray(im.convert("RGB"))
-        except OSError as e:
-            raise DatasetError(f"cannot read image {s.file}: {e}") from e
+        img = np.asarray(read_image(s.file))
         if img.shape[:2] != (s.height, s.width):
             raise DatasetError(f"{s.file}: image is {img.shape[1]}x{img.shape[0]} but the annotation says "
                                f"{s.width}x{s.height}")

@@ -19,7 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from lewel_bench.checkpoint import non_finite_keys, torch_load
+from lewel_bench.errors import NonFiniteError
 from lewel_bench.io import atomic_torch_save
+from lewel_bench.stage import StageError
 from lewel_bench.utils import amp_step, get_rng_state, set_rng_state
 
 from .datasets import DetectionDataset, collate
@@ -82,7 +85,7 @@ def train(model: nn.Module, ds: DetectionDataset, solver: Mapping[str, Any], out
     max_iter, start = int(solver["max_iter"]), 0
     ckpt = out_dir / "last.pth"
     if ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = torch_load(ckpt, "detection training state", StageError)
         core.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start = int(state["iter"])
@@ -108,7 +111,9 @@ def train(model: nn.Module, ds: DetectionDataset, solver: Mapping[str, Any], out
             losses = model(images, targets)
         loss = sum(losses.values())
         if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss is {loss.item()} at iteration {it}: {({k: v.item() for k, v in losses.items()})}")
+            raise NonFiniteError(f"detection loss is {loss.item()} at iteration {it} "
+                                 f"({', '.join(f'{k}={v.item():.4g}' for k, v in losses.items())}); {ckpt} keeps the "
+                                 f"last finite state")
         amp_step(loss, opt, scaler)
         done = it + 1
         if rank == 0 and (done % log_every == 0 or done == max_iter or it == start):
@@ -117,8 +122,12 @@ def train(model: nn.Module, ds: DetectionDataset, solver: Mapping[str, Any], out
                      " ".join(f"{k[5:] if k.startswith('loss_') else k}={v.item():.3f}" for k, v in losses.items()),
                      opt.param_groups[0]["lr"], el / (done - start))
         if rank == 0 and (done % period == 0 or done == max_iter):
-            atomic_torch_save({"model": core.state_dict(), "optimizer": opt.state_dict(), "iter": done,
-                               "rng": get_rng_state()}, ckpt)
+            sd = core.state_dict()
+            bad = non_finite_keys(sd)
+            if bad:
+                raise NonFiniteError(f"detection weights hold NaN or inf at iteration {done} (first: {bad[0]}); "
+                                     f"{ckpt} keeps the last finite state")
+            atomic_torch_save({"model": sd, "optimizer": opt.state_dict(), "iter": done, "rng": get_rng_state()}, ckpt)
 
 
 @torch.no_grad()

@@ -111,6 +111,7 @@ def register_datasets(root: Path, fmt: str, class_names: Sequence[str], cfg: Any
 def _trainer_cls() -> Any:
     from detectron2.engine import DefaultTrainer
     from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
+    from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
     class Trainer(DefaultTrainer):
         @classmethod
@@ -119,11 +120,20 @@ def _trainer_cls() -> Any:
                 return PascalVOCDetectionEvaluator(dataset_name)
             return COCOEvaluator(dataset_name, output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference"))
 
+        def build_writers(self):  # noqa: ANN201 - no TensorBoard writer: tensorboard is not a dependency
+            return [CommonMetricPrinter(self.max_iter), JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.jsonl"))]
+
     return Trainer
 
 
 def _worker(cfg_file: str, opts: list[str], root: str, fmt: str, class_names: list[str], out: str) -> None:
-    """One detectron2 process: register, train (resuming), evaluate; rank 0 writes ``d2_results.json``."""
+    """One detectron2 process: register, train (resuming), evaluate once; rank 0 writes ``d2_results.json``
+    with the results and the config that ran (``cfg.dump()``).
+
+    ``DefaultTrainer.train()`` evaluates the test set itself when training ends (its ``EvalHook``) and keeps
+    the results in ``trainer._last_eval_results`` (main process; ``{}`` elsewhere); calling ``Trainer.test``
+    again would evaluate a second time. A resumed finished run evaluates its final model once.
+    """
     from detectron2.engine import default_setup
     from detectron2.utils import comm
 
@@ -135,11 +145,14 @@ def _worker(cfg_file: str, opts: list[str], root: str, fmt: str, class_names: li
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=True)
     trainer.train()
-    res = Trainer.test(cfg, trainer.model)
+    res = getattr(trainer, "_last_eval_results", None)
     if comm.is_main_process():
         from lewel_bench.io import atomic_write_json
 
-        atomic_write_json(Path(out) / "d2_results.json", {k: dict(v) for k, v in res.items()})
+        if not res:
+            raise RuntimeError("detectron2 finished training without evaluation results (EvalHook did not run)")
+        atomic_write_json(Path(out) / "d2_results.json", {"results": {k: dict(v) for k, v in res.items()},
+                                                         "config": cfg.dump()})
 
 
 def d2_metrics(res: dict, eval_name: str) -> dict[str, float]:
@@ -193,8 +206,9 @@ def d2_opts_for(tv_cfg: dict, class_names: Sequence[str], weights: Path, out: Pa
 
 
 def run_detectron2(tv_cfg: dict, args: argparse.Namespace, bb: Any, root: Path, out: Path,
-                   extra_opts: Sequence[str] = ()) -> dict[str, float]:
-    """Convert ``bb``, run detectron2 on the protocol's config (all local GPUs) and return our metrics."""
+                   extra_opts: Sequence[str] = ()) -> tuple[dict[str, float], dict]:
+    """Convert ``bb``, run detectron2 on the protocol's config (all local GPUs); returns our metrics and the
+    config detectron2 ran (its ``cfg.dump()`` as a dict, with the overrides it was given)."""
     require_detectron2()
     import pickle
 
@@ -218,8 +232,11 @@ def run_detectron2(tv_cfg: dict, args: argparse.Namespace, bb: Any, root: Path, 
     log.info("detectron2: %s on %d %s, opts %s", cfg_file, gpus, "GPU(s)" if torch.cuda.is_available() else "CPU", opts)
     launch(_worker, gpus, num_machines=1, machine_rank=0, dist_url="auto",
            args=(cfg_file, opts, str(root), fmt, class_names, str(out)))
+    import yaml
+
     res = json.loads((out / "d2_results.json").read_text())
-    return d2_metrics(res, tv_cfg["eval"])
+    ran = {"detectron2": yaml.safe_load(res["config"]), "detectron2_config_file": cfg_file, "detectron2_opts": opts}
+    return d2_metrics(res["results"], tv_cfg["eval"]), ran
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -239,8 +256,11 @@ def main(argv: list[str] | None = None) -> None:
     tv_name = {"c4_24k": "voc_c4_24k", "c4_1x": "coco_c4_1x", "fpn_1x": "coco_fpn_1x", "fpn_2x": "coco_fpn_2x"}[protocol]
     from eval_detection.cli import main as cli_main
 
+    if len(a.opts) % 2:
+        raise SystemExit(f"detectron2 overrides come in KEY VALUE pairs, got {a.opts}")
+    pairs = [f"--d2-opt={k}={v}" for k, v in zip(a.opts[::2], a.opts[1::2])]
     cli_main(["--config", tv_name, "--ckpt", a.ckpt, "--data", a.data, "--out", a.out, "--seed", str(a.seed),
-              "--backend", "detectron2", *(["--d2-opts", *a.opts] if a.opts else [])])
+              "--backend", "detectron2", *pairs])
 
 
 if __name__ == "__main__":

@@ -11,25 +11,26 @@ Writes one record: eval ``knn``, protocol ``k20``, metric top1 (percent).
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
 from lewel_bench import classification as C
 from lewel_bench.dist import cleanup
 from lewel_bench.knn import knn_predict
+from lewel_bench.stage import cli_entry, parse_stage_args, stage_parser
 
 log = logging.getLogger("eval_knn")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+#: Bump when a change of this stage's code changes its results (part of every run's identity).
+PROTOCOL_VERSION = 1
 
 
+@cli_entry("eval_knn")
 def main(argv: list[str] | None = None) -> None:
-    args = C.stage_parser("python -m eval_knn", __doc__.split("\n")[0], "k20").parse_args(
-        sys.argv[1:] if argv is None else argv)
-    st = C.setup_stage("eval_knn", args, CONFIG_DIR)
+    args = parse_stage_args(stage_parser("python -m eval_knn", __doc__.split("\n")[0], "k20"), argv)
+    st = C.setup_stage("eval_knn", args, CONFIG_DIR, PROTOCOL_VERSION)
     cfg, dev = st.cfg, st.info.device
-    fp = C.fingerprint(cfg, st.bb.sha256)
-    if C.finished_result(st, fp, args.fresh):
+    if st.finished():
         return
     t0 = time.time()
     _, val_tf = C.transforms_from_config(cfg["data"])
@@ -42,8 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     log.info("features: train %s, val %s (%.1fs)", tuple(train_f.shape), tuple(val_f.shape), time.time() - t0)
     pred = knn_predict(train_f, train_y, val_f, C.num_classes_of(train_set), k=cfg["k"], t=cfg["temperature"])
     metrics = {"top1": 100.0 * (pred == val_y).double().mean().item()}
-    C.finish(st, "knn", cfg["protocol"], metrics, fp, args.records_dir, k=cfg["k"], temperature=cfg["temperature"],
-             n_train=int(train_f.shape[0]), n_val=int(val_f.shape[0]), wall_time_s=round(time.time() - t0, 1))
+    st.finish("knn", cfg["protocol"], metrics, args.records_dir, k=cfg["k"], temperature=cfg["temperature"],
+              n_train=int(train_f.shape[0]), n_val=int(val_f.shape[0]), wall_time_s=round(time.time() - t0, 1))
     cleanup()
 
 

@@ -4,7 +4,8 @@
     python -m eval_linear --config mini --ckpt random:resnet18 --data data/mini/imagenet epochs=2
 
 Recipes (``configs/``): ``lewel_b_sgd`` (SGD momentum 0.9, lr 0.4, batch 256, 50 epochs, lr / 10 at 30
-and 40, wd 0) and ``lewel_m_lars`` (LARS, batch 4096, lr 3.2, 90 epochs, cosine, wd 0); ``mini`` is the
+and 40, wd 0) and ``lewel_m_lars`` (LARS, batch 4096, lr 3.2, 90 epochs, cosine, wd 0); ``auto`` takes the
+one the paper uses for the checkpoint's method (``configs/_recipes.yaml``); ``mini`` is the
 first scaled to the embedded mini data, on cached features (``cached_views``). The backbone stays in eval
 mode without gradient; the train view is RandomResizedCrop + flip (re-drawn every epoch, as in the paper,
 or with ``cached_views: K`` the centre crop and K - 1 draws extracted once), the val view resize + center
@@ -14,7 +15,6 @@ Writes one record: eval ``linear``, protocol from the config, metrics top1 / top
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,22 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lewel_bench import classification as C
 from lewel_bench.dist import cleanup
+from lewel_bench.stage import StageError, cli_entry, parse_stage_args, stage_parser
 from lewel_bench.utils import amp_autocast
 from pretrain.optim import param_groups
 
 log = logging.getLogger("eval_linear")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+#: Bump when a change of this stage's code changes its results (part of every run's identity).
+PROTOCOL_VERSION = 1
+
+
+def recipe_for(bb: C.Backbone) -> str:
+    """``--config auto``: the paper's linear recipe for the checkpoint's method (``configs/_recipes.yaml``)."""
+    import yaml
+
+    recipes = yaml.safe_load((CONFIG_DIR / "_recipes.yaml").read_text())
+    return recipes["by_method"].get(bb.meta.get("method"), recipes["default"])
 
 
 def cached_feature_loaders(model: C.LinearProbe, train_set: Dataset, val_set: Dataset, center_tf: Any, views: int,
@@ -57,17 +68,14 @@ def cached_feature_loaders(model: C.LinearProbe, train_set: Dataset, val_set: Da
             C.make_loader(val_feats, cfg["batch_size"], False, seed, 0))
 
 
+@cli_entry("eval_linear")
 def main(argv: list[str] | None = None) -> None:
-    args = C.stage_parser("python -m eval_linear", __doc__.split("\n")[0], "lewel_b_sgd").parse_args(
-        sys.argv[1:] if argv is None else argv)
-    st = C.setup_stage("eval_linear", args, CONFIG_DIR)
+    args = parse_stage_args(stage_parser("python -m eval_linear", __doc__.split("\n")[0], "lewel_b_sgd"), argv)
+    st = C.setup_stage("eval_linear", args, CONFIG_DIR, PROTOCOL_VERSION, choose_config=recipe_for)
     cfg, dev = st.cfg, st.info.device
-    fp = C.fingerprint(cfg, st.bb.sha256)
-    if C.finished_result(st, fp, args.fresh):
+    if st.finished():
         return
     views = int(cfg.get("cached_views", 0))
-    if views < 0:
-        raise SystemExit(f"eval_linear: cached_views={views}: expected 0 (no cache) or a positive number of views")
     t0 = time.time()
     train_tf, val_tf = C.transforms_from_config(cfg["data"])
     train_set = C.build_imagenet(st.data_root, "train", train_tf)
@@ -88,13 +96,13 @@ def main(argv: list[str] | None = None) -> None:
         val_loader = C.make_loader(val_set, cfg["batch_size"], False, st.seed, nw)
     ocfg = cfg["optim"]
     opt = C.build_optimizer(param_groups(model.fc, ocfg["weight_decay"], ocfg.get("exclude_bias", True)), ocfg)
-    history = C.fit(st, net, opt, train_loader, val_loader, fp, args.fresh, model.trainable_state_dict, ("lr",))
+    history = C.fit(st, net, opt, train_loader, val_loader, model.trainable_state_dict, ("lr",))
     epochs = int(cfg["epochs"])
 
     res = C.evaluate(net, val_loader, dev, amp)
     metrics = {"top1": res["top1"], "top5": res["top5"]}
-    C.finish(st, "linear", cfg["protocol"], metrics, fp, args.records_dir, epochs=epochs, n_val=res["n"],
-             n_train=len(train_set), wall_time_s=round(time.time() - t0, 1), history=history)
+    st.finish("linear", cfg["protocol"], metrics, args.records_dir, epochs=epochs, n_val=res["n"],
+              n_train=len(train_set), wall_time_s=round(time.time() - t0, 1), history=history)
     cleanup()
 
 

@@ -2,28 +2,29 @@
 
 Usage::
 
-    python -m eval_segmentation --ckpt runs/lewel_b/backbone.pth --work-dir runs/lewel_b/eval_segmentation/voc12aug \
-        --config voc12aug --data /datasets/VOCdevkit
-    python -m eval_segmentation --ckpt random:resnet50 --work-dir /tmp/seg --config mini   # data/mini
-    python -m eval_segmentation --ckpt runs/lewel_m/backbone.pth --work-dir /tmp/seg18 --config mini  # ResNet-18
-    torchrun --nproc_per_node 4 -m eval_segmentation ...                                  # DDP
+    python -m eval_segmentation --config voc12aug --ckpt runs/lewel_b/backbone.pth --data /datasets/VOCdevkit
+    python -m eval_segmentation --config mini --ckpt random:resnet50          # data/mini, explicit random init
+    python -m eval_segmentation --config mini --ckpt runs/lewel_m/backbone.pth train_cfg.max_iters=400
+    torchrun --nproc_per_node 4 -m eval_segmentation ...                     # DDP
+
+Arguments, run identity and output folder follow the stage contract of :mod:`lewel_bench.stage`
+(``--out`` is the mmengine work dir; default ``runs/<checkpoint>/eval_segmentation/<config>-<data>-s<seed>-
+<run id>``). ``key=value`` overrides apply to the mmseg config (mmengine's dotted keys); each must name a
+key the config has, with a value of the same type. The run's identity holds the resolved mmseg config,
+so a longer schedule is another run in its own folder, never a resumed shorter one.
 
 Steps (each resumable):
 
-1. rank 0 converts ``--ckpt`` (through :func:`lewel_bench.checkpoint.resolve_backbone`) to
-   ``<work-dir>/backbone_mmseg.pth`` with :mod:`tools.convert_to_mmseg` (kept while the source's sha256
-   is unchanged);
-2. builds the mmseg config: the config file (a name in :data:`CONFIGS` picks the file for the converted
-   backbone's depth; a config file whose depth differs from the checkpoint's is refused), ``--cfg-options key=value`` (mmengine's), then the
-   checkpoint (``model.backbone.init_cfg``), the data root (``--data``), the per-process batch
+1. builds the mmseg config: the config file (a name in :data:`CONFIGS` picks the file for the checkpoint's
+   ResNet depth; a config file whose depth differs from the checkpoint's is refused), the overrides, the
+   data root (``--data``); this is the config the identity holds;
+2. rank 0 converts ``--ckpt`` (through :func:`lewel_bench.checkpoint.resolve_backbone`) to
+   ``<out>/backbone_mmseg.pth`` with :mod:`tools.convert_to_mmseg`;
+3. completes it for this run: the checkpoint (``model.backbone.init_cfg``), the per-process batch
    (``total_batch_size / world size``), the seed, the launcher, and ``resume=True`` when the work dir
-   holds an mmengine checkpoint;
-3. ``Runner.from_cfg(cfg).train()`` then ``.test()`` (mmseg's ``IoUMetric`` on val);
+   holds an mmengine checkpoint; ``Runner.from_cfg(cfg).train()`` then ``.test()`` (``IoUMetric`` on val);
 4. rank 0 writes the result record (eval ``voc_seg``, protocol ``fcn_d8_20k``, mIoU / aAcc in %,
-   ``per_class_iou``, ``dataset``) and ``<work-dir>/record.json``; running again with the same
-   checkpoint / config / overrides / data / seed after that does nothing (``--force`` evaluates
-   again); with other overrides (e.g. a longer ``train_cfg.max_iters``) mmengine resumes and a new
-   record is written.
+   ``per_class_iou``) and ``result.json``; running again after that does nothing (``--fresh`` runs again).
 
 Distributed: torchrun's or SLURM's environment (:func:`lewel_bench.dist.init_distributed`, NCCL on
 CUDA, gloo on CPU) and mmengine's ``pytorch`` launcher; SyncBN on CUDA, BN on CPU processes.
@@ -40,10 +41,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import yaml
+
 from lewel_bench import dist
 from lewel_bench.checkpoint import Backbone, torch_load
-from lewel_bench.io import atomic_write_json
-from lewel_bench.records import now_iso, record_for_backbone, write_record
+from lewel_bench.config import ConfigError, _numbers
+from lewel_bench.errors import LewelError
+from lewel_bench.records import now_iso
+from lewel_bench.stage import cli_entry, open_stage, parse_stage_args, stage_parser
 from lewel_bench.utils import REPO_ROOT, setup_logging
 from tools.convert_to_mmseg import DEPTHS
 
@@ -58,34 +63,61 @@ CONFIGS: dict[str, dict[int, str]] = {
 }
 EVAL, PROTOCOL = "voc_seg", "fcn_d8_20k"
 CONVERTED = "backbone_mmseg.pth"
-DONE = "record.json"
+#: Bump when a change of this stage's code changes its results (part of every run's identity).
+PROTOCOL_VERSION = 1
+STATE_FILES = (CONVERTED, "iter_*.pth", "epoch_*.pth", "last_checkpoint", "record.json")
+#: The parts of a VOC2012 folder the segmentation data reads (for the data fingerprint).
+DATA_PARTS = ("ImageSets/Segmentation", "JPEGImages", "SegmentationClass", "SegmentationClassAug")
 
 
-class SegmentationError(RuntimeError):
+class SegmentationError(LewelError, RuntimeError):
     """Bad input for the segmentation evaluation (config, data layout, work dir)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from mmengine.config import DictAction
-
-    p = argparse.ArgumentParser(prog="python -m eval_segmentation", description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", required=True, help="backbone.pth, pretraining checkpoint, torchvision state dict, "
-                                                 "or random:resnet50 (explicit random-init baseline)")
-    p.add_argument("--work-dir", required=True, help="mmengine work dir (checkpoints, logs; resumed when present)")
-    p.add_argument("--config", default="voc12aug",
-                   help=f"{' | '.join(CONFIGS)} (files in {CONFIG_DIR}) or a path to an mmseg config file")
-    p.add_argument("--data", default=None,
-                   help="VOCdevkit root (or its VOC2012 folder); replaces every data_root of the config")
-    p.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
-                   help="mmengine config overrides key=value (e.g. train_cfg.max_iters=100)")
-    p.add_argument("--seed", type=int, default=0)
+    p = stage_parser("python -m eval_segmentation", __doc__.split("\n\n")[0], "voc12aug")
     p.add_argument("--prefix", default=None, help="backbone key prefix inside --ckpt (default: found)")
     p.add_argument("--arch", default=None, help="backbone arch (default: from the checkpoint)")
-    p.add_argument("--records-dir", default=None, help="default: results/records or $LEWEL_RESULTS_DIR/records")
-    p.add_argument("--force", action="store_true", help="evaluate again even if this work dir has a record")
     p.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
                    help="mixed precision (mmengine AmpOptimWrapper); auto = on CUDA only")
-    return p.parse_args(argv)
+    return parse_stage_args(p, argv)
+
+
+def _lookup(cfg: Any, key: str) -> tuple[bool, Any]:
+    node = cfg
+    for part in key.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return False, None
+    return True, node
+
+
+def parse_overrides(cfg: Any, items: list[str], source: str) -> dict[str, Any]:
+    """``key=value`` items as mmengine's ``merge_from_dict`` mapping; every key must exist in ``cfg`` and keep
+    its type (an int may become a float; a list stays a list), else :class:`ConfigError` naming it."""
+    out: dict[str, Any] = {}
+    tree = cfg.to_dict() if hasattr(cfg, "to_dict") else cfg
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = (x.strip() for x in item.split("=", 1))
+        try:
+            value = _numbers(yaml.safe_load(raw) if raw else "")
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from None
+        found, old = _lookup(tree, key)
+        if not found:
+            raise ConfigError(f"override {item!r}: {source} has no key {key!r}")
+        num = (int, float)
+        same = (old is None or value is None or (isinstance(old, bool) == isinstance(value, bool)
+                and (isinstance(old, num) and isinstance(value, num) or type(old) is type(value)
+                     or isinstance(old, (list, tuple)) and isinstance(value, (list, tuple)))))
+        if not same:
+            raise ConfigError(f"override {item!r}: {key} is {type(old).__name__} ({old!r} in {source}), "
+                              f"got {type(value).__name__} {value!r}")
+        out[key] = value
+    return out
 
 
 def config_path(name: str, depth: int = 50) -> Path:
@@ -99,11 +131,6 @@ def config_path(name: str, depth: int = 50) -> Path:
     if not path.is_file():
         raise SegmentationError(f"config {name!r} not found: expected one of {', '.join(CONFIGS)} or an existing file")
     return path
-
-
-def converted_depth(converted: Path) -> int:
-    """ResNet depth recorded in the converted checkpoint's meta (written by ``convert_backbone``)."""
-    return int(torch_load(converted).get("meta", {}).get("depth", 50))
 
 
 def walk_dicts(obj: Any) -> Iterator[dict]:
@@ -156,23 +183,20 @@ def set_norm(cfg: Any, norm_type: str) -> None:
             nc["type"] = norm_type
 
 
-def build_cfg(args: argparse.Namespace, converted: Path, info: dist.DistInfo) -> Any:
-    """The mmengine Config this run trains with (see the module docstring, step 2)."""
+def protocol_cfg(args: argparse.Namespace, depth: int) -> Any:
+    """The mmseg config of this protocol run (step 1 of the module docstring): what the run's identity holds."""
     from mmengine.config import Config
-    from mmengine.runner import find_latest_checkpoint
 
-    depth = converted_depth(converted)
     path = config_path(args.config, depth)
     cfg = Config.fromfile(str(path))  # custom_imports: mmcv.ops shim + PerClassIoUMetric
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    if args.overrides:
+        cfg.merge_from_dict(parse_overrides(cfg, args.overrides, str(path)))
     for d in dataset_cfgs(cfg):
         if args.data:
             d["data_root"] = str(resolve_data_root(args.data))
         elif not Path(d["data_root"]).is_absolute() and not Path(d["data_root"]).exists():
             d["data_root"] = str(REPO_ROOT / d["data_root"])  # the config's default, relative to the repo
     check_data(cfg)
-
     if cfg.model.backbone.type != "ResNet" or cfg.model.backbone.get("deep_stem", False):
         raise SegmentationError(
             f"{path}: backbone type {cfg.model.backbone.type!r}; the converted checkpoint is a "
@@ -181,10 +205,26 @@ def build_cfg(args: argparse.Namespace, converted: Path, info: dist.DistInfo) ->
     if cfg.model.backbone.get("depth") != depth:
         raise SegmentationError(f"{path}: backbone depth {cfg.model.backbone.get('depth')}, "
                                 f"but {args.ckpt} is a ResNet-{depth}: use a config for that depth")
-    cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=str(converted))
     cfg.model.backbone.pop("pretrained", None)
     cfg.model.pretrained = None
-    if "train_dataloader.batch_size" not in args.cfg_options:
+    return cfg
+
+
+def identity_of(cfg: Any) -> dict:
+    """The resolved mmseg config as plain JSON values, without its data roots (the data is fingerprinted)."""
+    doc = json.loads(json.dumps(cfg.to_dict(), default=str))
+    for d in walk_dicts(doc):
+        if "data_root" in d:
+            d["data_root"] = "<data>"
+    return doc
+
+
+def runtime_cfg(cfg: Any, args: argparse.Namespace, converted: Path, work_dir: Path, info: dist.DistInfo) -> Any:
+    """Step 3 of the module docstring: the protocol config completed for this process and work dir."""
+    from mmengine.runner import find_latest_checkpoint
+
+    cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=str(converted))
+    if not any(k.startswith("train_dataloader.batch_size") for k in args.overrides):
         total = int(cfg.get("total_batch_size", cfg.train_dataloader.batch_size * info.world_size))
         if total % info.world_size:
             raise SegmentationError(f"total_batch_size {total} is not divisible by {info.world_size} processes")
@@ -192,9 +232,9 @@ def build_cfg(args: argparse.Namespace, converted: Path, info: dist.DistInfo) ->
     if args.amp == "on" or (args.amp == "auto" and info.device.type == "cuda"):
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
-    cfg.work_dir = str(args.work_dir)
+    cfg.work_dir = str(work_dir)
     cfg.randomness = dict(seed=args.seed, diff_rank_seed=False, deterministic=False)
-    cfg.resume = find_latest_checkpoint(str(args.work_dir)) is not None
+    cfg.resume = find_latest_checkpoint(str(work_dir)) is not None
     cfg.load_from = None
     if cfg.get("visualizer"):
         cfg.visualizer.name = f"seg_visualizer_{os.getpid()}_{time.time_ns()}"  # one per Runner in a process
@@ -209,65 +249,31 @@ def build_cfg(args: argparse.Namespace, converted: Path, info: dist.DistInfo) ->
     return cfg
 
 
-def prepare_backbone(args: argparse.Namespace, work_dir: Path, info: dist.DistInfo) -> tuple[Path, Backbone | None]:
-    """Rank 0 converts ``--ckpt`` into the work dir (reused while the source is the same); others wait."""
-    from tools.convert_to_mmseg import convert_backbone, load_for_mmseg
+def convert_once(bb: Backbone, work_dir: Path, info: dist.DistInfo) -> Path:
+    """Rank 0 converts the backbone into the work dir (kept while it is this checkpoint's); others wait."""
+    from tools.convert_to_mmseg import convert_backbone
 
-    converted, bb = work_dir / CONVERTED, None
+    converted = work_dir / CONVERTED
     if info.is_main:
-        bb = load_for_mmseg(args.ckpt, prefix=args.prefix, arch=args.arch, seed=args.seed)
         old = torch_load(converted).get("meta", {}).get("source_sha256") if converted.is_file() else None
         if old != bb.sha256:
-            from mmengine.runner import find_latest_checkpoint
-
-            if old is not None and find_latest_checkpoint(str(work_dir)):
-                raise SegmentationError(
-                    f"{work_dir} holds a run started from another checkpoint (sha256 {old[:12]}..., now "
-                    f"{bb.sha256[:12]}...): use another --work-dir, or delete this one")
             convert_backbone(bb, converted)
     dist.barrier()
-    return converted, bb
+    return converted
 
 
 def summarise(cfg: Any, args: argparse.Namespace, info: dist.DistInfo) -> dict[str, Any]:
-    """The config facts a record keeps (what the tables / a reader need to judge the number)."""
+    """The config facts a record keeps beside the resolved config (what a reader needs to judge the number)."""
     crop = cfg.get("crop_size")
-    return {"config_file": str(config_path(args.config, cfg.model.backbone.depth)), "cfg_options": dict(args.cfg_options),
-            "data_root": sorted({d["data_root"] for d in dataset_cfgs(cfg)}), "world_size": info.world_size,
-            "batch_per_process": cfg.train_dataloader.batch_size,
+    return {"config_file": str(config_path(args.config, cfg.model.backbone.depth)), "overrides": list(args.overrides),
+            "world_size": info.world_size, "batch_per_process": cfg.train_dataloader.batch_size,
             "total_batch_size": cfg.train_dataloader.batch_size * info.world_size,
             "crop_size": list(crop) if crop else None, "max_iters": cfg.train_cfg.max_iters,
             "optimizer": dict(cfg.optim_wrapper.optimizer),
             # mmengine reverts SyncBN to BN in a single process
             "norm": cfg.model.backbone.norm_cfg.type if info.distributed else "BN",
             "backbone_type": cfg.model.backbone.type, "optim_wrapper": cfg.optim_wrapper.type,
-            "work_dir": str(args.work_dir), "device": str(info.device)}
-
-
-def invocation(args: argparse.Namespace, bb: Backbone | None) -> dict[str, Any]:
-    """What makes two runs in one work dir the same evaluation (checkpoint, config, overrides, data, seed)."""
-    return json.loads(json.dumps({
-        "checkpoint_sha256": bb.sha256 if bb else None,
-        "config": str(config_path(args.config, DEPTHS.get(bb.arch, 50) if bb else 50).resolve()),
-        "cfg_options": dict(args.cfg_options), "data": str(resolve_data_root(args.data)) if args.data else None,
-        "seed": args.seed}, default=str))
-
-
-def already_done(done: Path, args: argparse.Namespace, bb: Backbone | None, info: dist.DistInfo) -> bool:
-    """True (on every rank) when rank 0 finds this work dir's record of the very same invocation."""
-    skip = False
-    if info.is_main and done.is_file() and not args.force:
-        prev = json.loads(done.read_text())
-        skip = prev.get("invocation") == invocation(args, bb)
-        if skip:
-            log.info("already evaluated (%s): mIoU %s; --force to evaluate again", done, prev["metrics"].get("mIoU"))
-    if info.distributed:
-        import torch.distributed as tdist
-
-        flag = [skip]
-        tdist.broadcast_object_list(flag, src=0)
-        skip = bool(flag[0])
-    return skip
+            "device": str(info.device)}
 
 
 @contextmanager
@@ -286,6 +292,7 @@ def trusted_torch_load() -> Iterator[None]:
             os.environ[key] = old
 
 
+@cli_entry("eval_segmentation")
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with trusted_torch_load():
@@ -293,42 +300,37 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Convert, train, test, record (see the module docstring)."""
+    """Configure, convert, train, test, record (see the module docstring)."""
+    from tools.convert_to_mmseg import load_for_mmseg
+
     info = dist.init_distributed()
     setup_logging(rank=info.rank)
-    work_dir = Path(args.work_dir).resolve()
-    args.work_dir = work_dir
-    work_dir.mkdir(parents=True, exist_ok=True)
     start = now_iso()
     t0 = time.time()
-
-    converted, bb = prepare_backbone(args, work_dir, info)
-    done = work_dir / DONE
-    if already_done(done, args, bb, info):
+    bb = load_for_mmseg(args.ckpt, prefix=args.prefix, arch=args.arch, seed=args.seed)
+    cfg = protocol_cfg(args, DEPTHS[bb.arch])
+    roots = sorted({d["data_root"] for d in dataset_cfgs(cfg)})
+    if len(roots) != 1:
+        raise SegmentationError(f"the config reads several data roots {roots}; pass --data to choose one")
+    st = open_stage("eval_segmentation", args, {"_meta": {"overrides": list(args.overrides)}}, bb, info, Path(roots[0]), DATA_PARTS,
+                    PROTOCOL_VERSION, start, state_files=STATE_FILES, identity_cfg=identity_of(cfg))
+    if st.finished():
         return
-
-    cfg = build_cfg(args, converted, info)
+    work_dir = st.out.resolve()
+    converted = convert_once(bb, work_dir, info)
+    cfg = runtime_cfg(cfg, args, converted, work_dir, info)
     from mmengine.runner import Runner
 
     runner = Runner.from_cfg(cfg)
     runner.train()
     metrics = runner.test()
 
-    if info.is_main:
-        assert bb is not None
-        per_class = {k.split(".", 1)[1]: (None if math.isnan(v) else round(float(v), 2))
-                     for k, v in metrics.items() if k.startswith("IoU.")}
-        rec = record_for_backbone(
-            bb, eval=EVAL, protocol=cfg.get("lewel_protocol", PROTOCOL),
-            metrics={"mIoU": round(float(metrics["mIoU"]), 2), "aAcc": round(float(metrics["aAcc"]), 2)}, seed=args.seed,
-            config=summarise(cfg, args, info), start_time=start, per_class_iou=per_class,
-            dataset=cfg.get("lewel_dataset", "unknown"), mAcc=round(float(metrics.get("mAcc", float("nan"))), 2),
-            wall_time_s=round(time.time() - t0, 1))
-        path = write_record(rec, args.records_dir)
-        atomic_write_json(done, {**rec, "record_path": str(path), "invocation": invocation(args, bb)})
-        log.info("mIoU %.2f aAcc %.2f -> %s", rec["metrics"]["mIoU"], rec["metrics"]["aAcc"], path)
+    per_class = {k.split(".", 1)[1]: (None if math.isnan(v) else round(float(v), 2))
+                 for k, v in metrics.items() if k.startswith("IoU.")}
+    st.finish(EVAL, cfg.get("lewel_protocol", PROTOCOL),
+              {"mIoU": round(float(metrics["mIoU"]), 2), "aAcc": round(float(metrics["aAcc"]), 2)},
+              args.records_dir, config={**st.identity.config, "lewel_summary": summarise(cfg, args, info)},
+              per_class_iou=per_class, mAcc=(round(float(metrics["mAcc"]), 2) if math.isfinite(
+                  float(metrics.get("mAcc", float("nan")))) else None),
+              wall_time_s=round(time.time() - t0, 1))
     dist.barrier()
-
-
-if __name__ == "__main__":
-    main()

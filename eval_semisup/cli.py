@@ -15,17 +15,21 @@ missing ones. Top-1 / top-5 on the full val set; one record, eval ``semisup``, p
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from lewel_bench import classification as C
+from lewel_bench.checkpoint import sha256_file
+from lewel_bench.data.layout import DataError, DataLayoutError
 from lewel_bench.dist import cleanup
+from lewel_bench.stage import cli_entry, parse_stage_args, stage_parser
 
 log = logging.getLogger("eval_semisup")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+#: Bump when a change of this stage's code changes its results (part of every run's identity).
+PROTOCOL_VERSION = 1
 
 
 def param_groups(model: torch.nn.Module, backbone_lr: float, classifier_lr: float) -> list[dict]:
@@ -38,33 +42,39 @@ def param_groups(model: torch.nn.Module, backbone_lr: float, classifier_lr: floa
 def resolve_subset(subset: str | None, data_root: Path) -> Path:
     """``--subset`` / ``data.subset``: an absolute path, or relative to the data root, that must exist."""
     if not subset:
-        raise SystemExit("eval_semisup: no subset file: pass --subset PATH (e.g. SimCLR's 1percent.txt)")
+        raise DataLayoutError("no subset file: pass --subset PATH (e.g. SimCLR's 1percent.txt)")
     p = Path(subset)
     if not p.is_absolute() and not p.exists():
         p = data_root / p
     if not p.is_file():
-        raise SystemExit(f"eval_semisup: subset file not found: {subset} (also tried {data_root / subset}). The "
-                         "official 1percent.txt / 10percent.txt are in the SimCLR repository's imagenet_subsets folder")
+        raise DataLayoutError(f"subset file not found: {subset} (also tried {data_root / subset}). The official "
+                              "1percent.txt / 10percent.txt are in the SimCLR repository's imagenet_subsets folder")
     return p
 
 
+@cli_entry("eval_semisup")
 def main(argv: list[str] | None = None) -> None:
-    parser = C.stage_parser("python -m eval_semisup", __doc__.split("\n")[0], "1pct")
+    parser = stage_parser("python -m eval_semisup", __doc__.split("\n")[0], "1pct")
     parser.add_argument("--subset", default=None, help="SimCLR split file (default: config data.subset)")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    st = C.setup_stage("eval_semisup", args, CONFIG_DIR)
+    args = parse_stage_args(parser, argv)
+
+    found: list[Path] = []
+
+    def subset_identity(cfg: dict, root: Path) -> dict:
+        found.append(resolve_subset(args.subset or cfg["data"].get("subset"), root))
+        return {"subset_sha256": sha256_file(found[0])}  # the subset's contents, wherever the file is
+
+    st = C.setup_stage("eval_semisup", args, CONFIG_DIR, PROTOCOL_VERSION, prepare=subset_identity)
     cfg, dev = st.cfg, st.info.device
-    subset = resolve_subset(args.subset or cfg["data"].get("subset"), st.data_root)
-    cfg["data"]["subset_file"] = str(subset)
-    fp = C.fingerprint(cfg, st.bb.sha256)
-    if C.finished_result(st, fp, args.fresh):
+    subset = found[0]
+    if st.finished():
         return
     t0 = time.time()
     train_tf, val_tf = C.transforms_from_config(cfg["data"])
     try:
         train_set = C.build_imagenet(st.data_root, "train", train_tf, subset_file=subset)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"eval_semisup: bad subset file {subset}: {e}") from None
+    except DataError as e:
+        raise DataError(f"bad subset file {subset}: {e}") from None
     val_set = C.build_imagenet(st.data_root, "val", val_tf)
     log.info("subset %s: %d labelled training images; %d val images", subset, len(train_set), len(val_set))
     nw = cfg["data"].get("num_workers")
@@ -77,15 +87,15 @@ def main(argv: list[str] | None = None) -> None:
     ocfg = cfg["optim"]
     opt = C.build_optimizer(param_groups(model, ocfg["backbone_lr"], ocfg["classifier_lr"]),
                             {**ocfg, "lr": ocfg["backbone_lr"]})
-    history = C.fit(st, model, opt, train_loader, val_loader, fp, args.fresh, model.state_dict, ("lr_backbone", "lr_classifier"))
+    history = C.fit(st, model, opt, train_loader, val_loader, model.state_dict, ("lr_backbone", "lr_classifier"))
     epochs = int(cfg["epochs"])
     amp = bool(cfg.get("amp", True)) and dev.type == "cuda"
 
     res = C.evaluate(model, val_loader, dev, amp)
     metrics = {"top1": res["top1"], "top5": res["top5"]}
-    C.finish(st, "semisup", cfg["protocol"], metrics, fp, args.records_dir, epochs=epochs, n_val=res["n"],
-             n_train=len(train_set), subset_file=str(subset), wall_time_s=round(time.time() - t0, 1),
-             history=history)
+    st.finish("semisup", cfg["protocol"], metrics, args.records_dir, epochs=epochs, n_val=res["n"],
+              n_train=len(train_set), subset_file=str(subset), wall_time_s=round(time.time() - t0, 1),
+              history=history)
     cleanup()
 
 

@@ -10,8 +10,9 @@ Formats understood by :func:`load_backbone`:
 * a plain torchvision ResNet state dict, bare or under ``state_dict`` / ``model``, optionally with a
   prefix such as ``module.`` (found automatically when unambiguous, or given as ``prefix=``).
 
-The intake never evaluates a random network: missing backbone tensors or shape mismatches raise
-:class:`BackboneError` naming the counts and the first keys.
+The intake never evaluates a random network or a broken one: missing backbone tensors, shape
+mismatches and non-finite (NaN / inf) values raise :class:`BackboneError` naming the counts and the
+first keys.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from typing import Any, Mapping
 
 import torch
 
+from .errors import LewelError
 from .io import atomic_torch_save
 from .models import build_backbone, infer_arch
 
@@ -33,8 +35,31 @@ PRETRAIN_FORMAT = "lewel-bench/pretrain"
 _OPTIONAL_SUFFIXES = ("num_batches_tracked",)
 
 
-class BackboneError(ValueError):
-    """A checkpoint holds no usable backbone (missing keys, wrong shapes, unknown layout)."""
+class BackboneError(LewelError, ValueError):
+    """A checkpoint holds no usable backbone (missing keys, wrong shapes, non-finite values, unknown layout)."""
+
+
+def non_finite_keys(state: Mapping[str, Any]) -> list[str]:
+    """Keys of floating-point tensors in ``state`` (nested mappings included, dotted) holding NaN or inf."""
+    bad: list[str] = []
+    stack: list[tuple[str, Any]] = [("", state)]
+    while stack:
+        prefix, node = stack.pop()
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, Mapping):
+                stack.append((key + ".", v))
+            elif torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                bad.append(key)
+    return sorted(bad)
+
+
+def require_finite(state: Mapping[str, Any], what: str) -> None:
+    """:class:`BackboneError` naming the first non-finite tensor of ``state`` (``what`` says whose)."""
+    bad = non_finite_keys(state)
+    if bad:
+        raise BackboneError(f"{what}: {len(bad)} tensor(s) hold NaN or inf values (first: {', '.join(bad[:3])}); "
+                            f"refusing to use it")
 
 
 @dataclass
@@ -62,19 +87,26 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 def save_backbone(path: str | Path, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
     """Write ``backbone.pth`` atomically: torchvision keys (``fc`` dropped), tensors on CPU, plus meta."""
     sd = {k: v.detach().cpu().clone() for k, v in state_dict.items() if not k.startswith("fc.")}
+    require_finite(sd, f"backbone to write to {path}")
     arch = meta.get("arch") or infer_arch(sd)
     return atomic_torch_save({"state_dict": sd, "meta": {**meta, "arch": arch, "format": BACKBONE_FORMAT}}, path)
 
 
-def torch_load(path: str | Path) -> Any:
-    """Load a checkpoint file with a clear error when it is missing or unreadable."""
+def torch_load(path: str | Path, what: str = "checkpoint", error: type[LewelError] = BackboneError) -> Any:
+    """``torch.load`` on CPU with one clear ``error`` (naming ``what`` and the path) when the file is missing,
+    empty, truncated or not a torch file."""
     path = Path(path)
     if not path.is_file():
-        raise BackboneError(f"checkpoint not found: {path}")
+        raise error(f"{what} not found: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise error(f"{what} {path} is empty (0 bytes): a copy or a write that did not finish")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - re-raised with the path
-        raise BackboneError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise error(f"{what} {path} ({size} bytes) cannot be read: {type(e).__name__}: {detail} "
+                    f"(truncated, or not a torch file)") from None
 
 
 def _candidate_prefixes(sd: Mapping[str, Any]) -> list[str]:
@@ -94,10 +126,12 @@ def _unwrap(obj: Any, path: str) -> tuple[dict, dict, str]:
         raise BackboneError(f"{path}: expected a dict-like checkpoint, got {type(obj).__name__}")
     meta = dict(obj.get("meta") or {}) if isinstance(obj.get("meta"), Mapping) else {}
     fmt = meta.get("format", "")
-    if fmt == BACKBONE_FORMAT:
-        return dict(obj["state_dict"]), meta, "backbone"
-    if fmt == PRETRAIN_FORMAT:
-        return dict(obj["model"]), meta, "pretrain"
+    if fmt in (BACKBONE_FORMAT, PRETRAIN_FORMAT):
+        key, kind = ("state_dict", "backbone") if fmt == BACKBONE_FORMAT else ("model", "pretrain")
+        if not isinstance(obj.get(key), Mapping):
+            raise BackboneError(f"{path}: its meta says format {fmt!r}, but it has no {key!r} mapping "
+                                f"(top-level keys: {', '.join(map(str, list(obj)[:10]))})")
+        return dict(obj[key]), meta, kind
     for key in ("state_dict", "model"):
         if isinstance(obj.get(key), Mapping) and any(torch.is_tensor(v) for v in obj[key].values()):
             return dict(obj[key]), meta, "torchvision"
@@ -137,6 +171,7 @@ def extract_backbone(obj: Any, prefix: str | None = None, arch: str | None = Non
         if mismatched:
             parts.append(f"{len(mismatched)} shape mismatches (first: {'; '.join(mismatched[:3])})")
         raise BackboneError(f"{path}: refusing to use this checkpoint as a {arch} backbone: " + "; ".join(parts))
+    require_finite({k: stripped[k] for k in ref if k in stripped}, f"{path}: {arch} backbone")
     unexpected = [k for k in stripped if k not in ref]
     if [k for k in unexpected if not k.startswith("fc.")]:
         log.warning("%s: %d unexpected keys ignored (first: %s)", path, len(unexpected), ", ".join(unexpected[:5]))

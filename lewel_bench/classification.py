@@ -11,17 +11,15 @@ One copy of every piece the three stages share:
   for kNN over ranks (per shard by :func:`lewel_bench.knn.extract_features`), the optimiser registry
   (SGD; LARS = :class:`pretrain.optim.LARS`) and the per-epoch lr schedules (step, cosine);
 * resumable run state: an atomic ``checkpoint.pth`` in the run's output folder;
-* the stage plumbing (arguments, checkpoint intake, output folder, record + ``result.json``).
+* the stage set-up of the three (config, checkpoint intake, ImageNet root), on the contract of
+  :mod:`lewel_bench.stage` (identity, output folder, record).
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -32,16 +30,17 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import transforms as T
 
-from .checkpoint import Backbone, BackboneError, backbone_into, resolve_backbone
-from .config import ConfigError, load_config
+from .checkpoint import Backbone, BackboneError, backbone_into, non_finite_keys, resolve_backbone, torch_load
+from .config import load_config
 from .dist import DistInfo, barrier, get_rank, get_world_size, init_distributed, is_dist
-from .io import atomic_torch_save, atomic_write_json
+from .errors import NonFiniteError
+from .io import atomic_torch_save
 from .knn import extract_features
 from .models import build_torchvision_resnet
-from .records import now_iso, record_for_backbone, write_record
+from .records import now_iso
 from .registry import Registry
-from .utils import (REPO_ROOT, amp_autocast, amp_step, default_num_workers, get_rng_state, seed_everything,
-                    set_rng_state, setup_logging)
+from .stage import Stage, StageError, open_stage
+from .utils import amp_autocast, amp_step, default_num_workers, get_rng_state, seed_everything, set_rng_state, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -217,10 +216,6 @@ def build_feature_extractor(bb: Backbone) -> nn.Module:
     return net.eval().requires_grad_(False)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def wrap_ddp(model: nn.Module, info: DistInfo) -> nn.Module:
     """DistributedDataParallel when more than one rank (only parameters that require grad are synced)."""
     if not info.distributed:
@@ -386,36 +381,39 @@ def extract_features_all_ranks(model: nn.Module, loader: DataLoader, device: tor
 # --------------------------------------------------------------------------------------------------
 # resumable run state
 # --------------------------------------------------------------------------------------------------
-def fingerprint(cfg: Mapping[str, Any], checkpoint_sha256: str) -> str:
-    """What a resumed run must share with the saved state: the config (minus ``_meta``) and the backbone."""
-    clean = {k: v for k, v in cfg.items() if k != "_meta"}
-    blob = json.dumps({"cfg": clean, "ckpt": checkpoint_sha256}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+CHECKPOINT = "checkpoint.pth"
 
 
 class RunState:
-    """``<out>/checkpoint.pth``: epoch, trainable weights, optimiser, scaler, RNG, history (atomic writes)."""
+    """``<out>/checkpoint.pth``: epoch, trainable weights, optimiser, scaler, RNG, history (atomic writes).
 
-    def __init__(self, out_dir: str | Path, fp: str) -> None:
-        self.path = Path(out_dir) / "checkpoint.pth"
-        self.fp = fp
+    The state carries the run's ``run_id``; the folder itself is bound to the run by
+    :class:`lewel_bench.stage.RunFolder`, so a state of another run is an error, never a silent restart.
+    """
+
+    def __init__(self, out_dir: str | Path, run_id: str) -> None:
+        self.path = Path(out_dir) / CHECKPOINT
+        self.run_id = run_id
 
     def load(self) -> dict | None:
-        """The saved state if it belongs to this run (same fingerprint), else None (with a warning)."""
+        """The saved state of this run, or None when there is none (another run's state is refused)."""
         if not self.path.is_file():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=False)
-        if state.get("fingerprint") != self.fp:
-            log.warning("%s belongs to another config or backbone (fingerprint %s, now %s): starting afresh",
-                        self.path, state.get("fingerprint"), self.fp)
-            return None
+        state = torch_load(self.path, "saved run state", StageError)
+        if state.get("run_id") != self.run_id:
+            raise StageError(f"{self.path} belongs to another run (run id {state.get('run_id')!r}, this run "
+                             f"{self.run_id!r}): pass --fresh to discard it")
         log.info("resuming from %s (epoch %d done)", self.path, state["epoch"])
         return state
 
     def save(self, epoch: int, weights: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer,
              scaler: Any = None, history: list | None = None) -> None:
-        atomic_torch_save({"fingerprint": self.fp, "epoch": epoch,
-                           "weights": {k: v.detach().cpu() for k, v in weights.items()},
+        weights = {k: v.detach().cpu() for k, v in weights.items()}
+        bad = non_finite_keys(weights)
+        if bad:
+            raise NonFiniteError(f"epoch {epoch}: the trained weights hold NaN or inf ({', '.join(bad[:3])}); "
+                                 f"{self.path} keeps the last finite state")
+        atomic_torch_save({"run_id": self.run_id, "epoch": epoch, "weights": weights,
                            "optimizer": optimizer.state_dict(),
                            "scaler": scaler.state_dict() if scaler is not None else None,
                            "rng": get_rng_state(), "history": history or []}, self.path)
@@ -426,26 +424,27 @@ def restore(state: Mapping[str, Any], model: nn.Module, optimizer: torch.optim.O
     missing, unexpected = model.load_state_dict(state["weights"], strict=False)
     saved = set(state["weights"])
     if unexpected or any(k in saved for k in missing):
-        raise RuntimeError(f"resume: state does not fit the model (unexpected {unexpected[:5]})")
+        raise StageError(f"resume: the saved state does not fit the model (unexpected {unexpected[:5]})")
     optimizer.load_state_dict(state["optimizer"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
 
 
-def fit(stage: "Stage", model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLoader,
-        val_loader: DataLoader, fp: str, fresh: bool, weights: Callable[[], Mapping[str, torch.Tensor]],
+def fit(stage: Stage, model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: DataLoader,
+        val_loader: DataLoader, weights: Callable[[], Mapping[str, torch.Tensor]],
         lr_names: Sequence[str] = ("lr",)) -> list[dict]:
     """The epoch loop shared by linear probing and fine-tuning; resumes from ``<out>/checkpoint.pth``.
 
     ``weights()`` returns what is saved each epoch (the trainable tensors); ``lr_names`` names the
-    optimizer's param-group learning rates in the per-epoch history.
+    optimizer's param-group learning rates in the per-epoch history. A non-finite training loss stops the
+    run (:class:`~lewel_bench.errors.NonFiniteError`) with the last finite state kept.
     """
     cfg, dev = stage.cfg, stage.info.device
     amp = bool(cfg.get("amp", True)) and dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    state = RunState(stage.out, fp)
-    saved = None if fresh else state.load()
+    state = RunState(stage.out, stage.identity.run_id)
+    saved = state.load()
     start, history = 0, []
     if saved:
         restore(saved, model, optimizer, scaler)
@@ -455,6 +454,9 @@ def fit(stage: "Stage", model: nn.Module, optimizer: torch.optim.Optimizer, trai
     for epoch in range(start, epochs):
         lrs = set_lr(optimizer, lr_factor(epoch, cfg["schedule"], epochs))
         stats = train_one_epoch(net, train_loader, optimizer, dev, epoch, amp, scaler, cfg.get("log_every", 50))
+        if not math.isfinite(stats["loss"]):
+            raise NonFiniteError(f"{stage.name}: training loss is {stats['loss']} in epoch {epoch + 1} "
+                                 f"(lr {'/'.join(f'{x:.4g}' for x in lrs)}); {state.path} keeps the last finite state")
         stats.update(epoch=epoch + 1, **dict(zip(lr_names, lrs)))
         ev = cfg.get("eval_every", 0)
         if ev and (epoch + 1) % ev == 0 and epoch + 1 < epochs:
@@ -469,122 +471,59 @@ def fit(stage: "Stage", model: nn.Module, optimizer: torch.optim.Optimizer, trai
 
 
 # --------------------------------------------------------------------------------------------------
-# stage plumbing shared by the three command lines
+# stage set-up shared by the three command lines
 # --------------------------------------------------------------------------------------------------
-def stage_parser(prog: str, description: str, default_config: str) -> argparse.ArgumentParser:
-    """Arguments common to ``eval_linear``, ``eval_semisup`` and ``eval_knn``."""
-    p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("--config", default=default_config,
-                   help=f"config name in the stage's configs/ folder or a YAML path (default {default_config})")
-    p.add_argument("--ckpt", required=True,
-                   help="backbone.pth, a full pretraining checkpoint, a torchvision state dict, or random:<arch> "
-                        "for an explicit random-init baseline")
-    p.add_argument("--data", default=None, help="ImageNet-layout root with train/ and val/ (default: config data.root)")
-    p.add_argument("--out", default=None, help="output folder (default runs/<exp>/<stage>/<config>)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--records-dir", default=None, help="where the result record goes (default results/records)")
-    p.add_argument("--fresh", action="store_true", help="ignore a saved state / finished result in --out")
-    p.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. epochs=2 data.crop_size=64)")
-    return p
+IMAGENET_PARTS = ("train", "val")
 
 
-@dataclass
-class Stage:
-    """What every evaluation starts from: config, backbone, devices, output folder, start time."""
-
-    name: str
-    cfg: dict
-    bb: Backbone
-    info: DistInfo
-    out: Path
-    data_root: Path
-    seed: int
-    start_time: str
-
-
-def _config_name(spec: str) -> str:
-    return Path(spec).stem if spec.endswith((".yaml", ".yml")) else spec
-
-
-def default_out_dir(bb: Backbone, stage: str, config: str) -> Path:
-    """``runs/<exp>/<stage>/<config>``: <exp> is the folder of a checkpoint under ``runs/`` (so
-    ``runs/lewel_m/backbone.pth`` -> ``runs/lewel_m/eval_linear/mini``), else the checkpoint's meta ``exp`` or
-    file stem; ``random_<arch>`` for a random-init baseline."""
-    runs = REPO_ROOT / "runs"
-    if bb.source_format == "random":
-        exp = f"random_{bb.arch}"
-    else:
-        path = Path(bb.path).resolve()
-        exp = path.parent.name if runs in path.parents else (bb.meta.get("exp") or path.stem)
-    return runs / str(exp) / stage / config
-
-
-def setup_stage(name: str, args: argparse.Namespace, config_dir: str | Path) -> Stage:
-    """Logging, process group, config, backbone intake (refusal -> ``SystemExit`` naming the problem), paths.
+def setup_stage(name: str, args: argparse.Namespace, config_dir: str | Path, code_version: int,
+                extra_identity: Mapping[str, Any] | None = None,
+                prepare: Callable[[dict, Path], Mapping[str, Any]] | None = None,
+                choose_config: Callable[[Backbone], str] | None = None) -> Stage:
+    """Logging, process group, config, backbone intake, data root, identity and output folder
+    (:func:`lewel_bench.stage.open_stage`).
 
     A checkpoint that is missing, unreadable, or lacks / mis-shapes backbone tensors ends the run here
-    with a non-zero exit and :class:`BackboneError`'s message (counts and first keys); nothing is evaluated.
+    with :class:`BackboneError`'s message (counts and first keys); nothing is evaluated. ``prepare(cfg, root)``
+    (optional) completes the config and returns more identity (e.g. the subset file's digest).
+    ``--config auto`` with ``choose_config(backbone)``: the config is the one chosen for the checkpoint (logged).
     """
     start = now_iso()
     info = init_distributed()
     setup_logging(rank=info.rank)
+    auto = args.config == "auto" and choose_config is not None
+    cfg = None if auto else load_config(args.config, config_dir, args.overrides)
     try:
-        cfg = load_config(args.config, config_dir, args.overrides)
-    except ConfigError as e:
-        raise SystemExit(f"{name}: {e}") from None
-    try:
-        bb = resolve_backbone(args.ckpt, arch=cfg.get("arch"), seed=args.seed)
+        bb = resolve_backbone(args.ckpt, arch=cfg.get("arch") if cfg else None, seed=args.seed)
     except BackboneError as e:
         hint = ("" if str(args.ckpt).startswith("random:") or Path(args.ckpt).exists() else
                 " (pretrain first, e.g. `make pretrain EXP=<exp>`, or pass another checkpoint with CKPT= / --ckpt)")
-        raise SystemExit(f"{name}: checkpoint refused: {e}{hint}") from None
+        raise BackboneError(f"checkpoint refused: {e}{hint}") from None
+    if auto:
+        args.config = choose_config(bb)
+        log.info("%s: --config auto: %s for this %s checkpoint", name, args.config, bb.meta.get("method", "unknown"))
+        cfg = load_config(args.config, config_dir, args.overrides)
     if bb.source_format == "random":
         log.warning("evaluating an explicitly requested RANDOM-INIT %s backbone (recorded as method 'random')", bb.arch)
     root = args.data or cfg.get("data", {}).get("root")
     if not root:
-        raise SystemExit(f"{name}: no data root: pass --data ROOT (ImageNet layout with train/ and val/)")
+        raise StageError(f"{name}: no data root: pass --data ROOT (ImageNet layout with train/ and val/)")
     root = Path(root)
     if not (root / "train").is_dir() or not (root / "val").is_dir():
-        raise SystemExit(f"{name}: {root} is not an ImageNet-layout root (expected {root}/train and {root}/val)")
-    out = Path(args.out) if args.out else default_out_dir(bb, name, _config_name(args.config))
-    out.mkdir(parents=True, exist_ok=True)
+        raise StageError(f"{name}: {root} is not an ImageNet-layout root (expected {root}/train and {root}/val)")
+    extra = dict(extra_identity or {})
+    if prepare is not None:
+        extra.update(prepare(cfg, root))
+    st = open_stage(name, args, cfg, bb, info, root, IMAGENET_PARTS, code_version, start, extra,
+                    state_files=(CHECKPOINT,))
     seed_everything(args.seed + info.rank)
-    log.info("%s: config %s, backbone %s (%s, method %s), data %s, out %s, %d rank(s) on %s", name,
-             cfg["_meta"]["config_path"], bb.path, bb.arch, bb.meta.get("method"), root, out, info.world_size,
-             info.device)
-    return Stage(name=name, cfg=cfg, bb=bb, info=info, out=out, data_root=root, seed=args.seed, start_time=start)
+    log.info("%s: config %s, backbone %s (%s, method %s), %d rank(s) on %s", name, cfg["_meta"]["config_path"],
+             bb.path, bb.arch, bb.meta.get("method"), info.world_size, info.device)
+    return st
 
 
 def build_imagenet(root: str | Path, split: str, transform: Any, subset_file: str | Path | None = None) -> Dataset:
-    """The ImageNet-layout reader of :mod:`lewel_bench.data` (one place to adapt if its signature changes)."""
+    """The ImageNet-layout reader of :mod:`lewel_bench.data` (one class list for every split)."""
     from .data import ImageNetFolder
 
     return ImageNetFolder(root, split, transform=transform, subset_file=subset_file)
-
-
-def finished_result(stage: Stage, fp: str, fresh: bool) -> dict | None:
-    """A ``result.json`` left by a finished run with the same fingerprint (so a re-run writes no duplicate); logged."""
-    p = stage.out / "result.json"
-    if fresh or not p.is_file():
-        return None
-    res = json.loads(p.read_text())
-    if res.get("fingerprint") != fp:
-        return None
-    log.info("already finished (%s): %s; pass --fresh to run again", p, res["metrics"])
-    return res
-
-
-def finish(stage: Stage, eval_name: str, protocol: str, metrics: Mapping[str, float], fp: str,
-           records_dir: str | Path | None = None, **extra: Any) -> Path | None:
-    """Write the result record (rank 0; atomic, unique name) and ``<out>/result.json``."""
-    if not stage.info.is_main:
-        return None
-    cfg = {k: v for k, v in stage.cfg.items()}
-    rec = record_for_backbone(stage.bb, eval=eval_name, protocol=protocol, metrics=dict(metrics), seed=stage.seed,
-                              config=cfg, start_time=stage.start_time, dataset=stage.cfg.get("dataset", "imagenet"),
-                              data_root=str(stage.data_root), world_size=stage.info.world_size, **extra)
-    path = write_record(rec, records_dir)
-    atomic_write_json(stage.out / "result.json", {"fingerprint": fp, "metrics": dict(metrics), "record": str(path)})
-    log.info("%s %s: %s -> record %s", eval_name, protocol,
-             ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()), path)
-    return path

@@ -8,17 +8,25 @@ A record is what ``tools/make_tables.py`` aggregates into the paper's tables. Re
     seed, checkpoint_sha256, config         reproducibility
     git_commit, start_time, end_time, host  provenance (filled in by ``make_record``)
 
+Written by the stage contract (:mod:`lewel_bench.stage`) besides: ``status`` (``ok``, or ``failed`` with
+``failure`` saying why: a non-finite metric is a failed run, never a number), ``data`` (the identity of
+the data root: name, fingerprint; :mod:`lewel_bench.data.identity`), ``dataset`` (its name), ``run_id``
+(digest of everything that determines the result) and ``group`` (the same without the seeds and the
+checkpoint file: the runs the tables may average).
+
 File names are unique (time + random suffix), so concurrent evaluations never overwrite each other.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
+from .errors import LewelError
 from .io import atomic_write_json
 from .utils import REPO_ROOT, git_commit, hostname
 
@@ -27,7 +35,10 @@ REQUIRED = ("method", "pretrain_exp", "pretrain_epochs", "eval", "protocol", "me
 SCHEMA_VERSION = 1
 
 
-class RecordError(ValueError):
+STATUSES = ("ok", "failed")
+
+
+class RecordError(LewelError, ValueError):
     """A record file is malformed; the message names the file and the problem."""
 
 
@@ -62,6 +73,33 @@ def validate_record(rec: Any, where: str) -> None:
         raise RecordError(f"{where}: missing fields {', '.join(missing)}")
     if not isinstance(rec["metrics"], Mapping) or not rec["metrics"]:
         raise RecordError(f"{where}: 'metrics' must be a non-empty object")
+    status = rec.get("status", "ok")
+    if status not in STATUSES:
+        raise RecordError(f"{where}: status {status!r}, expected one of {', '.join(STATUSES)}")
+    if status == "ok":
+        bad = [k for k, v in rec["metrics"].items() if not is_finite_number(v)]
+        if bad:
+            raise RecordError(f"{where}: metric(s) {', '.join(bad)} not a finite number "
+                              f"({', '.join(repr(rec['metrics'][k]) for k in bad)}): a run with such a result "
+                              f"is recorded as failed")
+
+
+def is_finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def non_finite_metrics(metrics: Mapping[str, Any]) -> list[str]:
+    """Names of the metrics that are not finite numbers (NaN, inf, None, strings)."""
+    return [k for k, v in metrics.items() if not is_finite_number(v)]
+
+
+def failed_record(rec: Mapping[str, Any], reason: str) -> dict:
+    """``rec`` marked failed: non-finite metric values become ``null`` (valid JSON), ``failure`` says why."""
+    out = dict(rec)
+    out["status"] = "failed"
+    out["failure"] = reason
+    out["metrics"] = {k: (v if is_finite_number(v) else None) for k, v in rec["metrics"].items()}
+    return out
 
 
 def write_record(rec: Mapping[str, Any], records_dir: str | Path | None = None) -> Path:
@@ -78,11 +116,23 @@ def load_records(records_dir: str | Path | None = None) -> tuple[list[dict], lis
     d = Path(records_dir) if records_dir else default_records_dir()
     records, problems = [], []
     for p in sorted(d.glob("*.json")):
+        if not p.is_file():
+            problems.append(f"{p}: not a file (a {'folder' if p.is_dir() else 'special file'} named like a record)")
+            continue
         try:
-            rec = json.loads(p.read_text())
+            rec = json.loads(p.read_text(encoding="utf-8"))
             validate_record(rec, str(p))
-        except (json.JSONDecodeError, RecordError) as e:
+        except UnicodeDecodeError as e:
+            problems.append(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})")
+            continue
+        except json.JSONDecodeError as e:
+            problems.append(f"{p}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})")
+            continue
+        except RecordError as e:
             problems.append(f"{p}: {e}")
+            continue
+        except OSError as e:
+            problems.append(f"{p}: cannot be read ({e.strerror or e})")
             continue
         rec["_path"] = str(p)
         records.append(rec)

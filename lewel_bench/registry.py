@@ -4,7 +4,16 @@ from __future__ import annotations
 import difflib
 from typing import Callable, Dict, Generic, TypeVar
 
+from .errors import LewelError
+
 T = TypeVar("T")
+
+
+class RegistryError(LewelError, KeyError):
+    """An unknown name was asked of a registry; the message lists the known ones and close matches."""
+
+    def __str__(self) -> str:  # KeyError's str() would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class Registry(Generic[T]):
@@ -28,7 +37,7 @@ class Registry(Generic[T]):
         if name not in self._items:
             close = difflib.get_close_matches(name, list(self._items), n=3, cutoff=0.4)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise KeyError(f"unknown {self.kind} {name!r} (known: {', '.join(sorted(self._items))}){hint}")
+            raise RegistryError(f"unknown {self.kind} {name!r} (known: {', '.join(sorted(self._items))}){hint}")
         return self._items[name]
 
     def __contains__(self, name: str) -> bool:

@@ -15,6 +15,11 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def runs_dir() -> Path:
+    """Where runs go by default: ``$LEWEL_RUNS_DIR`` if set (e.g. a scratch file system), else ``<repo>/runs``."""
+    return Path(os.environ.get("LEWEL_RUNS_DIR") or REPO_ROOT / "runs")
+
+
 def setup_logging(level: int = logging.INFO, rank: int = 0) -> None:
     """Root logging to stderr; ranks other than 0 only log warnings."""
     logging.basicConfig(

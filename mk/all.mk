@@ -9,8 +9,10 @@
 #                                              EXP=lewel_b runs it with the mini configs' ResNet-18 (faster: the
 #                                              transfer stages' mini configs take either depth)
 # CHAIN_EVALS picks the evaluations (names below); DATA=/imagenet etc. are passed to the stage targets.
+# In the chain, OUT and ARGS are pretraining's (its folder and config overrides); the evaluations read the
+# checkpoint from that folder and run their own configs (run an evaluation target on its own to override it).
 CHAIN_EVALS ?= linear semisup1 semisup10 voc-det voc-seg coco-c4-1x coco-fpn-1x
-CHAIN_DIR   ?= runs/$(EXP)/chain
+CHAIN_DIR   ?= $(RUNS)/$(EXP)/chain
 # Small jobs (converters, tables) need no GPU.
 CHAIN_CPU_ARGS ?= GPUS_PER_NODE=0 NODES=1
 
@@ -40,8 +42,9 @@ define _chain_nl
 
 endef
 # one recipe line per evaluation
+CHAIN_CKPT = $(PRETRAIN_OUT)/backbone.pth
 _chain_eval_lines = $(foreach e,$(CHAIN_EVALS),+$(MAKE) --no-print-directory $(_chain_$(e)) EXP=$(EXP) \
-  $(call _chain_after,pretrain convert,$(e))$(_chain_nl))
+  CKPT=$(CHAIN_CKPT) OUT= ARGS= $(call _chain_after,pretrain convert,$(e))$(_chain_nl))
 
 .PHONY: all convert demo chain-check
 chain-check:
@@ -51,17 +54,19 @@ all: chain-check ## pretrain EXP, convert, every evaluation (CHAIN_EVALS), table
 	@mkdir -p $(CHAIN_DIR) && rm -f $(CHAIN_DIR)/*.id
 	@echo "== chain $(EXP): pretrain -> convert -> $(CHAIN_EVALS) -> tables ($(LAUNCHER))"
 	$(MAKE) --no-print-directory pretrain EXP=$(EXP) $(call _chain_after,,pretrain)
-	$(MAKE) --no-print-directory convert EXP=$(EXP) $(CHAIN_CPU_ARGS) $(call _chain_after,pretrain,convert)
+	$(MAKE) --no-print-directory convert EXP=$(EXP) CKPT=$(CHAIN_CKPT) OUT= ARGS= $(CHAIN_CPU_ARGS) \
+	  $(call _chain_after,pretrain,convert)
 	$(_chain_eval_lines)
-	$(MAKE) --no-print-directory tables $(CHAIN_CPU_ARGS) $(call _chain_after,$(CHAIN_EVALS),tables)
+	$(MAKE) --no-print-directory tables OUT= ARGS= $(CHAIN_CPU_ARGS) $(call _chain_after,$(CHAIN_EVALS),tables)
 	@if [ "$(LAUNCHER)" = slurm ]; then echo "== submitted; job ids in $(CHAIN_DIR)/:"; \
 	  for f in $(CHAIN_DIR)/*.id; do echo "   $$(basename $$f .id): $$(paste -sd' ' $$f)"; done; fi
 
-# The transfer stages' input formats, written next to the backbone (runs/<EXP>/backbone_{d2.pkl,mmseg.pth}).
-CONVERT_IN ?= runs/$(EXP)/backbone.pth
-convert: $(STAMP) ## convert runs/EXP/backbone.pth for detectron2 and mmseg
-	$(RUN) tools.convert_to_detectron2 $(CONVERT_IN) runs/$(EXP)/backbone_d2.pkl
-	$(RUN) tools.convert_to_mmseg $(CONVERT_IN) runs/$(EXP)/backbone_mmseg.pth
+# The transfer stages' input formats, written next to the backbone (<folder of CKPT>/backbone_{d2.pkl,mmseg.pth}).
+CONVERT_IN  = $(or $(CKPT),$(RUNS)/$(EXP)/backbone.pth)
+CONVERT_DIR = $(patsubst %/,%,$(dir $(CONVERT_IN)))
+convert: $(STAMP) ## convert CKPT (default runs/EXP/backbone.pth) for detectron2 and mmseg
+	$(RUN) tools.convert_to_detectron2 $(CONVERT_IN) $(CONVERT_DIR)/backbone_d2.pkl
+	$(RUN) tools.convert_to_mmseg $(CONVERT_IN) $(CONVERT_DIR)/backbone_mmseg.pth
 
 # make demo: the whole chain on data/mini from a fresh clone (target: at most 30 minutes on 2 cores).
 DEMO_EXP   ?= lewel_m

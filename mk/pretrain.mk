@@ -2,22 +2,21 @@
 #   make pretrain EXP=lewel_m                       mini data (config lewel_m_mini), runs/lewel_m/
 #   make pretrain EXP=lewel_b DATA=/path/imagenet   IN-1K config lewel_b (also lewel_b_400ep, lewel_m_in100, ...)
 #   make pretrain EXP=lewel_b OUT=runs/x ARGS="epochs=100 optim.name=lars" NPROC=2
-# Re-running the same command resumes from OUT/checkpoint.pth. Configs: pretrain/configs/<name>.yaml.
+# Without DATA, EXP names a recipe with a mini version (lewel_m -> pretrain/configs/lewel_m_mini.yaml); with
+# DATA it names a full-data config. The target says which config it runs; an unknown EXP lists the names.
+# Re-running the same command resumes from OUT/checkpoint.pth (a folder of another run is refused).
 #   make bench-pretrain                             per-method step time and ratios (BENCH_ARGS=...)
 #   make bench-loader                               two-view loader images/s, PIL vs batched (BENCH_LOADER_ARGS=...)
-EXP  ?= lewel_m
-DATA ?=
-OUT  ?= runs/$(EXP)
-ARGS ?=
-PRETRAIN_CFG  = $(if $(DATA),$(EXP),$(EXP)_mini)
+PRETRAIN_OUT  = $(or $(OUT),$(RUNS)/$(EXP))
 PRETRAIN_DATA = $(if $(DATA),$(DATA),$(MINI)/imagenet)
 BENCH_ARGS ?=
 BENCH_LOADER_ARGS ?= --synthetic 1024 --workers 1 2
 
 .PHONY: pretrain bench-pretrain bench-loader
 pretrain: $(STAMP) $(if $(DATA),,$(MINI_STAMP)) ## pretrain EXP (mini data unless DATA=...) into OUT (default runs/EXP)
-	@test -f pretrain/configs/$(PRETRAIN_CFG).yaml || { echo "make pretrain: unknown EXP '$(EXP)': no pretrain/configs/$(PRETRAIN_CFG).yaml; available: $$(ls pretrain/configs | grep -v '^_' | sed 's/.yaml$$//' | tr '\n' ' ')" >&2; exit 2; }
-	$(RUN) pretrain $(PRETRAIN_CFG) --data $(PRETRAIN_DATA) --out $(OUT) $(ARGS)
+	@cfg=$$($(PY) -m pretrain.experiments resolve '$(EXP)' $(if $(DATA),--full)) || exit 2; \
+	echo "make pretrain: EXP=$(EXP) $(if $(DATA),with DATA=$(DATA): the full-data config $$cfg,on the embedded mini data: config $$cfg (with DATA=/path: the full-data config $(EXP)))"; \
+	set -x; $(RUN) pretrain $$cfg --data $(PRETRAIN_DATA) --out $(PRETRAIN_OUT) $(ARGS)
 
 bench-pretrain: $(STAMP) ## step time of supervised / MoCo v2 / LEWEL_M / BYOL / LEWEL_B and their ratios
 	$(PY) -m tools.bench_pretrain $(BENCH_ARGS)

@@ -6,7 +6,7 @@
 TABLES_ARGS  ?=
 STRICT       ?=
 FIGURES_DIR  ?= results/figures
-ALIGN_CKPT   ?= runs/$(EXP)/checkpoint.pth
+ALIGN_CKPT   ?= $(RUNS)/$(EXP)/checkpoint.pth
 ALIGN_IMAGES ?= $(MINI)/imagenet/val
 ALIGN_ARGS   ?=
 
@@ -15,7 +15,7 @@ tables: $(STAMP) ## aggregate results/records into the paper's Tables 1-8 (resul
 	$(RUN) tools.make_tables $(if $(filter 1 yes true,$(STRICT)),--strict) $(TABLES_ARGS)
 
 curves: $(STAMP) ## loss and kNN accuracy curves of runs/EXP/metrics.jsonl -> results/figures/
-	$(PY) -m tools.plot_curves runs/$(EXP)/metrics.jsonl $(FIGURES_DIR)/$(EXP)_curves.png
+	$(PY) -m tools.plot_curves $(RUNS)/$(EXP)/metrics.jsonl $(FIGURES_DIR)/$(EXP)_curves.png
 
 align-maps: $(STAMP) ## Fig. 5: input, augmented view, strongest alignment maps of a LEWEL checkpoint
 	$(PY) -m tools.visualize_alignment $(ALIGN_CKPT) $(ALIGN_IMAGES) $(FIGURES_DIR)/$(EXP)_alignment.png $(ALIGN_ARGS)

@@ -1,53 +1,58 @@
 """``python -m pretrain EXP [--data ROOT] [--out DIR] [key=value ...]``.
 
-EXP names a config in ``pretrain/configs`` (``lewel_m``, ``lewel_b_400ep``, ``byol_mini``, ...) or a YAML
-path. Overrides are validated against the config (unknown key -> error with close matches). Running
-the same command again resumes from ``<out>/checkpoint.pth``. Under torchrun or SLURM the process
-group is initialised from the environment (gloo on CPU, NCCL on CUDA).
+EXP names a config in ``pretrain/configs`` or a YAML path. Overrides are checked against the config's
+schema (an unknown key or a value of the wrong type is an error naming it). Running the same command
+again resumes from ``<out>/checkpoint.pth``; a folder that holds a run with other settings is refused.
+Under torchrun or SLURM the process group is initialised from the environment (gloo on CPU, NCCL on CUDA).
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
+import textwrap
 from pathlib import Path
 
 from lewel_bench import dist as ldist
 from lewel_bench.config import ConfigError, load_config
-from lewel_bench.utils import REPO_ROOT, setup_logging
+from lewel_bench.stage import cli_entry
+from lewel_bench.utils import runs_dir, setup_logging
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+from .experiments import CONFIG_DIR, configs
+
 log = logging.getLogger("pretrain")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pretrain", description=__doc__.split("\n\n")[0])
-    p.add_argument("exp", help="experiment config name (pretrain/configs/<exp>.yaml) or a YAML path")
+    names = textwrap.fill(" ".join(configs()), width=100, initial_indent="  ", subsequent_indent="  ")
+    p = argparse.ArgumentParser(
+        prog="python -m pretrain", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Self-supervised pretraining (MoCo v2, BYOL, LEWEL_M, LEWEL_B): resumable, DDP under "
+                    "torchrun or SLURM.",
+        epilog=f"experiments (pretrain/configs/<name>.yaml; *_mini: the embedded mini data):\n{names}\n\n"
+               "example: python -m pretrain lewel_m_mini --data data/mini/imagenet --out runs/lewel_m epochs=2")
+    p.add_argument("exp", help="experiment config name or a YAML path")
     p.add_argument("--data", default=None, help="dataset root holding train/ and val/ (default: the config's data.root)")
-    p.add_argument("--out", default=None, help="output folder (default: runs/<exp>)")
-    p.add_argument("overrides", nargs="*", help="config overrides key=value (dotted keys)")
+    p.add_argument("--out", default=None, help="output folder (default: runs/<exp>, or $LEWEL_RUNS_DIR/<exp>)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (dotted keys)")
     return p.parse_intermixed_args(argv)
 
 
+@cli_entry("pretrain")
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     info = ldist.init_distributed()
     setup_logging(rank=info.rank)
-    try:
-        cfg = load_config(args.exp, CONFIG_DIR, args.overrides)
-        if args.data:
-            cfg["data"]["root"] = args.data
-        root = cfg["data"].get("root")
-        if not root:
-            raise ConfigError(f"experiment {args.exp!r}: no data root; pass --data /path/to/imagenet (make: DATA=...)")
-        if not (Path(root) / cfg["data"]["train_split"]).is_dir():
-            raise ConfigError(f"data root {root!r} has no {cfg['data']['train_split']}/ folder "
-                              f"(expected <root>/{cfg['data']['train_split']}/<class>/<images>)")
-    except ConfigError as e:
-        log.error("%s", e)
-        raise SystemExit(2) from None
+    cfg = load_config(args.exp, CONFIG_DIR, args.overrides)
+    if args.data:
+        cfg["data"]["root"] = args.data
+    root = cfg["data"].get("root")
+    if not root:
+        raise ConfigError(f"experiment {args.exp!r}: no data root; pass --data /path/to/imagenet (make: DATA=...)")
+    if not (Path(root) / cfg["data"]["train_split"]).is_dir():
+        raise ConfigError(f"data root {root!r} has no {cfg['data']['train_split']}/ folder "
+                          f"(expected <root>/{cfg['data']['train_split']}/<class>/<images>)")
     exp = Path(args.exp).stem
-    out = Path(args.out) if args.out else REPO_ROOT / "runs" / exp
+    out = Path(args.out) if args.out else runs_dir() / exp
     from .train import train  # heavy imports after argument checks
 
     ckpt = train(cfg, out, exp, info)
@@ -56,7 +61,3 @@ def main(argv: list[str] | None = None) -> None:
         log.info("backbone:   %s", out / "backbone.pth")
         print(f"pretrain {exp}: checkpoint {ckpt}\npretrain {exp}: backbone {out / 'backbone.pth'}", flush=True)
     ldist.cleanup()
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

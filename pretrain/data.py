@@ -1,6 +1,9 @@
 """Pretraining data: an image-folder reader, a two-view dataset and a resumable, deterministic sampler.
 
-Layout read: ``<root>/<split>/<class>/<image>`` (ImageNet / the mini benchmark). The two views of
+Layout read: ``<root>/<split>/<class>/<image>`` (ImageNet / the mini benchmark), through the shared
+reader's scan (:func:`lewel_bench.data.scan_split`: one class list for every split). An image that cannot
+be decoded stops the run naming the file (``data.bad_images: error``), or, with ``replace``, is replaced
+by the next readable image of the split (logged with its name; the same replacement on every run). The two views of
 sample ``index`` in ``epoch`` are drawn from a generator seeded by (seed, epoch, index), and the
 epoch's permutation from (seed, epoch), so the batches and views of any iteration are a pure
 function of the config: a run resumed mid-epoch (``start_iter``) sees exactly what an unbroken run saw,
@@ -16,48 +19,75 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from lewel_bench.data import BadImageError, read_image, scan_split
+from lewel_bench.data.imagenet import IMG_EXTENSIONS
+from lewel_bench.data.layout import DataLayoutError
+
 from .augment import seeded
 
 log = logging.getLogger(__name__)
-IMG_EXT = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
-
-
-class DataError(ValueError):
-    """The data root or split is missing or empty."""
+BAD_IMAGE_POLICIES = ("error", "replace")
 
 
 class ImageFolderList(Dataset):
-    """``<root>/<split>/<class>/*`` images with integer labels (classes sorted by name).
+    """``<root>/<split>/<class>/*`` images with integer labels (the shared class list of every split).
 
     ``cache=True`` keeps decoded images in memory (the mini benchmark: a few thousand small images).
     ``max_images`` keeps an evenly spaced subset (e.g. the kNN monitor's memory bank on ImageNet).
+    ``bad_images``: ``error`` or ``replace`` (see the module docstring).
     """
 
     def __init__(self, root: str | Path, split: str, transform: Callable | None = None, cache: bool = False,
-                 max_images: int | None = None) -> None:
+                 max_images: int | None = None, bad_images: str = "error") -> None:
         d = Path(root) / split
         if not d.is_dir():
-            raise DataError(f"data split not found: {d} (expected <root>/{split}/<class>/<images>)")
-        self.classes = sorted(p.name for p in d.iterdir() if p.is_dir())
-        self.samples = [(str(f), ci) for ci, c in enumerate(self.classes) for f in sorted((d / c).iterdir())
-                        if f.suffix.lower() in IMG_EXT]
+            raise DataLayoutError(f"data split not found: {d} (expected <root>/{split}/<class>/<images>)")
+        if bad_images not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"bad_images must be one of {BAD_IMAGE_POLICIES}, got {bad_images!r}")
+        self.classes, self.samples = scan_split(root, split)
         if not self.samples:
-            raise DataError(f"no images under {d}/<class>/ (extensions {', '.join(IMG_EXT)})")
+            raise DataLayoutError(f"no images under {d}/<class>/ (extensions {', '.join(IMG_EXTENSIONS)})")
         if max_images and len(self.samples) > max_images:
             step = len(self.samples) / max_images
             self.samples = [self.samples[int(i * step)] for i in range(max_images)]
         self.targets = [y for _, y in self.samples]
-        self.transform = transform
-        self._cache: list | None = [self._read(p) for p, _ in self.samples] if cache else None
+        self.transform, self.bad_images = transform, bad_images
+        self._cache: list | None = None
+        if cache:
+            decoded = [self._try_read(p) for p, _ in self.samples]
+            self._cache = [decoded[self._readable(decoded, i)] for i in range(len(decoded))]
+            n_bad = sum(im is None for im in decoded)
+            if n_bad:
+                log.warning("%s: %d unreadable image(s) replaced by the next readable one (data.bad_images: replace)",
+                            d, n_bad)
         log.info("%s: %d images in %d classes%s", d, len(self.samples), len(self.classes), " (cached)" if cache else "")
 
-    @staticmethod
-    def _read(path: str) -> Image.Image:
-        with Image.open(path) as im:
-            return im.convert("RGB")
+    def _try_read(self, path: str) -> Image.Image | None:
+        """The image, or None when it is unreadable and the policy is ``replace`` (logged)."""
+        try:
+            return read_image(path)
+        except BadImageError as e:
+            if self.bad_images == "error":
+                raise BadImageError(f"{e} (data.bad_images=replace uses the next readable image instead)") from None
+            log.warning("%s: replaced by the next readable image of the split", e)
+            return None
+
+    def _readable(self, decoded: list, i: int) -> int:
+        n = len(decoded)
+        for j in range(i, i + n):
+            if decoded[j % n] is not None:
+                return j % n
+        raise BadImageError(f"no readable image in {Path(self.samples[0][0]).parent.parent}")
 
     def image(self, i: int) -> Image.Image:
-        return self._cache[i] if self._cache is not None else self._read(self.samples[i][0])
+        if self._cache is not None:
+            return self._cache[i]
+        n = len(self.samples)
+        for j in range(i, i + n):
+            img = self._try_read(self.samples[j % n][0])
+            if img is not None:
+                return img
+        raise BadImageError(f"no readable image among the {n} of the split")
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -98,7 +128,7 @@ class EpochBatchSampler(Sampler):
         self.start, self.rank, self.world = start_iter, rank, world_size
         self.iters = n // (batch_size * world_size)
         if self.iters == 0:
-            raise DataError(f"{n} training images is fewer than one global batch of {batch_size * world_size}")
+            raise DataLayoutError(f"{n} training images is fewer than one global batch of {batch_size * world_size}")
 
     def __len__(self) -> int:
         return self.iters - self.start

@@ -2,9 +2,16 @@
 
 Outputs in ``out_dir``: ``checkpoint.pth`` (atomic; every ``ckpt.every_iters`` iterations and at every
 epoch end), ``metrics.jsonl`` (one line per ``log_every`` iterations and per kNN evaluation),
-``backbone.pth`` (torchvision ResNet state dict without fc, written at the end), ``config.yaml``.
+``backbone.pth`` (torchvision ResNet state dict without fc, written at the end), ``config.yaml``,
+``identity.json``.
 Running again with the same ``out_dir`` resumes from the checkpoint; lines of ``metrics.jsonl`` after
 the checkpoint's iteration are dropped, so the log reads as one unbroken run.
+
+A run's identity is its config (overrides included, minus the ``_neutral_`` keys), the fingerprint of its
+data (:mod:`lewel_bench.data.identity`) and :data:`CODE_VERSION`; a folder that holds a run of another
+identity is refused, naming what differs (never resumed with other settings). Every checkpoint is checked
+before it is written: a state with a NaN or inf tensor stops the run and leaves the last finite
+checkpoint in place.
 """
 from __future__ import annotations
 
@@ -20,9 +27,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lewel_bench import dist as ldist
-from lewel_bench.checkpoint import PRETRAIN_FORMAT, save_backbone
-from lewel_bench.io import append_jsonl, atomic_torch_save, atomic_write_text
+from lewel_bench.checkpoint import PRETRAIN_FORMAT, non_finite_keys, save_backbone, torch_load
+from lewel_bench.data.identity import data_identity
+from lewel_bench.errors import LewelError, NonFiniteError
+from lewel_bench.io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temp
 from lewel_bench.knn import extract_features, knn_top1
+from lewel_bench.stage import differences, digest, identity_config
 from lewel_bench.utils import (amp_autocast, amp_step, default_num_workers, get_rng_state, git_commit, resolve_auto,
                                seed_everything, set_rng_state)
 
@@ -34,12 +44,28 @@ from .optim import build_optimizer, cosine_lr, set_lr
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLoss(RuntimeError):
+#: Bump when a change of the pretraining code changes what a config computes (part of every run's identity).
+CODE_VERSION = 1
+
+
+class NonFiniteLoss(NonFiniteError):
     """The loss became NaN or inf; the last good checkpoint is left as it was."""
 
 
-class ResumeError(RuntimeError):
-    """The output folder holds a checkpoint of a different experiment."""
+class ResumeError(LewelError, RuntimeError):
+    """The output folder holds a checkpoint that cannot be resumed (another run, unreadable); it is left as it is."""
+
+
+def run_identity(cfg: dict, data: dict) -> dict:
+    """What determines a pretraining run's result (see the module docstring)."""
+    return {"stage": "pretrain", "code_version": CODE_VERSION, "config": identity_config(cfg),
+            "data": {"name": data["name"], "fingerprint": data["fingerprint"]}}
+
+
+def identity_group(identity: dict) -> str:
+    """The identity without the seed: runs of one recipe that the tables may average over seeds."""
+    cfg = {k: v for k, v in identity["config"].items() if k != "seed"}
+    return digest({**identity, "config": cfg})
 
 
 def _num_workers(cfg: dict) -> int:
@@ -68,7 +94,8 @@ def _set_threads(cfg: dict, device: torch.device, world: int) -> None:
     log.info("torch compute threads: %d", torch.get_num_threads())
 
 
-def checkpoint_state(method: SSLMethod, optimizer, scaler, cfg: dict, epoch: int, iteration: int, exp: str) -> dict:
+def checkpoint_state(method: SSLMethod, optimizer, scaler, cfg: dict, epoch: int, iteration: int, exp: str,
+                     identity: dict | None = None) -> dict:
     sd = method.state_dict()
     queue_keys = [k for k in sd if k.startswith("queue")]
     return {
@@ -82,18 +109,36 @@ def checkpoint_state(method: SSLMethod, optimizer, scaler, cfg: dict, epoch: int
         "rng": get_rng_state(),
         "config": cfg,
         "meta": {"format": PRETRAIN_FORMAT, "backbone_prefix": method.backbone_prefix, "arch": cfg["arch"],
-                 "method": cfg["method"], "epochs": cfg["epochs"], "exp": exp, "git": git_commit()},
+                 "method": cfg["method"], "epochs": cfg["epochs"], "exp": exp, "git": git_commit(),
+                 **({"identity": identity, "run_id": digest(identity), "group": identity_group(identity)}
+                    if identity else {})},
     }
 
 
-def load_checkpoint(path: Path, method: SSLMethod, optimizer, scaler, exp: str) -> tuple[int, dict]:
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    meta = ck.get("meta", {})
+def load_checkpoint(path: Path, method: SSLMethod, optimizer, scaler, exp: str,
+                    identity: dict | None = None) -> tuple[int, dict]:
+    """Resume from ``path``; a file that is unreadable, of another experiment or of another identity is a
+    :class:`ResumeError` (the file is left as it is)."""
+    ck = torch_load(path, "pretraining checkpoint", ResumeError)
+    meta = ck.get("meta", {}) if isinstance(ck, dict) else {}
     if meta.get("format") != PRETRAIN_FORMAT:
-        raise ResumeError(f"{path} is not a lewel-bench pretraining checkpoint (meta.format={meta.get('format')!r})")
+        raise ResumeError(f"{path} is not a lewel-bench pretraining checkpoint (meta.format={meta.get('format')!r}); "
+                          f"it was left as it is: choose another output folder (OUT=...) or move it away")
     if meta.get("exp") != exp or meta.get("method") != method.cfg["method"]:
         raise ResumeError(f"{path} holds experiment {meta.get('exp')!r} (method {meta.get('method')!r}), not {exp!r}: "
                           f"choose another output folder (OUT=...) or delete it")
+    saved = meta.get("identity")
+    if identity is not None:
+        if saved is None:  # a checkpoint of an older version: compare what it kept (the config)
+            saved = {**identity, "config": identity_config({**ck.get("config", {}),
+                                                            "_meta": {"neutral": _neutral(method.cfg)}})}
+            if saved["config"] == identity["config"]:
+                log.warning("%s has no data identity (an older version): its config matches; its data is not checked",
+                            path)
+        if digest(saved) != digest(identity):
+            diff = differences(saved, identity)
+            raise ResumeError(f"{path} holds a run with other settings ({'; '.join(diff)}): it is not resumed with "
+                              f"these; choose another output folder (OUT=...) or delete it")
     sd = dict(ck["model"])
     sd.update({f"target.{k}": v for k, v in ck["target"].items()})
     sd.update(ck["queue"])
@@ -102,6 +147,19 @@ def load_checkpoint(path: Path, method: SSLMethod, optimizer, scaler, exp: str) 
     scaler.load_state_dict(ck["scaler"])
     set_rng_state(ck["rng"])
     return int(ck["iteration"]), ck
+
+
+def _neutral(cfg: dict) -> list[str]:
+    return list((cfg.get("_meta") or {}).get("neutral", []))
+
+
+def check_finite_state(state: dict, iteration: int, last_good: int, path: Path) -> None:
+    """Refuse to write a checkpoint holding NaN / inf (model, target or queue); the last finite one stays."""
+    bad = non_finite_keys({k: state[k] for k in ("model", "target", "queue")})
+    if bad:
+        raise NonFiniteError(f"the training state holds NaN or inf at iteration {iteration} ({len(bad)} tensor(s), "
+                             f"first: {', '.join(bad[:3])}); stopped without saving. Last good checkpoint: {path} "
+                             f"at iteration {last_good}")
 
 
 def truncate_metrics(path: Path, iteration: int) -> None:
@@ -144,16 +202,18 @@ def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo) -> Path
     seed = int(cfg["seed"])
     _set_threads(cfg, device, dist_info.world_size)
     seed_everything(seed + dist_info.rank, deterministic=cfg.get("deterministic", False))
-    out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path, metrics_path = out_dir / "checkpoint.pth", out_dir / "metrics.jsonl"
 
     world = dist_info.world_size
     if cfg["batch_size"] % world:
-        raise ValueError(f"batch_size {cfg['batch_size']} is not divisible by the {world} processes")
+        raise ResumeError(f"batch_size {cfg['batch_size']} is not divisible by the {world} processes")
     local_bs = cfg["batch_size"] // world
     dc = cfg["data"]
+    data = ldist.broadcast_object(data_identity(dc["root"], [dc["train_split"], cfg["knn"]["split"]])
+                                  if dist_info.is_main else None)
+    identity = run_identity(cfg, data)
     base = ImageFolderList(dc["root"], dc["train_split"], cache=dc.get("cache", False),
-                           max_images=dc.get("max_images"))
+                           max_images=dc.get("max_images"), bad_images=dc.get("bad_images", "error"))
     ac = cfg["aug"]
     batched = resolve_auto(ac.get("batched", "auto"), cuda)
     ds = TwoViewDataset(base, build_pair(ac["kind"], ac["size"], ac["scale"], batched), seed)
@@ -173,15 +233,25 @@ def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo) -> Path
     optimizer = build_optimizer(cfg["optim"], method)
     scaler = torch.amp.GradScaler("cuda", enabled=amp and cuda)
 
+    log.info("%s: %s (%s, %s), %d epochs x %d iterations, batch %d (%d per process), %d px crops, data %s "
+             "(%s, %d images, fingerprint %s), out %s, %d process(es) on %s, %d compute threads, %d loader workers",
+             exp, cfg["method"], cfg["arch"], cfg["_meta"]["config_path"], cfg["epochs"], ipe, cfg["batch_size"],
+             local_bs, ac["size"], dc["root"], data["name"], len(base), data["fingerprint"][:12], out_dir, world,
+             device, torch.get_num_threads(), _num_workers(cfg))
     it = 0
     if ckpt_path.exists():
-        it, _ = load_checkpoint(ckpt_path, method, optimizer, scaler, exp)
+        it, _ = load_checkpoint(ckpt_path, method, optimizer, scaler, exp, identity)
         log.info("resuming %s from %s at iteration %d/%d (epoch %d)", exp, ckpt_path, it, total, it // ipe)
         if dist_info.is_main:
+            remove_stale_temp(out_dir)
             truncate_metrics(metrics_path, it)
     elif dist_info.is_main:  # fresh start (a run killed before its first checkpoint leaves only log lines)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp(out_dir)
         truncate_metrics(metrics_path, 0)
         atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+        atomic_write_json(out_dir / "identity.json", {"run_id": digest(identity), "group": identity_group(identity),
+                                                       "identity": identity})
     ldist.barrier()
     last_good = it
 
@@ -192,8 +262,18 @@ def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo) -> Path
 
     def save(epoch: int) -> None:
         nonlocal last_good
+        state = checkpoint_state(method, optimizer, scaler, cfg, epoch, it, exp, identity)
+        bad = torch.tensor([float(bool(non_finite_keys({k: state[k] for k in ("model", "target", "queue")})))],
+                           device=device)
+        if ldist.is_dist():
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        if bad.item():
+            bar.close()
+            check_finite_state(state, it, last_good, ckpt_path)  # names the tensor where this rank has one
+            raise NonFiniteError(f"another process holds NaN or inf at iteration {it}; stopped without saving. "
+                                 f"Last good checkpoint: {ckpt_path} at iteration {last_good}")
         if dist_info.is_main:
-            atomic_torch_save(checkpoint_state(method, optimizer, scaler, cfg, epoch, it, exp), ckpt_path)
+            atomic_torch_save(state, ckpt_path)
         last_good = it
         ldist.barrier()
 
@@ -251,7 +331,8 @@ def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo) -> Path
     bar.close()
     if dist_info.is_main:
         meta = {"method": cfg["method"], "epochs": cfg["epochs"], "arch": cfg["arch"], "exp": exp,
-                "iteration": it, "seed": seed, "git": git_commit()}
+                "iteration": it, "seed": seed, "git": git_commit(), "run_id": digest(identity),
+                "group": identity_group(identity), "data": data}
         save_backbone(out_dir / "backbone.pth", method.backbone.state_dict(), meta)
     ldist.barrier()
     return ckpt_path

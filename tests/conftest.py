@@ -25,3 +25,17 @@ def mini_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from lewel_bench.data.mini import generate_mini
 
     return generate_mini(tmp_path_factory.mktemp("mini"), seed=MINI_TEST_SEED, workers=1, **TEST_SIZES)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _runs_outside_the_repository(tmp_path_factory: pytest.TempPathFactory):
+    """Default run folders (``runs/...``) of every test go to a temporary folder, never the repository's."""
+    import os
+
+    old = os.environ.get("LEWEL_RUNS_DIR")
+    os.environ["LEWEL_RUNS_DIR"] = str(tmp_path_factory.mktemp("runs"))
+    yield
+    if old is None:
+        os.environ.pop("LEWEL_RUNS_DIR", None)
+    else:
+        os.environ["LEWEL_RUNS_DIR"] = old

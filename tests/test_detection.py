@@ -409,7 +409,7 @@ def test_cli_end_to_end_tiny_voc(tmp_path: Path, backbone_file: Path, monkeypatc
             "model.rpn_post_nms_test=8", "model.rpn_pre_nms_train=100", "model.rpn_pre_nms_test=50",
             "test.precise_bn_iters=1"]
     argv = ["--config", "mini_voc_c4_24k", "--ckpt", str(backbone_file), "--data", str(root), "--out", str(out),
-            "--backend", "torchvision", "--opts", *opts]
+            "--backend", "torchvision", *opts]
     main(argv)
     import json
 
@@ -418,7 +418,10 @@ def test_cli_end_to_end_tiny_voc(tmp_path: Path, backbone_file: Path, monkeypatc
     recs, problems = load_records(tmp_path / "results" / "records")
     assert not problems and len(recs) == 1
     r = recs[0]
-    assert (r["eval"], r["protocol"], r["dataset"], r["backend"], r["method"]) == ("voc_det", "c4_24k", "mini", "torchvision", "byol")
+    assert (r["eval"], r["protocol"], r["dataset"], r["backend"], r["method"]) == \
+        ("voc_det", "c4_24k", "VOCdevkit", "torchvision", "byol")
+    assert r["config"]["solver"]["max_iter"] == 2 and r["status"] == "ok"  # the record holds what ran
+    assert len(r["data"]["fingerprint"]) == 64
     assert torch.load(out / "last.pth", weights_only=False)["iter"] == 2
     main(argv)  # finished run: no second record
     assert len(load_records(tmp_path / "results" / "records")[0]) == 1

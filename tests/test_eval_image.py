@@ -25,6 +25,7 @@ from lewel_bench.checkpoint import random_backbone, save_backbone
 from lewel_bench.dist import DistInfo
 from lewel_bench.knn import knn_predict
 from lewel_bench.models import build_backbone
+from lewel_bench.stage import RunFolder, RunIdentity, default_out_dir
 from lewel_bench.utils import REPO_ROOT
 
 import eval_knn.cli as knn_cli
@@ -240,11 +241,14 @@ def test_concurrent_records_all_survive(tmp_path: Path) -> None:
 
     def one(i: int) -> None:
         try:
-            st = C.Stage(name="eval_knn", cfg={"protocol": "k20", "dataset": "mini", "i": i}, bb=bb, info=DistInfo(),
-                         out=tmp_path / f"run{i}", data_root=tmp_path, seed=i, start_time="2026-01-01T00:00:00+00:00")
-            st.out.mkdir()
+            cfg = {"protocol": "k20", "i": i}
+            ident = RunIdentity("eval_knn", 1, cfg, {"name": "mini", "fingerprint": "f" * 64}, bb.sha256, i)
+            st = C.Stage(name="eval_knn", cfg=cfg, bb=bb, info=DistInfo(), out=tmp_path / f"run{i}",
+                         data_root=tmp_path, seed=i, start_time="2026-01-01T00:00:00+00:00", identity=ident,
+                         folder=RunFolder(tmp_path / f"run{i}", ident))
+            st.folder.open(fresh=False)
             go.wait()
-            C.finish(st, "knn", "k20", {"top1": float(i)}, "fp", tmp_path / "records")
+            st.finish("knn", "k20", {"top1": float(i)}, tmp_path / "records")
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
 
@@ -257,6 +261,7 @@ def test_concurrent_records_all_survive(tmp_path: Path) -> None:
     recs = _records(tmp_path / "records")
     assert len(recs) == n and sorted(r["seed"] for r in recs) == list(range(n))
     assert all(r["eval"] == "knn" and r["method"] == "random" and r["dataset"] == "mini" for r in recs)
+    assert len({r["run_id"] for r in recs}) == n and len({r["group"] for r in recs}) == n  # config "i" differs
     assert not list((tmp_path / "records").glob(".*"))  # no temporary files left
 
 
@@ -294,7 +299,9 @@ def test_linear_cli_end_to_end_resumes_after_interruption(tiny_imagenet: Path, t
     _run(linear_cli, "mini", "random:resnet18", tiny_imagenet, tmp_path, *TINY, "save_every=1")
     assert calls == [0, 1, 1]  # epoch 0 was not trained again
     (rec,) = _records(tmp_path / "records")
-    assert (rec["eval"], rec["protocol"], rec["dataset"], rec["method"]) == ("linear", "mini", "mini", "random")
+    assert (rec["eval"], rec["protocol"], rec["dataset"], rec["method"]) == ("linear", "mini", tiny_imagenet.name,
+                                                                              "random")
+    assert rec["data"]["files"] == 36 and rec["status"] == "ok"
     assert set(rec["metrics"]) == {"top1", "top5"} and 0 <= rec["metrics"]["top1"] <= rec["metrics"]["top5"] <= 100
     assert rec["n_val"] == 12 and len(rec["history"]) == 2
     _run(linear_cli, "mini", "random:resnet18", tiny_imagenet, tmp_path, *TINY, "save_every=1")  # finished: no new record
@@ -348,14 +355,22 @@ def test_linear_cli_ddp_two_ranks_gloo(tiny_imagenet: Path, tmp_path: Path) -> N
 
 
 def test_default_output_folder_follows_the_experiment() -> None:
+    """runs/<checkpoint>/<stage>/<config>-<data>-s<seed>-<run id>: the run's identity picks its folder."""
     from lewel_bench.checkpoint import Backbone
 
-    runs = REPO_ROOT / "runs"
-    assert C.default_out_dir(random_backbone("resnet18"), "eval_knn", "mini") == runs / "random_resnet18/eval_knn/mini"
+    from lewel_bench.utils import runs_dir
+
+    runs = runs_dir()
+    ident = RunIdentity("eval_knn", 1, {"k": 20}, {"name": "mini", "fingerprint": "a" * 64}, "s" * 64, 3)
+    rid = ident.run_id[:8]
+    assert default_out_dir(random_backbone("resnet18"), "eval_knn", "mini", ident) == \
+        runs / f"random_resnet18/eval_knn/mini-mini-s3-{rid}"
     bb = Backbone({}, "resnet50", meta={"exp": "other"}, path=str(runs / "lewel_m" / "backbone.pth"))
-    assert C.default_out_dir(bb, "eval_linear", "lewel_m_lars") == runs / "lewel_m/eval_linear/lewel_m_lars"
+    assert default_out_dir(bb, "eval_linear", "lewel_m_lars", ident) == runs / f"lewel_m/eval_linear/lewel_m_lars-mini-s3-{rid}"
     bb = Backbone({}, "resnet50", meta={}, path="/models/r50_torchvision.pth")
-    assert C.default_out_dir(bb, "eval_semisup", "1pct") == runs / "r50_torchvision/eval_semisup/1pct"
+    assert default_out_dir(bb, "eval_semisup", "1pct", ident) == runs / f"r50_torchvision/eval_semisup/1pct-mini-s3-{rid}"
+    other = RunIdentity("eval_knn", 1, {"k": 20}, {"name": "mini", "fingerprint": "b" * 64}, "s" * 64, 3)
+    assert other.run_id != ident.run_id  # other data: another folder
 
 
 @pytest.mark.parametrize("norm", ["none", "bn"])

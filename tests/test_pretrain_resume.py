@@ -71,7 +71,6 @@ def test_kill_and_resume_equals_unbroken_run(mini_data, tmp_path):
 def test_nan_loss_stops_with_last_good_checkpoint(mini_data, tmp_path, monkeypatch):
     from pretrain.cli import main
     from pretrain.methods.byol import BYOL
-    from pretrain.train import NonFiniteLoss
 
     orig = BYOL.forward
 
@@ -81,7 +80,7 @@ def test_nan_loss_stops_with_last_good_checkpoint(mini_data, tmp_path, monkeypat
 
     monkeypatch.setattr(BYOL, "forward", poisoned)
     out = tmp_path / "nan"
-    with pytest.raises(NonFiniteLoss, match="iteration 3"):
+    with pytest.raises(SystemExit, match=r"loss is nan at iteration 3 .*Last good checkpoint: .* at iteration 2"):
         main(["byol_mini", "--data", str(mini_data / "imagenet"), "--out", str(out), *TINY[:-1], "knn.every=0"])
     ck = torch.load(out / "checkpoint.pth", weights_only=False)
     assert ck["iteration"] == 2 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
@@ -102,16 +101,17 @@ def test_pretraining_runs_with_batched_augmentation(mini_data, tmp_path):
 def test_cli_errors(mini_data, tmp_path, capfd):
     from pretrain.cli import main
 
+    # each error ends the command with one line naming the problem (SystemExit's message: exit status 1)
     with pytest.raises(SystemExit) as e:
         main(["lewel_q", "--data", str(mini_data / "imagenet"), "--out", str(tmp_path / "a")])
-    err = capfd.readouterr().err
-    assert e.value.code == 2 and "lewel_q" in err and "lewel_m" in err
+    assert "lewel_q" in str(e.value.code) and "lewel_m" in str(e.value.code)
     with pytest.raises(SystemExit) as e:
         main(["lewel_m_mini", "--data", str(mini_data / "imagenet"), "--out", str(tmp_path / "b"), "optim.lrr=0.1"])
-    assert e.value.code == 2 and "optim.lr" in capfd.readouterr().err
+    assert "optim.lr" in str(e.value.code)
     with pytest.raises(SystemExit) as e:
         main(["lewel_m_mini", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c")])
-    assert e.value.code == 2 and "nowhere" in capfd.readouterr().err
+    assert "nowhere" in str(e.value.code)
     with pytest.raises(SystemExit) as e:
         main(["lewel_m", "--out", str(tmp_path / "d")])
-    assert e.value.code == 2 and "--data" in capfd.readouterr().err
+    assert "--data" in str(e.value.code)
+    assert all(not (tmp_path / d).exists() for d in "abcd")

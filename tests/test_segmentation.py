@@ -146,7 +146,7 @@ def test_mini_config_follows_the_backbone_depth(tmp_path):
     src = tmp_path / "r18.pth"
     save_backbone(src, build_backbone("resnet18").state_dict(), {"method": "lewel_m", "arch": "resnet18"})
     out, _ = convert_to_mmseg(src, tmp_path / "r18_mmseg.pth")
-    assert cli.converted_depth(out) == 18
+    assert torch.load(out, map_location="cpu")["meta"]["depth"] == 18
     cfg, model = build_model_from_config(cli.config_path("mini", 18), out)
     assert cfg.model.backbone.depth == 18
     converted = torch.load(out, map_location="cpu")["state_dict"]
@@ -166,8 +166,9 @@ def test_deep_stem_checkpoint_is_refused(tmp_path):
         convert_to_mmseg(path, tmp_path / "out.pth")
     assert "stem.0.weight" in str(e.value)
     assert not (tmp_path / "out.pth").exists()
-    with pytest.raises(ConversionError, match="deep-stem"):  # the evaluation refuses it before any training
-        cli.main(["--ckpt", str(path), "--work-dir", str(tmp_path / "w"), "--config", "mini"])
+    with pytest.raises(SystemExit, match="deep-stem"):  # the evaluation refuses it before any training
+        cli.main(["--ckpt", str(path), "--out", str(tmp_path / "w"), "--config", "mini"])
+    assert not (tmp_path / "w").exists()
 
 
 def test_empty_or_partial_checkpoint_is_refused(pretrained, tmp_path):
@@ -193,15 +194,15 @@ def test_runner_trains_tests_writes_record_and_resumes(tiny_voc, pretrained, tmp
     work, records = tmp_path / "work", tmp_path / "records"
     tiny = tmp_path / "fcn_r50-d8_tiny.py"
     tiny.write_text(TINY_CFG.format(mini=str(MINI_CFG)))
-    argv = ["--ckpt", str(pretrained), "--work-dir", str(work), "--config", str(tiny), "--data", str(tiny_voc),
-            "--records-dir", str(records), "--cfg-options", "total_batch_size=2",
+    argv = ["--ckpt", str(pretrained), "--out", str(work), "--config", str(tiny), "--data", str(tiny_voc),
+            "--records-dir", str(records), "total_batch_size=2",
             "default_hooks.checkpoint.interval=1", "default_hooks.logger.interval=1"]
     cli.main(argv + ["train_cfg.max_iters=1"])
 
     recs = sorted(records.glob("*.json"))
     assert len(recs) == 1
     rec = json.loads(recs[0].read_text())
-    assert (rec["eval"], rec["protocol"], rec["dataset"]) == ("voc_seg", "fcn_d8_20k", "mini")
+    assert (rec["eval"], rec["protocol"], rec["dataset"], rec["status"]) == ("voc_seg", "fcn_d8_20k", "VOC2012", "ok")
     assert (rec["method"], rec["pretrain_exp"], rec["pretrain_epochs"]) == ("byol", "unit_byol", 3)
     assert rec["checkpoint_sha256"] == sha256_file(pretrained)
     assert set(rec["metrics"]) == {"mIoU", "aAcc"}
@@ -209,15 +210,27 @@ def test_runner_trains_tests_writes_record_and_resumes(tiny_voc, pretrained, tmp
     assert set(rec["per_class_iou"]) == {"background", *SHAPE_CLASSES}
     ious = [v for v in rec["per_class_iou"].values() if v is not None]
     assert rec["metrics"]["mIoU"] == pytest.approx(sum(ious) / len(ious), abs=0.01)
-    assert rec["config"]["max_iters"] == 1 and rec["config"]["backbone_type"] == "ResNet"
-    assert rec["config"]["total_batch_size"] == 2 and rec["config"]["crop_size"] == [64, 64]
+    summary = rec["config"]["lewel_summary"]
+    assert summary["max_iters"] == 1 and summary["backbone_type"] == "ResNet"
+    assert summary["total_batch_size"] == 2 and summary["crop_size"] == [64, 64]
+    assert rec["config"]["train_cfg"]["max_iters"] == 1  # the resolved mmseg config that ran
     assert (work / "iter_1.pth").is_file() and (work / cli.CONVERTED).is_file()
 
     cli.main(argv + ["train_cfg.max_iters=1"])  # same arguments again: already done, no new record
     assert len(list(records.glob("*.json"))) == 1
 
-    cli.main(argv + ["train_cfg.max_iters=2"])  # a longer schedule: mmengine resumes from iter_1
-    assert (work / "iter_2.pth").is_file()
+    # another schedule is another run: refused in this folder, naming the difference
+    with pytest.raises(SystemExit, match=r"holds another run .*train_cfg\.max_iters: 1 -> 2"):
+        cli.main(argv + ["train_cfg.max_iters=2"])
+    with pytest.raises(SystemExit, match=r"train_cfg\.max_itrs=2.*has no key 'train_cfg\.max_itrs'"):
+        cli.main(argv + ["train_cfg.max_itrs=2"])
+    with pytest.raises(SystemExit, match=r"train_cfg\.max_iters is int .*got str"):
+        cli.main(argv + ["train_cfg.max_iters=many"])
+    assert len(list(records.glob("*.json"))) == 1
+
+    # interrupted after training, before its record: the same run resumes from mmengine's last checkpoint
+    (work / "result.json").unlink()
+    cli.main(argv + ["train_cfg.max_iters=1"])
     logs = sorted(work.glob("*/*.log"))
     assert re.search(r"resumed epoch: \d+, iter: 1\b", logs[-1].read_text()), logs[-1]
     assert len(list(records.glob("*.json"))) == 2

@@ -4,6 +4,7 @@ option handling."""
 from __future__ import annotations
 
 import math
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -143,8 +144,9 @@ def test_all_paper_files_parse_with_their_schema():
 
 # ----------------------------------------------------------------------------- the chain (dry run)
 def _make_n(*args: str) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k != "LEWEL_RUNS_DIR"}  # the default runs/ folder
     r = subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=REPO_ROOT, capture_output=True,
-                       text=True, timeout=120)
+                       text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return r.stdout.splitlines()
 

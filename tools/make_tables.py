@@ -11,15 +11,24 @@ data) become extra rows below the paper's (``source`` = ``ours``). Every row car
 real-data rows). ``results/tables/README.md`` renders all tables in Markdown (``ours ± std (n)``).
 
 Records that cannot be placed (unknown eval / protocol, missing metric, IN-100 runs that fit no ablation
-row) and malformed files are listed in ``unmatched.csv`` and logged; ``--strict`` makes them an error.
+row), failed runs (``status: failed``: a non-finite result, skipped with its reason) and malformed files are
+listed in ``unmatched.csv`` and logged; ``--strict`` makes them an error.
 Matching: Tables 1-4 and 8 by (method, pretrain_epochs[, arch]); Tables 5-7 by pretrain_exp (``exp`` column).
 kNN results (no paper table) go to ``other_results.csv``.
+
+Averages are taken only over runs of one ``group`` (the record's run identity without its seeds: same data
+fingerprint, same evaluation config, same pretraining recipe): runs on other data or with other settings
+are never averaged together. Where a paper row matches several groups, the largest fills it and each
+other group gets a row of its own (its ``group`` column says which); the data's name and fingerprint are
+in the ``data`` column.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
+import json
 import logging
 import math
 import sys
@@ -189,10 +198,31 @@ class Run:
     value: float
     dataset: str
     path: str
+    group: str = ""
+    data: str = ""
 
 
 def is_in100(exp: str) -> bool:
     return "in100" in exp.lower()
+
+
+def record_group(rec: dict) -> str:
+    """The record's ``group`` (runs that may be averaged); for records written before groups existed, a
+    digest of everything but the seed that the record kept."""
+    if rec.get("group"):
+        return str(rec["group"])
+    cfg = {k: v for k, v in (rec.get("config") or {}).items() if k not in ("seed", "_meta")}
+    keep = {k: rec.get(k) for k in ("eval", "protocol", "dataset", "method", "pretrain_exp", "pretrain_epochs",
+                                    "backend", "arch")}
+    blob = json.dumps({**keep, "config": cfg}, sort_keys=True, default=str)
+    return "legacy-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def record_data(rec: dict) -> str:
+    """``<name>:<fingerprint[:8]>`` of the record's data identity (the dataset name alone for old records)."""
+    d = rec.get("data") if isinstance(rec.get("data"), dict) else {}
+    name = str(rec.get("dataset") or d.get("name") or "unknown")
+    return f"{name}:{str(d['fingerprint'])[:8]}" if d.get("fingerprint") else name
 
 
 def flatten_records(records: list[dict], problems: list[str]) -> tuple[list[Run], list[dict]]:
@@ -219,15 +249,19 @@ def flatten_records(records: list[dict], problems: list[str]) -> tuple[list[Run]
         except (TypeError, ValueError):
             unmatched.append({"file": path, "reason": f"pretrain_epochs {epochs!r} is not an integer"})
             continue
+        if rec.get("status", "ok") == "failed":
+            unmatched.append({"file": path, "reason": f"failed run, skipped: {rec.get('failure', 'no reason given')}"})
+            continue
         bad = [k for k, v in rec["metrics"].items()
                if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)]
         if bad:
             unmatched.append({"file": path, "reason": f"non-numeric metrics {bad}"})
             continue
         dataset = str(rec.get("dataset") or ("mini" if proto == "mini" else "unknown"))
+        group, data = record_group(rec), record_data(rec)
         for metric, value in rec["metrics"].items():
             runs.append(Run(str(rec["method"]), str(rec["pretrain_exp"]), epochs, ev, proto, metric,
-                            float(value), dataset, path))
+                            float(value), dataset, path, group, data))
     return runs, unmatched
 
 
@@ -277,7 +311,19 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
             out.append(i)
         return out
 
+    def largest_group(idx: list[int]) -> list[int]:
+        """The runs of the group with the most runs (ties: the smallest group id): never a mix of groups."""
+        by: dict[str, list[int]] = {}
+        for i in idx:
+            by.setdefault(runs[i].group, []).append(i)
+        return sorted(by.items(), key=lambda kv: (-len(kv[1]), kv[0]))[0][1] if by else []
+
     def fill(out_row: dict, col: str, paper_val: Any, idx: list[int], compare: bool) -> None:
+        groups = {runs[i].group for i in idx}
+        assert len(groups) <= 1, f"{spec.name}: runs of {len(groups)} groups in one cell"
+        for i in idx:
+            out_row.setdefault("_data", set()).add(runs[i].data)
+            out_row.setdefault("_group", set()).add(runs[i].group)
         mean, std, n = aggregate([runs[i].value for i in idx])
         out_row[f"{col}.paper"] = paper_val
         out_row[f"{col}.ours"] = _round(mean)
@@ -313,6 +359,7 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
                     # a record without pretrain_epochs (e.g. torchvision supervised weights) fills the
                     # method's only row
                     idx = [i for i in matching(cell, row, real, "any") if runs[i].epochs is None]
+                idx = largest_group([i for i in idx if runs[i].protocol != "mini"])
             fill(o, col, row[col], idx, compare=True)
         for col in spec.extra_epoch_cells:
             fill(o, col, None, [], compare=False)
@@ -321,8 +368,9 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
     # Extra rows: runs of this table's evals that no paper row took (other epochs, random init, mini data).
     # Ablation tables (key "exp") get none: an IN-100 run that fits no row is reported as unmatched.
     extra: dict[tuple, dict] = {}
-    if spec.key == "exp":
-        in_scope = []
+    if spec.key == "exp":  # ablation runs: only other groups of the paper's own rows (others are unmatched)
+        paper_exps = {r["exp"] for r in rows}
+        in_scope = [(i, r) for i, r in in_scope if r.exp in paper_exps]
     all_cells = {**cells, **spec.extra_epoch_cells}
     fixed_epochs = {c.epochs for c in cells.values() if c.epochs is not None}
     for i, r in in_scope:
@@ -332,11 +380,11 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
             if r.eval != cell.eval or r.metric != cell.metric:
                 continue
             if spec.key == "exp":
-                ident = (r.exp, r.dataset)
+                ident = (r.exp, r.dataset, r.group)
                 row_ctx = {"exp": r.exp}
             else:
                 arch = r.protocol.split("_")[0] if "arch" in spec.row_attrs else None
-                ident = (r.method, r.epochs, arch, r.dataset)
+                ident = (r.method, r.epochs, arch, r.dataset, r.group)
                 row_ctx = {"method": r.method, "epochs": r.epochs, "arch": arch}
             if r.protocol not in _protocols(cell, row_ctx):
                 continue
@@ -346,6 +394,9 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
                 continue
             e = extra.setdefault(ident, {"ctx": row_ctx, "dataset": r.dataset, "cols": {}})
             e["cols"].setdefault(col, []).append(i)
+    same_row: dict[tuple, int] = {}
+    for ident in extra:
+        same_row[ident[:-1]] = same_row.get(ident[:-1], 0) + 1
     for ident, e in sorted(extra.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
         ctx = e["ctx"]
         o = {c: None for c in id_cols}
@@ -353,14 +404,19 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
         name = ctx.get("exp") if spec.key == "exp" else ctx["method"]
         ep = (f", {ctx['epochs']} ep" if spec.key == "method" and ctx.get("epochs") is not None
               and ctx.get("method") != "random" else "")
-        o["label"] = f"{name} (ours{ep}{', ' + e['dataset'] if e['dataset'] != 'unknown' else ''})"
+        grp = f", group {ident[-1][:8]}" if same_row[ident[:-1]] > 1 or spec.key == "exp" else ""
+        o["label"] = f"{name} (ours{ep}{', ' + e['dataset'] if e['dataset'] != 'unknown' else ''}{grp})"
         o["source"] = "ours"
         o["dataset"] = e["dataset"]
         for col in value_cols:
             fill(o, col, None, e["cols"].get(col, []), compare=False)
         out_rows.append(o)
 
-    ordered = id_cols + ["dataset"] + [f"{c}.{k}" for c in value_cols for k in ("paper", "ours", "std", "n", "diff")]
+    for o in out_rows:
+        o["data"] = " ".join(sorted(o.pop("_data", set()))) or None
+        o["group"] = " ".join(g[:12] for g in sorted(o.pop("_group", set()))) or None
+    ordered = (id_cols + ["dataset"] + [f"{c}.{k}" for c in value_cols for k in ("paper", "ours", "std", "n", "diff")]
+               + ["data", "group"])
     df = pd.DataFrame(out_rows)
     for c in ordered:
         if c not in df.columns:

@@ -25,16 +25,18 @@ The mini benchmark (:func:`generate_mini`) writes all three under ``<out>/imagen
 ``<out>/VOCdevkit`` and ``<out>/coco`` with the class names :data:`SHAPE_CLASSES` (VOC/seg class
 index = 1 + shape index, COCO category id = 1 + shape index; wnids :data:`WNIDS`).
 """
-from .coco import COCODetection, coco_paths, load_coco
-from .imagenet import ImageNetFolder, parse_subset_file
-from .layout import DataLayoutError, require_file, require_layout
+from .coco import COCODetection, coco_api, coco_paths, load_coco, read_coco_json
+from .identity import data_identity, same_data
+from .imagenet import BadImageError, ImageNetFolder, class_list, parse_subset_file, read_image, scan_split
+from .layout import DataError, DataLayoutError, require_file, require_layout
 from .mini import DEFAULT_SIZES, SHAPE_CLASSES, TEST_SIZES, WNIDS, generate_mini, is_complete, voc_palette
 from .voc import VOCDetection, read_image_ids, voc_segmentation_pairs, voc_year_dir
 
 __all__ = [
-    "COCODetection", "coco_paths", "load_coco",
-    "ImageNetFolder", "parse_subset_file",
-    "DataLayoutError", "require_file", "require_layout",
+    "COCODetection", "coco_api", "coco_paths", "load_coco", "read_coco_json",
+    "data_identity", "same_data",
+    "BadImageError", "ImageNetFolder", "class_list", "parse_subset_file", "read_image", "scan_split",
+    "DataError", "DataLayoutError", "require_file", "require_layout",
     "DEFAULT_SIZES", "SHAPE_CLASSES", "TEST_SIZES", "WNIDS", "generate_mini", "is_complete", "voc_palette",
     "VOCDetection", "read_image_ids", "voc_segmentation_pairs", "voc_year_dir",
 ]

@@ -5,6 +5,11 @@ Layout (the real ILSVRC-2012 after the usual val re-foldering, and the mini benc
     <root>/train/<wnid>/<name>.JPEG
     <root>/val/<wnid>/<name>.JPEG
     <root>/1percent.txt, <root>/10percent.txt   (optional; one train file name per line)
+
+One class list serves every split (:func:`class_list`): the class folders of ``train`` and ``val`` must be
+the same and none may be empty, else a :class:`DataLayoutError` names the classes that differ. (Per-split
+class lists would silently shift the labels of one split when a class folder is missing or empty.)
+An image that cannot be decoded raises :class:`BadImageError` naming the file (:func:`read_image`).
 """
 from __future__ import annotations
 
@@ -16,11 +21,78 @@ from typing import Any, Callable
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .layout import DataLayoutError, require_file, require_layout
+from ..errors import LewelError
+from .layout import DataError, DataLayoutError, require_file, require_layout
 
 log = logging.getLogger(__name__)
 
-IMG_EXTENSIONS = (".jpeg", ".jpg", ".png")
+IMG_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
+SPLITS = ("train", "val")
+_SHOW = 8
+
+
+class BadImageError(LewelError, OSError):
+    """An image file is empty, truncated or not an image; the message names it."""
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """The RGB image at ``path``, fully decoded; :class:`BadImageError` naming the file if it cannot be."""
+    try:
+        with open(path, "rb") as f, Image.open(f) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        size = os.path.getsize(path) if os.path.exists(path) else None
+        what = "empty (0 bytes)" if size == 0 else f"unreadable ({type(e).__name__}: {e})"
+        raise BadImageError(f"image {path} is {what}") from None
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def _class_folders(split_dir: Path) -> tuple[list[str], list[str]]:
+    """(class folders with at least one image, class folders without any) of a split, sorted."""
+    full, empty = [], []
+    for e in sorted(os.scandir(split_dir), key=lambda e: e.name):
+        if e.is_dir():
+            with os.scandir(e.path) as it:
+                (full if any(x.is_file() and _is_image(x.name) for x in it) else empty).append(e.name)
+    return full, empty
+
+
+def _names(items: list[str]) -> str:
+    return ", ".join(items[:_SHOW]) + (f" ... ({len(items)} in all)" if len(items) > _SHOW else "")
+
+
+def class_list(root: str | Path, splits: tuple[str, ...] = SPLITS) -> list[str]:
+    """The sorted class folders shared by every split of ``splits`` present under ``root``.
+
+    Refuses (``DataLayoutError`` naming them) a class folder without images and classes present in one
+    split but not another, so that class index ``i`` means the same class in every split.
+    """
+    root = Path(root)
+    found: dict[str, list[str]] = {}
+    for split in splits:
+        d = root / split
+        if not d.is_dir():
+            continue
+        full, empty = _class_folders(d)
+        if empty:
+            raise DataLayoutError(f"ImageNet root '{root}': class folder(s) without images in {split}/: "
+                                  f"{_names(empty)} (every class needs images in every split; remove the "
+                                  f"class from all splits or restore its images)")
+        found[split] = full
+    if not found:
+        raise DataLayoutError(f"ImageNet root '{root}' has none of {', '.join(f'{s}/' for s in splits)}")
+    ref_split, ref = next(iter(found.items()))
+    for split, classes in found.items():
+        if classes != ref:
+            only_ref, only = sorted(set(ref) - set(classes)), sorted(set(classes) - set(ref))
+            parts = [f"in {ref_split}/ but not {split}/: {_names(only_ref)}" if only_ref else "",
+                     f"in {split}/ but not {ref_split}/: {_names(only)}" if only else ""]
+            raise DataLayoutError(f"ImageNet root '{root}': {split}/ and {ref_split}/ have different classes "
+                                  f"({'; '.join(p for p in parts if p)}); the labels would not match")
+    return ref
 
 
 def parse_subset_file(path: str | Path, with_lines: bool = False) -> list[str] | list[tuple[int, str]]:
@@ -39,12 +111,13 @@ def parse_subset_file(path: str | Path, with_lines: bool = False) -> list[str] |
     return out if with_lines else [n for _, n in out]
 
 
-def _scan(split_dir: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+def scan_split(root: str | Path, split: str) -> tuple[list[str], list[tuple[str, int]]]:
+    """(classes of :func:`class_list`, sorted ``(path, class index)`` of ``<root>/<split>/<class>/*``)."""
+    classes = class_list(root, tuple(dict.fromkeys((split, *SPLITS))))
+    split_dir = Path(root) / split
     samples: list[tuple[str, int]] = []
     for idx, wnid in enumerate(classes):
-        names = sorted(e.name for e in os.scandir(split_dir / wnid)
-                       if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS))
+        names = sorted(e.name for e in os.scandir(split_dir / wnid) if e.is_file() and _is_image(e.name))
         samples += [(str(split_dir / wnid / n), idx) for n in names]
     return classes, samples
 
@@ -62,7 +135,7 @@ class ImageNetFolder(Dataset):
         expected = {f"{split}/*/*": f"{split}/<wnid>/*.JPEG"}
         self.root = require_layout(root, "ImageNet", expected)
         self.split, self.transform = split, transform
-        self.classes, samples = _scan(self.root / split)
+        self.classes, samples = scan_split(self.root, split)
         if not samples:
             raise DataLayoutError(f"ImageNet root '{self.root}' is malformed: no images "
                                   f"({'/'.join(IMG_EXTENSIONS)}) under <root>/{split}/<wnid>/; "
@@ -80,14 +153,14 @@ class ImageNetFolder(Dataset):
         chosen, seen = [], {}
         for line, name in parse_subset_file(subset_file, with_lines=True):
             if name not in by_name:
-                raise ValueError(f"{subset_file}:{line}: '{name}' is not an image of "
+                raise DataError(f"{subset_file}:{line}: '{name}' is not an image of "
                                  f"{self.root / self.split} (expected a file name of <root>/{self.split}/<wnid>/)")
             if name in seen:
-                raise ValueError(f"{subset_file}:{line}: '{name}' is listed twice (first on line {seen[name]})")
+                raise DataError(f"{subset_file}:{line}: '{name}' is listed twice (first on line {seen[name]})")
             seen[name] = line
             chosen.append(by_name[name])
         if not chosen:
-            raise ValueError(f"subset file '{subset_file}' lists no images")
+            raise DataError(f"subset file '{subset_file}' lists no images")
         return sorted(chosen, key=lambda s: (s[1], s[0]))
 
     def __len__(self) -> int:
@@ -95,8 +168,7 @@ class ImageNetFolder(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
         path, target = self.samples[i]
-        with open(path, "rb") as f:
-            img = Image.open(f).convert("RGB")
+        img = read_image(path)
         if self.transform is not None:
             img = self.transform(img)
         return img, target

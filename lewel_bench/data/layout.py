@@ -5,9 +5,15 @@ import itertools
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from ..errors import LewelError
 
-class DataLayoutError(FileNotFoundError):
+
+class DataLayoutError(LewelError, FileNotFoundError):
     """A dataset root is missing or does not have the expected layout."""
+
+
+class DataError(LewelError, ValueError):
+    """A dataset file has the right place but bad contents (a malformed annotation, list or subset file)."""
 
 
 def require_layout(root: str | Path, dataset: str, expected: Sequence[str] | Mapping[str, str]) -> Path:

@@ -10,7 +10,8 @@ Layout::
 
 Policy for bad input (so a half-broken copy of VOC fails loudly or is cleaned visibly):
     * a listed image whose XML or JPEG is missing -> ``DataLayoutError`` naming the file;
-    * an unparsable XML -> ``ValueError`` naming the file;
+    * an unparsable XML, or a size / box coordinate that is missing, not a number or not finite
+      (``nan``, ``inf``) -> :class:`DataError` naming the file, the object and the tag (a NaN box is never kept);
     * a box partly outside the image -> clipped to the image (counted, logged);
     * a box with no overlap with the image, or empty after clipping -> skipped (counted, logged);
     * an object whose class is not in ``class_names`` -> skipped (counted, logged).
@@ -19,6 +20,7 @@ Policy for bad input (so a half-broken copy of VOC fails loudly or is cleaned vi
 from __future__ import annotations
 
 import logging
+import math
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
@@ -26,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .layout import DataLayoutError, require_file, require_layout
+from .layout import DataError, DataLayoutError, require_file, require_layout
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +50,18 @@ def read_image_ids(list_file: str | Path) -> list[str]:
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
-def _int(node: ET.Element | None, tag: str, xml: Path) -> float:
+def _number(node: ET.Element | None, tag: str, xml: Path, where: str) -> float:
+    """The finite number in ``<tag>`` under ``node``; :class:`DataError` naming file, element and tag."""
     el = node.find(tag) if node is not None else None
-    if el is None or el.text is None:
-        raise ValueError(f"{xml}: missing <{tag}>")
-    return float(el.text)
+    if el is None or el.text is None or not el.text.strip():
+        raise DataError(f"{xml}: {where}: missing <{tag}>")
+    try:
+        v = float(el.text)
+    except ValueError:
+        raise DataError(f"{xml}: {where}: <{tag}> is {el.text.strip()!r}, expected a number") from None
+    if not math.isfinite(v):
+        raise DataError(f"{xml}: {where}: <{tag}> is {el.text.strip()!r}, expected a finite number")
+    return v
 
 
 class VOCDetection:
@@ -90,22 +99,22 @@ class VOCDetection:
         try:
             tree = ET.parse(xml).getroot()
         except ET.ParseError as e:
-            raise ValueError(f"{xml}: not a valid VOC annotation XML ({e})") from e
+            raise DataError(f"{xml}: not a valid VOC annotation XML ({e})") from None
         size = tree.find("size")
-        w, h = int(_int(size, "width", xml)), int(_int(size, "height", xml))
+        w, h = int(_number(size, "width", xml, "<size>")), int(_number(size, "height", xml, "<size>"))
         if w <= 0 or h <= 0:
             from PIL import Image
 
             with Image.open(img) as im:
                 w, h = im.size
         boxes, labels, difficult = [], [], []
-        for obj in tree.findall("object"):
+        for n_obj, obj in enumerate(tree.findall("object"), 1):
             name = (obj.findtext("name") or "").strip()
             if name not in self.cls_index:
                 self._note("skipped_unknown_class", f"{xml.name}: class '{name}'")
                 continue
             bb = obj.find("bndbox")
-            raw = [_int(bb, k, xml) for k in ("xmin", "ymin", "xmax", "ymax")]
+            raw = [_number(bb, k, xml, f"object {n_obj} ({name}) <bndbox>") for k in ("xmin", "ymin", "xmax", "ymax")]
             x0, y0, x1, y1 = raw[0] - 1.0, raw[1] - 1.0, raw[2], raw[3]
             cx0, cy0, cx1, cy1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(w)), min(y1, float(h))
             if cx1 <= cx0 or cy1 <= cy0:

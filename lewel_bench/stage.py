@@ -1,0 +1,367 @@
+"""The contract every evaluation stage follows: arguments, run identity, output folder, result record.
+
+Arguments (:func:`stage_parser`): ``--config``, ``--ckpt``, ``--data``, ``--out``, ``--seed``,
+``--records-dir``, ``--fresh`` and ``key=value`` config overrides anywhere on the line.
+
+Identity (:class:`RunIdentity`): what determines a run's result: the stage and its protocol code version,
+the resolved config with the overrides (minus the keys the config declares ``_neutral_``: worker counts,
+logging), the identity of the data root (:func:`lewel_bench.data.identity.data_identity`), the
+checkpoint's sha256, the seed, and what a stage adds (a subset file's digest, the detection backend).
+``run_id`` is its digest; ``group`` the digest without the seed and the checkpoint file but with the
+pretraining recipe the checkpoint came from: the runs the tables may average.
+
+Output folder (:class:`RunFolder`): ``--out``, or by default (under ``$LEWEL_RUNS_DIR``, else the
+repository's ``runs/``) ``runs/<checkpoint>/<stage>/<config>-<data>-
+s<seed>-<run_id[:8]>``, so that a run of another identity always has a folder of its own. The folder keeps
+``identity.json``; a folder that holds another identity is refused, naming every difference (``--fresh``
+discards its state and starts over). A finished run (``result.json`` of the same ``run_id``) is reported,
+not run again; temporary files of interrupted writes are removed when the run starts.
+
+Result (:meth:`Stage.finish`): one record (``lewel_bench.records``) with the identity's ``data``,
+``run_id`` and ``group``; a non-finite metric makes the record ``failed`` and the stage exits non-zero.
+
+Errors (:func:`cli_entry`): any :class:`~lewel_bench.errors.LewelError` ends the command with one line
+naming the file or key and a non-zero exit, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from .errors import LewelError, NonFiniteError, one_line
+from .io import atomic_write_json, remove_stale_temp
+from .utils import runs_dir
+
+log = logging.getLogger(__name__)
+
+IDENTITY_FILE = "identity.json"
+RESULT_FILE = "result.json"
+
+
+class StageError(LewelError, RuntimeError):
+    """A run cannot start or finish as asked (its folder holds another run, a result is not finite, ...)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------------
+def stage_parser(prog: str, description: str, default_config: str | None) -> argparse.ArgumentParser:
+    """The arguments every evaluation takes; stages add their own (``--subset``, ``--backend``, ...)."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--config", default=default_config, required=default_config is None,
+                   help="config name in the stage's configs/ folder or a file path"
+                        + (f" (default {default_config})" if default_config else ""))
+    p.add_argument("--ckpt", required=True,
+                   help="backbone.pth, a full pretraining checkpoint, a torchvision state dict, or random:<arch> "
+                        "for an explicit random-init baseline")
+    p.add_argument("--data", default=None, help="dataset root (default: the config's data root)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default runs/<checkpoint>/<stage>/<config>-<data>-s<seed>-<run id>)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--records-dir", default=None, help="where the result record goes (default results/records)")
+    p.add_argument("--fresh", action="store_true",
+                   help="discard the saved state / finished result in the output folder and start over")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides anywhere on the line (e.g. epochs=2 data.crop_size=64)")
+    return p
+
+
+def parse_stage_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse with ``key=value`` overrides allowed anywhere on the line."""
+    import sys
+
+    return parser.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
+
+
+def cli_entry(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a stage's ``main(argv)``: a :class:`LewelError` becomes ``SystemExit("<name>: <message>")``
+    (one line on stderr, exit status 1) instead of a traceback."""
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapped(*a: Any, **k: Any) -> Any:
+            try:
+                return fn(*a, **k)
+            except LewelError as e:
+                log.debug("%s failed", name, exc_info=True)
+                raise SystemExit(f"{name}: {one_line(e)}") from None
+        return wrapped
+    return deco
+
+
+# --------------------------------------------------------------------------------------------------
+# identity
+# --------------------------------------------------------------------------------------------------
+def digest(obj: Any, n: int = 16) -> str:
+    """sha256 of the canonical JSON of ``obj`` (first ``n`` hex digits)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def _drop(cfg: Mapping[str, Any], keys: Iterable[str], prefix: str = "") -> dict:
+    keys = list(keys)
+    out = {}
+    for k, v in cfg.items():
+        full = f"{prefix}{k}"
+        if full in keys or k == "_meta":
+            continue
+        out[k] = _drop(v, keys, full + ".") if isinstance(v, Mapping) else v
+    return out
+
+
+def identity_config(cfg: Mapping[str, Any]) -> dict:
+    """The config as it determines the result: ``_meta`` and the ``_neutral_`` keys left out."""
+    neutral = (cfg.get("_meta") or {}).get("neutral", [])
+    return json.loads(json.dumps(_drop(cfg, neutral), default=str))
+
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, Mapping) and obj:
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+def differences(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 8) -> list[str]:
+    """``key: old -> new`` for every dotted key whose value differs (at most ``limit``, then a count)."""
+    a, b = _flat(old), _flat(new)
+    diff = [f"{k}: {_short(a.get(k, '<absent>'))} -> {_short(b.get(k, '<absent>'))}"
+            for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+    return diff[:limit] + ([f"... {len(diff) - limit} more"] if len(diff) > limit else [])
+
+
+def _short(v: Any) -> str:
+    s = json.dumps(v, default=str) if not isinstance(v, str) else v
+    return s if len(s) <= 60 else s[:28] + "..." + s[-28:]
+
+
+@dataclass
+class RunIdentity:
+    """Everything that determines a run's result (see the module docstring)."""
+
+    stage: str
+    code_version: int
+    config: dict
+    data: dict
+    checkpoint_sha256: str
+    seed: int
+    extra: dict = field(default_factory=dict)
+    pretrain_group: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "code_version": self.code_version, "config": self.config,
+                "data": {k: self.data.get(k) for k in ("name", "fingerprint")}, "checkpoint_sha256":
+                self.checkpoint_sha256, "seed": self.seed, **({"extra": self.extra} if self.extra else {})}
+
+    @property
+    def run_id(self) -> str:
+        return digest(self.as_dict())
+
+    @property
+    def group(self) -> str:
+        """Same for runs that differ only in their seeds (eval seed, pretraining seed): what may be averaged."""
+        d = self.as_dict()
+        d.pop("seed")
+        d["checkpoint_sha256"] = self.pretrain_group or self.checkpoint_sha256
+        return digest(d)
+
+
+def pretrain_group(bb: Any) -> str:
+    """The pretraining recipe a checkpoint came from, without its seed (from the checkpoint's meta): random-
+    init backbones of one arch share one; a checkpoint without the suite's meta is its own (its sha256)."""
+    meta = getattr(bb, "meta", None) or {}
+    if getattr(bb, "source_format", "") == "random":
+        return f"random:{bb.arch}"
+    return str(meta.get("group") or "")
+
+
+# --------------------------------------------------------------------------------------------------
+# output folder
+# --------------------------------------------------------------------------------------------------
+def checkpoint_label(bb: Any) -> str:
+    """A folder name for a checkpoint: ``<exp>`` of ``runs/<exp>/...``, else its meta ``exp`` or file stem;
+    ``random_<arch>`` for a random-init baseline."""
+    if getattr(bb, "source_format", "") == "random":
+        return f"random_{bb.arch}"
+    runs = runs_dir().resolve()
+    path = Path(bb.path).resolve()
+    if runs in path.parents:
+        return path.relative_to(runs).parts[0]
+    return str((bb.meta or {}).get("exp") or path.stem)
+
+
+def config_name(spec: str) -> str:
+    return Path(spec).stem if str(spec).endswith((".yaml", ".yml", ".py")) else str(spec)
+
+
+def default_out_dir(bb: Any, stage: str, config: str, identity: RunIdentity) -> Path:
+    """``runs/<checkpoint>/<stage>/<config>-<data>-s<seed>-<run_id[:8]>`` (see the module docstring)."""
+    data = str(identity.data.get("name") or "data").replace("/", "_")
+    return runs_dir() / checkpoint_label(bb) / stage / \
+        f"{config_name(config)}-{data}-s{identity.seed}-{identity.run_id[:8]}"
+
+
+class RunFolder:
+    """A run's output folder bound to its identity (see the module docstring).
+
+    ``state_files``: the names (or glob patterns) of the stage's saved state (checkpoints, results) that
+    ``--fresh`` removes.
+    """
+
+    def __init__(self, out: Path, identity: RunIdentity, state_files: Sequence[str] = (RESULT_FILE,)) -> None:
+        self.out, self.identity = Path(out), identity
+        self.state_files = tuple(dict.fromkeys((*state_files, RESULT_FILE, IDENTITY_FILE)))
+
+    def _state_paths(self) -> list[Path]:
+        """The saved-state files present (``state_files`` may hold glob patterns such as ``iter_*.pth``)."""
+        found: list[Path] = []
+        for pattern in self.state_files:
+            found += [p for p in sorted(self.out.glob(pattern)) if p.is_file() and p not in found]
+        return found
+
+    def _saved_identity(self) -> dict | None:
+        p = self.out / IDENTITY_FILE
+        if not p.is_file():
+            return None
+        try:
+            return json.loads(p.read_text())
+        except (OSError, ValueError) as e:
+            raise StageError(f"{p} cannot be read ({e}); delete it to start this run over") from None
+
+    def check(self, fresh: bool) -> None:
+        """Refuse a folder that holds another run (every rank may call this; it only reads)."""
+        if fresh or not self.out.is_dir():
+            return
+        saved = self._saved_identity()
+        own = self.identity.as_dict()
+        if saved is None:
+            left = [p.name for p in self._state_paths()]
+            if left:
+                raise StageError(f"{self.out} holds a run without an identity file ({', '.join(left)}; written by an "
+                                 f"older version): pass --fresh to discard it, or choose another --out")
+            return
+        if saved.get("run_id") != self.identity.run_id:
+            diff = differences(saved.get("identity", {}), own)
+            raise StageError(f"{self.out} holds another run ({'; '.join(diff) or 'run id differs'}): choose another "
+                             f"--out (or none: the default folder is per identity), or pass --fresh to discard it")
+
+    def open(self, fresh: bool, is_main: bool = True) -> None:
+        """Check (see :meth:`check`); on the main rank create the folder, remove stale temporary files
+        (and with ``fresh`` the saved state) and write ``identity.json``."""
+        self.check(fresh)
+        if not is_main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp(self.out)
+        if fresh:
+            for p in self._state_paths():
+                p.unlink()
+                log.info("--fresh: removed %s", p)
+        atomic_write_json(self.out / IDENTITY_FILE, {"run_id": self.identity.run_id, "group": self.identity.group,
+                                                     "identity": self.identity.as_dict()})
+
+    def finished(self) -> dict | None:
+        """The result of this very run if it has finished (``result.json`` with this ``run_id``)."""
+        p = self.out / RESULT_FILE
+        if not p.is_file():
+            return None
+        try:
+            res = json.loads(p.read_text())
+        except (OSError, ValueError):
+            return None
+        return res if res.get("run_id") == self.identity.run_id else None
+
+    def write_result(self, metrics: Mapping[str, Any], record: str | None, **extra: Any) -> None:
+        atomic_write_json(self.out / RESULT_FILE, {"run_id": self.identity.run_id, "metrics": dict(metrics),
+                                                   "record": record, **extra})
+
+
+# --------------------------------------------------------------------------------------------------
+# the stage
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Stage:
+    """What every evaluation starts from: config, backbone, devices, data, identity, output folder."""
+
+    name: str
+    cfg: dict
+    bb: Any
+    info: Any
+    out: Path
+    data_root: Path
+    seed: int
+    start_time: str
+    identity: RunIdentity | None = None
+    folder: RunFolder | None = None
+
+    @property
+    def data(self) -> dict:
+        return self.identity.data if self.identity else {}
+
+    def finished(self) -> dict | None:
+        """The finished result of this run, logged, or None."""
+        res = self.folder.finished() if self.folder else None
+        if res:
+            log.info("%s: already finished (%s): %s; pass --fresh to run it again", self.name,
+                     self.out / RESULT_FILE, res.get("metrics"))
+        return res
+
+    def finish(self, eval_name: str, protocol: str, metrics: Mapping[str, Any], records_dir: str | Path | None = None,
+               config: Mapping[str, Any] | None = None, **extra: Any) -> Path | None:
+        """Write the result record and ``result.json`` (main rank). A non-finite metric writes a ``failed``
+        record and raises :class:`~lewel_bench.errors.NonFiniteError` (non-zero exit); the run is then not
+        marked finished."""
+        from .records import non_finite_metrics, record_for_backbone, write_record
+
+        if not self.info.is_main:
+            return None
+        bad = non_finite_metrics(metrics)
+        status = {"status": "failed", "failure": f"non-finite metric(s): "
+                  f"{', '.join(f'{k}={metrics[k]!r}' for k in bad)}"} if bad else {"status": "ok"}
+        clean = {k: (None if k in bad else v) for k, v in metrics.items()}
+        ident = self.identity
+        rec = record_for_backbone(
+            self.bb, eval=eval_name, protocol=protocol, metrics=clean, seed=self.seed,
+            config=identity_config(self.cfg) if config is None else dict(config), start_time=self.start_time,
+            dataset=self.data.get("name", "unknown"), data=self.data, data_root=str(self.data_root),
+            run_id=ident.run_id if ident else None, group=ident.group if ident else None,
+            world_size=getattr(self.info, "world_size", 1), overrides=(self.cfg.get("_meta") or {}).get("overrides", []),
+            **status, **extra)
+        path = write_record(rec, records_dir)
+        if bad:
+            raise NonFiniteError(f"{eval_name} {protocol}: {status['failure']}; recorded as a failed run in {path}")
+        if self.folder:
+            self.folder.write_result(metrics, str(path))
+        log.info("%s %s: %s -> record %s", eval_name, protocol,
+                 ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()), path)
+        return path
+
+
+def open_stage(name: str, args: argparse.Namespace, cfg: dict, bb: Any, info: Any, data_root: Path,
+               data_parts: Sequence[str], code_version: int, start_time: str, extra: Mapping[str, Any] | None = None,
+               state_files: Sequence[str] = (), identity_cfg: Mapping[str, Any] | None = None) -> Stage:
+    """Identity (data fingerprinted on the main rank, shared with the others), folder (checked on every rank,
+    opened on the main one), the :class:`Stage`. ``identity_cfg``: the config as it determines the result
+    when it is not ``cfg`` (segmentation: mmseg's resolved config)."""
+    from .data.identity import data_identity
+    from .dist import barrier, broadcast_object
+
+    data = broadcast_object(data_identity(data_root, data_parts) if info.is_main else None)
+    ident = RunIdentity(stage=name, code_version=int(code_version),
+                        config=dict(identity_cfg) if identity_cfg is not None else identity_config(cfg),
+                        data=data, checkpoint_sha256=bb.sha256, seed=int(args.seed), extra=dict(extra or {}),
+                        pretrain_group=pretrain_group(bb))
+    out = Path(args.out) if args.out else default_out_dir(bb, name, args.config, ident)
+    folder = RunFolder(out, ident, state_files)
+    folder.open(args.fresh, is_main=info.is_main)
+    barrier()
+    log.info("%s: run %s (group %s), data %s [%s], out %s", name, ident.run_id, ident.group, data["name"],
+             data["fingerprint"][:12], out)
+    return Stage(name=name, cfg=cfg, bb=bb, info=info, out=out, data_root=Path(data_root), seed=int(args.seed),
+                 start_time=start_time, identity=ident, folder=folder)
