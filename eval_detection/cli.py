@@ -2,7 +2,7 @@
 
 Configs (``eval_detection/configs/torchvision/<name>.yaml``): ``voc_c4_24k`` (Table 3), ``coco_c4_1x``,
 ``coco_fpn_1x``, ``coco_fpn_2x`` (Table 4 / 8) and their ``mini_*`` versions for the embedded mini data.
-Backends: ``detectron2`` (the paper's code base; ``configs/detectron2/*.yaml`` + ``train_net.py``),
+Backends: ``detectron2`` (the paper's code base; ``configs/detectron2/*.yaml`` + ``detectron2_backend.py``),
 ``torchvision`` (runs anywhere; same layout, schedule and metrics), ``auto`` = detectron2 when it can be
 imported, else torchvision (logged). Arguments, run identity, output folder and record follow the stage
 contract of :mod:`lewel_bench.stage`; the record's ``config`` is what ran (the torchvision config, or
@@ -33,7 +33,6 @@ from lewel_bench.utils import REPO_ROOT, default_num_workers, resolve_auto, seed
 log = logging.getLogger("eval_detection")
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "torchvision"
-D2_CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "detectron2"
 METRIC_KEYS = {"voc_det": ("AP", "AP50", "AP75"),
                "coco": ("bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP", "segm_AP50", "segm_AP75")}
 
@@ -48,7 +47,7 @@ def choose_backend(requested: str) -> str:
     if detectron2_available():
         return "detectron2"
     log.warning("detectron2 is not importable: using the torchvision backend (same layout, schedule and "
-                "metrics; see eval_detection/train_net.py for how to install detectron2 on a cluster)")
+                "metrics; see eval_detection/detectron2_backend.py for how to install detectron2 on a cluster)")
     return "torchvision"
 
 
@@ -199,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("detection transfer: config %s, backend %s, protocol %s, data %s, checkpoint %s (%s), out %s",
              args.config, backend, cfg["protocol"], root, args.ckpt, bb.meta.get("method", "?"), st.out)
     if backend == "detectron2":
-        from .train_net import run_detectron2
+        from .detectron2_backend import run_detectron2
 
         metrics, ran = run_detectron2(cfg, args, bb, root, st.out, d2_opts)
     else:

@@ -1,8 +1,9 @@
 """Training and evaluation loops of the torchvision backend (iteration-based, as detectron2's).
 
-Schedule (detectron2's ``WarmupMultiStepLR``): linear warm-up from ``warmup_factor`` over
-``warmup_iters``, then the learning rate times ``gamma`` at each of ``steps``. SGD with momentum 0.9,
-weight decay on every parameter except normalisation layers (detectron2's ``WEIGHT_DECAY_NORM 0``).
+Schedule (detectron2's ``WarmupMultiStepLR``, as :class:`lewel_bench.optim.Schedule`): linear warm-up
+from ``warmup_factor`` over ``warmup_iters``, then the learning rate times ``gamma`` at each of ``steps``.
+SGD with momentum 0.9, weight decay on every parameter except the ``no_decay`` ones (default: normalisation
+layers, detectron2's ``WEIGHT_DECAY_NORM 0``).
 ``ims_per_batch`` is the global batch (split over processes). The loop saves ``last.pth`` (model,
 optimizer, iteration, RNG states) atomically every ``checkpoint_period`` iterations and at the end,
 and resumes from it when run again with the same output folder.
@@ -22,6 +23,7 @@ from torch import nn
 from lewel_bench.checkpoint import non_finite_keys, torch_load
 from lewel_bench.errors import NonFiniteError
 from lewel_bench.io import atomic_torch_save
+from lewel_bench.optim import Schedule, build_optimizer, param_groups, set_lr
 from lewel_bench.stage import StageError
 from lewel_bench.utils import amp_step, get_rng_state, set_rng_state
 
@@ -29,29 +31,6 @@ from .datasets import DetectionDataset, collate
 from .tv_models import set_test_size
 
 log = logging.getLogger(__name__)
-
-_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
-
-
-def param_groups(model: nn.Module, weight_decay: float, weight_decay_norm: float = 0.0) -> list[dict]:
-    norm, other, seen = [], [], set()
-    for mod in model.modules():
-        for p in mod.parameters(recurse=False):
-            if not p.requires_grad or id(p) in seen:
-                continue
-            seen.add(id(p))
-            (norm if isinstance(mod, _NORMS) else other).append(p)
-    return [{"params": other, "weight_decay": weight_decay}, {"params": norm, "weight_decay": weight_decay_norm}]
-
-
-def lr_factor(it: int, steps: list[int], gamma: float, warmup_iters: int, warmup_factor: float) -> float:
-    """detectron2's WarmupMultiStepLR factor at iteration ``it`` (0-based)."""
-    f = gamma ** sum(1 for s in steps if it >= s)
-    if it < warmup_iters:
-        alpha = it / warmup_iters
-        f *= warmup_factor * (1 - alpha) + alpha
-    return f
-
 
 def infinite_batches(ds: DetectionDataset, batch: int, seed: int, rank: int, world: int, num_workers: int,
                      start_iter: int) -> Iterator[tuple[list, list]]:
@@ -80,9 +59,14 @@ def train(model: nn.Module, ds: DetectionDataset, solver: Mapping[str, Any], out
         raise ValueError(f"ims_per_batch {ims} is not divisible by the {world} processes")
     batch = ims // world
     core = model.module if hasattr(model, "module") else model
-    opt = torch.optim.SGD(param_groups(core, solver["weight_decay"], solver.get("weight_decay_norm", 0.0)),
-                          lr=solver["base_lr"], momentum=solver.get("momentum", 0.9))
-    max_iter, start = int(solver["max_iter"]), 0
+    opt = build_optimizer(param_groups(core, solver["weight_decay"], solver.get("no_decay", ["norm"])),
+                          {"name": "sgd", "lr": solver["base_lr"], "momentum": solver.get("momentum", 0.9),
+                           "weight_decay": solver["weight_decay"]})
+    max_iter = int(solver["max_iter"])
+    schedule = Schedule("step", max_iter, warmup=int(solver.get("warmup_iters", 100)),
+                        warmup_start=float(solver.get("warmup_factor", 0.001)), milestones=tuple(solver["steps"]),
+                        gamma=float(solver.get("gamma", 0.1)))
+    start = 0
     ckpt = out_dir / "last.pth"
     if ckpt.is_file():
         state = torch_load(ckpt, "detection training state", StageError)
@@ -100,10 +84,7 @@ def train(model: nn.Module, ds: DetectionDataset, solver: Mapping[str, Any], out
     t0, period = time.time(), int(solver.get("checkpoint_period", 1000))
     log_every = int(solver.get("log_period", 20))
     for it in range(start, max_iter):
-        f = lr_factor(it, list(solver["steps"]), solver.get("gamma", 0.1), solver.get("warmup_iters", 100),
-                      solver.get("warmup_factor", 0.001))
-        for g in opt.param_groups:
-            g["lr"] = solver["base_lr"] * f
+        set_lr(opt, schedule, it)
         images, targets = next(batches)
         images = [x.to(device, non_blocking=True) for x in images]
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items() if k != "index"} for t in targets]

@@ -38,12 +38,12 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 from lewel_bench.checkpoint import Backbone, BackboneError
+from lewel_bench.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from lewel_bench.models import FEATURE_DIMS, build_backbone
 
 log = logging.getLogger(__name__)
 
-IMAGE_MEAN = [0.485, 0.456, 0.406]
-IMAGE_STD = [0.229, 0.224, 0.225]
+IMAGE_MEAN, IMAGE_STD = list(IMAGENET_MEAN), list(IMAGENET_STD)
 
 # detectron2 defaults the torchvision backend follows (overridable from the config's ``model`` section).
 MODEL_DEFAULTS: dict[str, Any] = dict(

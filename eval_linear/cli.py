@@ -24,9 +24,9 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lewel_bench import classification as C
 from lewel_bench.dist import cleanup
-from lewel_bench.stage import StageError, cli_entry, parse_stage_args, stage_parser
+from lewel_bench.stage import cli_entry, parse_stage_args, stage_parser
+from lewel_bench.optim import build_optimizer, param_groups
 from lewel_bench.utils import amp_autocast
-from pretrain.optim import param_groups
 
 log = logging.getLogger("eval_linear")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         train_loader = C.make_loader(train_set, cfg["batch_size"], True, st.seed, nw)
         val_loader = C.make_loader(val_set, cfg["batch_size"], False, st.seed, nw)
     ocfg = cfg["optim"]
-    opt = C.build_optimizer(param_groups(model.fc, ocfg["weight_decay"], ocfg.get("exclude_bias", True)), ocfg)
+    opt = build_optimizer(param_groups(model.fc, ocfg["weight_decay"], ocfg["no_decay"]), ocfg)
     history = C.fit(st, net, opt, train_loader, val_loader, model.trainable_state_dict, ("lr",))
     epochs = int(cfg["epochs"])
 

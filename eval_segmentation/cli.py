@@ -19,7 +19,7 @@ Steps (each resumable):
    ResNet depth; a config file whose depth differs from the checkpoint's is refused), the overrides, the
    data root (``--data``); this is the config the identity holds;
 2. rank 0 converts ``--ckpt`` (through :func:`lewel_bench.checkpoint.resolve_backbone`) to
-   ``<out>/backbone_mmseg.pth`` with :mod:`tools.convert_to_mmseg`;
+   ``<out>/backbone_mmseg.pth`` with :mod:`lewel_bench.transfer.mmseg`;
 3. completes it for this run: the checkpoint (``model.backbone.init_cfg``), the per-process batch
    (``total_batch_size / world size``), the seed, the launcher, and ``resume=True`` when the work dir
    holds an mmengine checkpoint; ``Runner.from_cfg(cfg).train()`` then ``.test()`` (``IoUMetric`` on val);
@@ -50,7 +50,7 @@ from lewel_bench.errors import LewelError
 from lewel_bench.records import now_iso
 from lewel_bench.stage import cli_entry, open_stage, parse_stage_args, stage_parser
 from lewel_bench.utils import REPO_ROOT, setup_logging
-from tools.convert_to_mmseg import DEPTHS
+from lewel_bench.transfer.mmseg import DEPTHS
 
 log = logging.getLogger("eval_segmentation")
 
@@ -251,7 +251,7 @@ def runtime_cfg(cfg: Any, args: argparse.Namespace, converted: Path, work_dir: P
 
 def convert_once(bb: Backbone, work_dir: Path, info: dist.DistInfo) -> Path:
     """Rank 0 converts the backbone into the work dir (kept while it is this checkpoint's); others wait."""
-    from tools.convert_to_mmseg import convert_backbone
+    from lewel_bench.transfer.mmseg import convert_backbone
 
     converted = work_dir / CONVERTED
     if info.is_main:
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Configure, convert, train, test, record (see the module docstring)."""
-    from tools.convert_to_mmseg import load_for_mmseg
+    from lewel_bench.transfer.mmseg import load_for_mmseg
 
     info = dist.init_distributed()
     setup_logging(rank=info.rank)

@@ -7,7 +7,7 @@
 """
 from __future__ import annotations
 
-from .mmcv_ops_shim import install as _install_mmcv_ops
+from lewel_bench.transfer.mmcv_ops import install as _install_mmcv_ops
 
 _install_mmcv_ops()
 

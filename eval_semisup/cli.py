@@ -24,6 +24,8 @@ from lewel_bench import classification as C
 from lewel_bench.checkpoint import sha256_file
 from lewel_bench.data.layout import DataError, DataLayoutError
 from lewel_bench.dist import cleanup
+from lewel_bench.optim import build_optimizer
+from lewel_bench.optim import param_groups as shared_param_groups
 from lewel_bench.stage import cli_entry, parse_stage_args, stage_parser
 
 log = logging.getLogger("eval_semisup")
@@ -32,11 +34,14 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PROTOCOL_VERSION = 1
 
 
-def param_groups(model: torch.nn.Module, backbone_lr: float, classifier_lr: float) -> list[dict]:
-    """Two groups: every backbone tensor at ``backbone_lr``, the classifier ``fc`` at ``classifier_lr``."""
-    fc = [p for n, p in model.named_parameters() if n.startswith("fc.")]
-    rest = [p for n, p in model.named_parameters() if not n.startswith("fc.")]
-    return [{"params": rest, "lr": backbone_lr}, {"params": fc, "lr": classifier_lr}]
+def param_groups(model: torch.nn.Module, backbone_lr: float, classifier_lr: float,
+                 weight_decay: float = 0.0) -> list[dict]:
+    """Two groups (:func:`lewel_bench.optim.param_groups`): every backbone tensor at ``backbone_lr``, the
+    classifier ``fc`` at ``classifier_lr``."""
+    groups = shared_param_groups(model, weight_decay, lr_scale={r"re:^fc\.": classifier_lr / backbone_lr})
+    for g in groups:
+        g["lr"] = backbone_lr * g["lr_scale"]
+    return sorted(groups, key=lambda g: g["lr_scale"])
 
 
 def resolve_subset(subset: str | None, data_root: Path) -> Path:
@@ -85,8 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     ocfg = cfg["optim"]
-    opt = C.build_optimizer(param_groups(model, ocfg["backbone_lr"], ocfg["classifier_lr"]),
-                            {**ocfg, "lr": ocfg["backbone_lr"]})
+    opt = build_optimizer(param_groups(model, ocfg["backbone_lr"], ocfg["classifier_lr"], ocfg["weight_decay"]),
+                          {**ocfg, "lr": ocfg["backbone_lr"]})
     history = C.fit(st, model, opt, train_loader, val_loader, model.state_dict, ("lr_backbone", "lr_classifier"))
     epochs = int(cfg["epochs"])
     amp = bool(cfg.get("amp", True)) and dev.type == "cuda"

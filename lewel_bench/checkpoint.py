@@ -3,16 +3,20 @@
 Formats understood by :func:`load_backbone`:
 
 * ``backbone.pth`` written by pretraining: ``{"state_dict": <torchvision ResNet keys, no fc>,
-  "meta": {"format": "lewel-bench/backbone", "arch", "method", "epochs", ...}}``;
+  "parts": {<part>: <state dict>}, "meta": {"format": "lewel-bench/backbone", "arch", "method", "epochs",
+  "parts": {<part>: <tensor count>}, ...}}`` (``parts``: the method's transfer bundle, if it has one);
 * a full pretraining checkpoint: ``{"model": <online network>, "meta": {"format":
-  "lewel-bench/pretrain", "backbone_prefix": "backbone.", "arch", ...}, ...}``: the backbone is found
-  from the checkpoint's own ``backbone_prefix``, never from a hard-coded one;
+  "lewel-bench/pretrain", "backbone_prefix": "backbone.", "transfer_parts": {<part>: {<model key>: <part
+  key>}}, "arch", ...}, ...}``: the backbone is found from the checkpoint's own ``backbone_prefix``, never
+  from a hard-coded one, and a part from its own key map;
 * a plain torchvision ResNet state dict, bare or under ``state_dict`` / ``model``, optionally with a
   prefix such as ``module.`` (found automatically when unambiguous, or given as ``prefix=``).
 
 The intake never evaluates a random network or a broken one: missing backbone tensors, shape
 mismatches and non-finite (NaN / inf) values raise :class:`BackboneError` naming the counts and the
-first keys.
+first keys. Transfer-bundle parts (:mod:`lewel_bench.transfer`) are read only when asked for
+(``parts=``; the default transfer is the trunk alone, the LEWEL / MoCo protocol); a part asked for that
+the checkpoint does not carry is an error naming it.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -74,6 +78,11 @@ class Backbone:
     unexpected: list[str] = field(default_factory=list)
     path: str = ""
     sha256: str = ""
+    parts: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def transfer(self) -> dict[str, int]:
+        """What this backbone gives a downstream model: ``{"trunk": n, <part>: n}`` tensor counts."""
+        return {"trunk": len(self.state_dict), **{p: len(sd) for p, sd in sorted(self.parts.items())}}
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -84,12 +93,18 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def save_backbone(path: str | Path, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
-    """Write ``backbone.pth`` atomically: torchvision keys (``fc`` dropped), tensors on CPU, plus meta."""
+def save_backbone(path: str | Path, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
+                  parts: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> Path:
+    """Write ``backbone.pth`` atomically: torchvision keys (``fc`` dropped), tensors on CPU, the transfer
+    bundle's ``parts`` (if any), plus meta."""
     sd = {k: v.detach().cpu().clone() for k, v in state_dict.items() if not k.startswith("fc.")}
     require_finite(sd, f"backbone to write to {path}")
+    out_parts = {name: {k: v.detach().cpu().clone() for k, v in p.items()} for name, p in (parts or {}).items()}
+    for name, p in out_parts.items():
+        require_finite(p, f"transfer part {name!r} to write to {path}")
     arch = meta.get("arch") or infer_arch(sd)
-    return atomic_torch_save({"state_dict": sd, "meta": {**meta, "arch": arch, "format": BACKBONE_FORMAT}}, path)
+    full = {**meta, "arch": arch, "format": BACKBONE_FORMAT, "parts": {n: len(p) for n, p in out_parts.items()}}
+    return atomic_torch_save({"state_dict": sd, "parts": out_parts, "meta": full}, path)
 
 
 def torch_load(path: str | Path, what: str = "checkpoint", error: type[LewelError] = BackboneError) -> Any:
@@ -140,8 +155,34 @@ def _unwrap(obj: Any, path: str) -> tuple[dict, dict, str]:
     raise BackboneError(f"{path}: no state dict found (top-level keys: {', '.join(map(str, list(obj)[:10]))})")
 
 
-def extract_backbone(obj: Any, prefix: str | None = None, arch: str | None = None, path: str = "<memory>") -> Backbone:
-    """Find, strip and validate the ResNet backbone inside a loaded checkpoint object."""
+def _parts(obj: Mapping[str, Any], sd: Mapping[str, Any], meta: Mapping[str, Any], fmt: str, wanted: Sequence[str],
+           path: str) -> dict[str, dict[str, torch.Tensor]]:
+    """The transfer-bundle parts asked for, from ``backbone.pth``'s ``parts`` or a full checkpoint's key map."""
+    if not wanted:
+        return {}
+    if fmt == "backbone":
+        have = dict(obj.get("parts") or {})
+    elif fmt == "pretrain":
+        have = {p: {dst: sd[src] for src, dst in keys.items() if src in sd}
+                for p, keys in (meta.get("transfer_parts") or {}).items()}
+    else:
+        have = {}
+    out = {}
+    for p in wanted:
+        if p not in have or not have[p]:
+            raise BackboneError(f"{path}: no transfer part {p!r} (this checkpoint carries "
+                                f"{', '.join(sorted(k for k, v in have.items() if v)) or 'the trunk only'}); "
+                                f"transfer the trunk alone, or use a checkpoint of a method with that part")
+        part = {k: v for k, v in have[p].items()}
+        require_finite(part, f"{path}: transfer part {p!r}")
+        out[p] = part
+    return out
+
+
+def extract_backbone(obj: Any, prefix: str | None = None, arch: str | None = None, path: str = "<memory>",
+                     parts: Sequence[str] = ()) -> Backbone:
+    """Find, strip and validate the ResNet backbone (and the transfer ``parts`` asked for) inside a loaded
+    checkpoint object."""
     sd, meta, fmt = _unwrap(obj, path)
     if prefix is None:
         prefix = meta.get("backbone_prefix")
@@ -177,14 +218,16 @@ def extract_backbone(obj: Any, prefix: str | None = None, arch: str | None = Non
         log.warning("%s: %d unexpected keys ignored (first: %s)", path, len(unexpected), ", ".join(unexpected[:5]))
     clean = {k: stripped[k] if k in stripped else ref[k] for k in ref}
     return Backbone(state_dict=clean, arch=arch, meta=meta, source_format=fmt, prefix=prefix,
-                    unexpected=unexpected, path=path)
+                    unexpected=unexpected, path=path, parts=_parts(obj, sd, meta, fmt, parts, path))
 
 
-def load_backbone(path: str | Path, prefix: str | None = None, arch: str | None = None) -> Backbone:
+def load_backbone(path: str | Path, prefix: str | None = None, arch: str | None = None,
+                  parts: Sequence[str] = ()) -> Backbone:
     """Read any accepted checkpoint file and return its validated backbone (see module docstring)."""
-    bb = extract_backbone(torch_load(path), prefix=prefix, arch=arch, path=str(path))
+    bb = extract_backbone(torch_load(path), prefix=prefix, arch=arch, path=str(path), parts=parts)
     bb.sha256 = sha256_file(path)
-    log.info("loaded %s backbone (%s format, prefix %r) from %s", bb.arch, bb.source_format, bb.prefix, path)
+    log.info("loaded %s backbone (%s format, prefix %r%s) from %s", bb.arch, bb.source_format, bb.prefix,
+             "".join(f", {p} {len(t)} tensors" for p, t in bb.parts.items()), path)
     return bb
 
 
@@ -213,9 +256,12 @@ def random_backbone(arch: str = "resnet50", seed: int = 0) -> Backbone:
                     source_format="random", path=f"{RANDOM_SPEC}{arch}", sha256=f"random-init-seed{seed}")
 
 
-def resolve_backbone(spec: str | Path, prefix: str | None = None, arch: str | None = None, seed: int = 0) -> Backbone:
+def resolve_backbone(spec: str | Path, prefix: str | None = None, arch: str | None = None, seed: int = 0,
+                     parts: Sequence[str] = ()) -> Backbone:
     """``random:<arch>`` gives :func:`random_backbone`; anything else is a file for :func:`load_backbone`."""
     s = str(spec)
     if s.startswith(RANDOM_SPEC):
+        if parts:
+            raise BackboneError(f"{s}: a random-init baseline has no transfer parts ({', '.join(parts)} asked for)")
         return random_backbone(s[len(RANDOM_SPEC):] or arch or "resnet50", seed=seed)
-    return load_backbone(spec, prefix=prefix, arch=arch)
+    return load_backbone(spec, prefix=prefix, arch=arch, parts=parts)

@@ -1,23 +1,31 @@
 """Backbones: plain torchvision ResNets, so every checkpoint is a torchvision state dict.
 
 ``build_backbone(arch)`` returns a torchvision ResNet whose ``fc`` is ``nn.Identity`` (its state dict
-is exactly torchvision's minus ``fc.*``). ``backbone_features(model, x)`` returns the last feature map
-``F`` (B, D, H, W) before global average pooling, which LEWEL aggregates with its alignment maps.
+is exactly torchvision's minus ``fc.*``). ``backbone_features(model, x, stages)`` returns the named
+feature maps of the stages asked for, as detectron2's ``Backbone.forward`` does: ``res2``..``res5`` are
+torchvision's ``layer1``..``layer4`` (strides 4, 8, 16, 32); ``res5`` is the map ``F`` (B, D, H, W) that
+LEWEL aggregates with its alignment maps. Only the layers up to the deepest stage asked for run.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import torchvision
 from torch import nn
 
 FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048}
+#: detectron2 stage names -> torchvision ResNet layers
+STAGES = {"res2": "layer1", "res3": "layer2", "res4": "layer3", "res5": "layer4"}
 
 
-def feature_dim(arch: str) -> int:
-    """Channels D of the last feature map of ``arch``."""
+def feature_dim(arch: str, stage: str = "res5") -> int:
+    """Channels of the ``stage`` feature map of ``arch`` (``res5``: D, the last one)."""
     if arch not in FEATURE_DIMS:
         raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(FEATURE_DIMS)}")
-    return FEATURE_DIMS[arch]
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    return FEATURE_DIMS[arch] >> (3 - list(STAGES).index(stage))
 
 
 def build_torchvision_resnet(arch: str, num_classes: int = 1000, **kwargs) -> nn.Module:
@@ -33,16 +41,19 @@ def build_backbone(arch: str, zero_init_residual: bool = False) -> nn.Module:
     return model
 
 
-def backbone_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The feature map ``F`` = layer4 output (B, D, H, W) of a torchvision ResNet."""
-    x = model.conv1(x)
-    x = model.bn1(x)
-    x = model.relu(x)
-    x = model.maxpool(x)
-    x = model.layer1(x)
-    x = model.layer2(x)
-    x = model.layer3(x)
-    return model.layer4(x)
+def backbone_features(model: nn.Module, x: torch.Tensor, stages: Sequence[str] = ("res5",)) -> dict[str, torch.Tensor]:
+    """``{stage: feature map}`` of a torchvision ResNet for the ``stages`` asked for (see the module docstring)."""
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        raise ValueError(f"backbone stages {list(stages)}: expected some of {', '.join(STAGES)}")
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    out: dict[str, torch.Tensor] = {}
+    last = max(list(STAGES).index(s) for s in stages)
+    for name, layer in list(STAGES.items())[: last + 1]:
+        x = getattr(model, layer)(x)
+        if name in stages:
+            out[name] = x
+    return out
 
 
 def infer_arch(state_dict: dict) -> str | None:

@@ -141,9 +141,13 @@ def load_records(records_dir: str | Path | None = None) -> tuple[list[dict], lis
 
 def record_for_backbone(bb: Any, *, eval: str, protocol: str, metrics: Mapping[str, float], seed: int,
                         config: Mapping[str, Any], start_time: str, **extra: Any) -> dict:
-    """A record whose method / experiment / epochs / sha256 come from a ``checkpoint.Backbone``."""
+    """A record whose method / experiment / epochs / sha256 / pretraining data come from a
+    ``checkpoint.Backbone``; ``transfer`` (what the evaluated model took from it: ``{"trunk": n, <part>:
+    n}``) defaults to the backbone's own (:meth:`~lewel_bench.checkpoint.Backbone.transfer`)."""
     meta = bb.meta or {}
+    pdata = meta.get("data") if isinstance(meta.get("data"), Mapping) else {}
+    extra.setdefault("transfer", bb.transfer())
     return make_record(method=meta.get("method", "unknown"), pretrain_exp=meta.get("exp", Path(bb.path).parent.name),
                        pretrain_epochs=meta.get("epochs"), eval=eval, protocol=protocol, metrics=metrics, seed=seed,
                        checkpoint_sha256=bb.sha256, config=config, start_time=start_time,
-                       checkpoint=bb.path, arch=bb.arch, **extra)
+                       checkpoint=bb.path, arch=bb.arch, pretrain_data=pdata.get("name"), **extra)

@@ -87,15 +87,22 @@ def amp_autocast(device: torch.device, amp: bool):
 
 
 def amp_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-             scaler: "torch.amp.GradScaler | None" = None) -> None:
+             scaler: "torch.amp.GradScaler | None" = None, clip_grad_norm: float | None = None) -> None:
     """One optimiser step: zero_grad, backward of the loss scaled by ``scaler`` (a disabled scaler or
-    None: unscaled), optimiser step, scaler update."""
+    None: unscaled), optional clipping of the gradients' global norm to ``clip_grad_norm`` (on the unscaled
+    gradients), optimiser step, scaler update."""
     optimizer.zero_grad(set_to_none=True)
+    params = [p for g in optimizer.param_groups for p in g["params"]] if clip_grad_norm else []
     if scaler is None:
         loss.backward()
+        if clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], clip_grad_norm)
         optimizer.step()
         return
     scaler.scale(loss).backward()
+    if clip_grad_norm:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], clip_grad_norm)
     scaler.step(optimizer)
     scaler.update()
 

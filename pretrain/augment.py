@@ -1,24 +1,37 @@
-"""Data augmentation: the MoCo v2 pair and BYOL's asymmetric pair (sizes and crop scale from the config).
+"""Data augmentation: the views a method trains on, declared in its config (``aug.views``).
 
-Every random draw goes through torch's global generator (torchvision transforms), so a sample's two
-views are a pure function of the seed the dataset sets from (seed, epoch, index): workers and resumed
-runs see identical views. Crop scale: the paper follows MoCo / BYOL, whose defaults are (0.2, 1.0) for
-MoCo v2 and (0.08, 1.0) for BYOL; the official LEWEL scripts use (0.2, 1.0) for LEWEL_B as well:
-configs expose ``aug.scale``.
+A config lists its views in order (the method's ``forward(views)`` gets them in that order), each a
+pipeline: a random resized crop (``size``, ``scale``; defaults ``aug.size`` / ``aug.scale``), a
+horizontal flip (``flip``) and the photometric ops of a named ``recipe`` from ``aug.recipes`` (colour
+jitter strengths and probability, grayscale, Gaussian blur, solarisation probabilities; any of them can
+be set on the view itself), repeated ``count`` times::
+
+    aug:
+      views:
+        - {recipe: byol_1}                       # BYOL's asymmetric pair (Grill et al. 2020)
+        - {recipe: byol_2}
+        - {recipe: weak, size: 224}              # crop + flip only (a weak / strong pair)
+        - {recipe: mocov2, size: 96, scale: [0.05, 0.14], count: 4}   # small multi-crop views
+
+Every random draw goes through torch's global generator (torchvision transforms), so a sample's views
+are a pure function of the seed the dataset sets from (seed, epoch, index): workers and resumed runs see
+identical views. Crop scale: the paper follows MoCo / BYOL, whose defaults are (0.2, 1.0) for MoCo v2 and
+(0.08, 1.0) for BYOL; the official LEWEL scripts use (0.2, 1.0) for LEWEL_B as well.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from PIL import ImageFilter
 from torchvision import transforms as T
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from lewel_bench.config import ConfigError
+from lewel_bench.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+
 
 
 class GaussianBlur:
@@ -38,51 +51,93 @@ class GaussianBlur:
 
 @dataclass(frozen=True)
 class ViewSpec:
-    """One view's photometric recipe: colour jitter (brightness, contrast, saturation, hue strengths)
-    applied with probability ``jitter_p`` in a random order, grayscale, Gaussian blur, solarisation."""
+    """One view: random resized crop (``size``, ``scale``), optional horizontal flip, and the photometric
+    recipe: colour jitter (brightness, contrast, saturation, hue strengths) applied with probability
+    ``jitter_p`` in a random order, grayscale, Gaussian blur, solarisation (an op whose probability is 0 is
+    not in the pipeline at all)."""
 
+    size: int
+    scale: tuple[float, float]
     jitter: tuple[float, float, float, float]
+    jitter_p: float
+    gray_p: float
     blur_p: float
     solarize_p: float
-    jitter_p: float = 0.8
-    gray_p: float = 0.2
+    flip: bool = True
 
 
-#: MoCo v2: both views jitter (0.4, 0.4, 0.4, 0.1) p 0.8, grayscale 0.2, blur p 0.5.
-#: BYOL's asymmetric pair: jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2, blur p 1.0 / 0.1, solarise p 0.0 / 0.2.
-PAIR_SPECS: dict[str, tuple[ViewSpec, ViewSpec]] = {
-    "mocov2": (ViewSpec((0.4, 0.4, 0.4, 0.1), blur_p=0.5, solarize_p=0.0),) * 2,
-    "byol": (ViewSpec((0.4, 0.4, 0.2, 0.1), blur_p=1.0, solarize_p=0.0),
-             ViewSpec((0.4, 0.4, 0.2, 0.1), blur_p=0.1, solarize_p=0.2)),
-}
+RECIPE_KEYS = {"jitter": "list of 4 numbers", "jitter_p": "probability", "gray_p": "probability",
+               "blur_p": "probability", "solarize_p": "probability"}
+VIEW_KEYS = {"recipe", "count", "size", "scale", "flip", *RECIPE_KEYS}
 
 
-def _view(size: int, scale: Sequence[float], spec: ViewSpec) -> Callable:
+def _prob(v: Any, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+        raise ConfigError(f"{where} must be a probability in [0, 1], got {v!r}")
+    return float(v)
+
+
+def view_specs(aug: Mapping[str, Any]) -> list[ViewSpec]:
+    """The views of an ``aug`` config section in order, counts expanded (errors name ``aug.views[i].key``)."""
+    recipes = aug.get("recipes") or {}
+    views = aug.get("views")
+    if not isinstance(views, list) or not views:
+        raise ConfigError("aug.views must be a non-empty list of views ({recipe: <name>, count, size, ...})")
+    specs: list[ViewSpec] = []
+    for i, v in enumerate(views):
+        where = f"aug.views[{i}]"
+        if not isinstance(v, Mapping):
+            raise ConfigError(f"{where} must be a mapping, got {v!r}")
+        unknown = sorted(set(v) - VIEW_KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(VIEW_KEYS))})")
+        name = v.get("recipe")
+        if name not in recipes:
+            raise ConfigError(f"{where}.recipe {name!r} is not in aug.recipes ({', '.join(sorted(recipes))})")
+        r = {**recipes[name], **{k: v[k] for k in RECIPE_KEYS if k in v}}
+        missing = [k for k in RECIPE_KEYS if k not in r]
+        if missing:
+            raise ConfigError(f"aug.recipes.{name} lacks {', '.join(missing)}")
+        jitter = r["jitter"]
+        if not (isinstance(jitter, (list, tuple)) and len(jitter) == 4
+                and all(isinstance(x, (int, float)) and x >= 0 for x in jitter)):
+            raise ConfigError(f"{where}: jitter must be 4 non-negative numbers, got {jitter!r}")
+        size, scale = v.get("size", aug["size"]), tuple(v.get("scale", aug["scale"]))
+        count = v.get("count", 1)
+        if not (isinstance(size, int) and size >= 8) or not (isinstance(count, int) and count >= 1):
+            raise ConfigError(f"{where}: size must be an int >= 8 and count an int >= 1, got {size!r}, {count!r}")
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise ConfigError(f"{where}: scale must be [min, max] within (0, 1], got {list(scale)!r}")
+        spec = ViewSpec(size=size, scale=(float(scale[0]), float(scale[1])), jitter=tuple(float(x) for x in jitter),
+                        jitter_p=_prob(r["jitter_p"], f"{where}.jitter_p"), gray_p=_prob(r["gray_p"], f"{where}.gray_p"),
+                        blur_p=_prob(r["blur_p"], f"{where}.blur_p"),
+                        solarize_p=_prob(r["solarize_p"], f"{where}.solarize_p"), flip=bool(v.get("flip", True)))
+        specs += [spec] * count
+    return specs
+
+
+def _view(spec: ViewSpec) -> Callable:
     """The whole view on the PIL image (data-loader workers): crop, flip, photometric ops, normalise."""
-    ops = [
-        T.RandomResizedCrop(size, scale=tuple(scale), antialias=True),
-        T.RandomHorizontalFlip(),
-        T.RandomApply([T.ColorJitter(*spec.jitter)], p=spec.jitter_p),
-        T.RandomGrayscale(p=spec.gray_p),
-    ]
+    ops = [T.RandomResizedCrop(spec.size, scale=spec.scale, antialias=True)]
+    if spec.flip:
+        ops.append(T.RandomHorizontalFlip())
+    if spec.jitter_p > 0:
+        ops.append(T.RandomApply([T.ColorJitter(*spec.jitter)], p=spec.jitter_p))
+    if spec.gray_p > 0:
+        ops.append(T.RandomGrayscale(p=spec.gray_p))
     if spec.blur_p > 0:
-        ops.append(T.RandomApply([GaussianBlur(size)], p=spec.blur_p))
+        ops.append(T.RandomApply([GaussianBlur(spec.size)], p=spec.blur_p))
     if spec.solarize_p > 0:
         ops.append(T.RandomSolarize(128, p=spec.solarize_p))
     ops += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     return T.Compose(ops)
 
 
-def build_pair(kind: str, size: int, scale: Sequence[float], batched: bool = False) -> tuple[Callable, Callable]:
-    """The two view transforms of augmentation ``kind`` (``aug.kind``: mocov2 | byol).
-
-    ``batched=False``: each maps a PIL image to a normalised float tensor. ``batched=True``: each maps it
-    to ``(uint8 crop, photometric parameters)`` (:class:`CropAndDraw`); :func:`apply_photometric` then
-    runs the photometric ops on a whole batch on the training device."""
-    if kind not in PAIR_SPECS:
-        raise ValueError(f"aug.kind: unknown augmentation {kind!r}; expected one of {', '.join(PAIR_SPECS)}")
-    make = (lambda spec: CropAndDraw(size, scale, spec)) if batched else (lambda spec: _view(size, scale, spec))
-    return tuple(make(spec) for spec in PAIR_SPECS[kind])
+def build_views(specs: Sequence[ViewSpec], batched: bool = False) -> list[Callable]:
+    """One transform per view. ``batched=False``: each maps a PIL image to a normalised float tensor.
+    ``batched=True``: each maps it to ``(uint8 crop, photometric parameters)`` (:class:`CropAndDraw`);
+    :func:`apply_photometric` then runs the photometric ops on a whole batch on the training device."""
+    return [CropAndDraw(s) if batched else _view(s) for s in specs]
 
 
 # --- batched photometric ops (``aug.batched``): the loader workers only decode, crop and flip -------
@@ -94,21 +149,23 @@ class CropAndDraw:
     and every random draw of the photometric ops, as a float vector of :data:`N_PARAMS` (same
     distributions as the PIL view: torchvision's ColorJitter factors and random order, etc.)."""
 
-    def __init__(self, size: int, scale: Sequence[float], spec: ViewSpec) -> None:
-        self.geometric = T.Compose([T.RandomResizedCrop(size, scale=tuple(scale), antialias=True),
-                                    T.RandomHorizontalFlip(), T.PILToTensor()])
-        self.spec, self.blur_scale = spec, size / 224.0
+    def __init__(self, spec: ViewSpec) -> None:
+        geo = [T.RandomResizedCrop(spec.size, scale=spec.scale, antialias=True)]
+        geo += [T.RandomHorizontalFlip()] if spec.flip else []
+        self.geometric = T.Compose([*geo, T.PILToTensor()])
+        self.spec, self.blur_scale = spec, spec.size / 224.0
         self.jitter = T.ColorJitter(*spec.jitter)
 
     def draw(self) -> torch.Tensor:
         p = torch.zeros(N_PARAMS)
         p[1:4] = 1.0  # identity factors (unused while jitter is off)
-        if float(torch.rand(1)) < self.spec.jitter_p:
+        if self.spec.jitter_p > 0 and float(torch.rand(1)) < self.spec.jitter_p:
             j = self.jitter
             order, b, c, s, h = T.ColorJitter.get_params(j.brightness, j.contrast, j.saturation, j.hue)
             p[0], p[1], p[2], p[3], p[4] = 1.0, b, c, s, h
             p[5:9] = order.float()
-        p[9] = float(float(torch.rand(1)) < self.spec.gray_p)
+        if self.spec.gray_p > 0:
+            p[9] = float(float(torch.rand(1)) < self.spec.gray_p)
         if self.spec.blur_p > 0 and float(torch.rand(1)) < self.spec.blur_p:
             p[10] = float(torch.empty(1).uniform_(0.1, 2.0)) * self.blur_scale
         if self.spec.solarize_p > 0:

@@ -1,9 +1,9 @@
-"""Pretraining data: an image-folder reader, a two-view dataset and a resumable, deterministic sampler.
+"""Pretraining data: an image-folder reader, a multi-view dataset and a resumable, deterministic sampler.
 
 Layout read: ``<root>/<split>/<class>/<image>`` (ImageNet / the mini benchmark), through the shared
 reader's scan (:func:`lewel_bench.data.scan_split`: one class list for every split). An image that cannot
 be decoded stops the run naming the file (``data.bad_images: error``), or, with ``replace``, is replaced
-by the next readable image of the split (logged with its name; the same replacement on every run). The two views of
+by the next readable image of the split (logged with its name; the same replacement on every run). The views of
 sample ``index`` in ``epoch`` are drawn from a generator seeded by (seed, epoch, index), and the
 epoch's permutation from (seed, epoch), so the batches and views of any iteration are a pure
 function of the config: a run resumed mid-epoch (``start_iter``) sees exactly what an unbroken run saw,
@@ -101,11 +101,12 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63 - 1)
 
 
-class TwoViewDataset(Dataset):
-    """Items are ``(epoch, index)`` keys; returns the pair of views drawn with seed (seed, epoch, index)."""
+class MultiViewDataset(Dataset):
+    """Items are ``(epoch, index)`` keys; returns the tuple of the views (one per transform, in order) drawn
+    one after the other from the seed (seed, epoch, index)."""
 
-    def __init__(self, base: ImageFolderList, pair: Sequence[Callable], seed: int) -> None:
-        self.base, self.pair, self.seed = base, pair, seed
+    def __init__(self, base: ImageFolderList, views: Sequence[Callable], seed: int) -> None:
+        self.base, self.views, self.seed = base, list(views), seed
 
     def __len__(self) -> int:
         return len(self.base)
@@ -113,7 +114,7 @@ class TwoViewDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]):
         epoch, i = key
         img = self.base.image(i)
-        return seeded(lambda: (self.pair[0](img), self.pair[1](img)), sample_seed(self.seed, epoch, i))
+        return seeded(lambda: tuple(v(img) for v in self.views), sample_seed(self.seed, epoch, i))
 
 
 class EpochBatchSampler(Sampler):

@@ -32,14 +32,15 @@ from lewel_bench.data.identity import data_identity
 from lewel_bench.errors import LewelError, NonFiniteError
 from lewel_bench.io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temp
 from lewel_bench.knn import extract_features, knn_top1
+from lewel_bench.optim import optimizer_for, schedule_from_config, set_lr
 from lewel_bench.stage import differences, digest, identity_config
 from lewel_bench.utils import (amp_autocast, amp_step, default_num_workers, get_rng_state, git_commit, resolve_auto,
                                seed_everything, set_rng_state)
 
-from .augment import build_pair, eval_transform, views_to_device
-from .data import EpochBatchSampler, ImageFolderList, TwoViewDataset
+from .augment import build_views, eval_transform, view_specs, views_to_device
+from .data import EpochBatchSampler, ImageFolderList, MultiViewDataset
 from .methods import METHODS, SSLMethod
-from .optim import build_optimizer, cosine_lr, set_lr
+from .methods.base import FIFOQueue
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +95,29 @@ def _set_threads(cfg: dict, device: torch.device, world: int) -> None:
     log.info("torch compute threads: %d", torch.get_num_threads())
 
 
+#: Layout version of ``checkpoint_state`` (1: queues were the method's own ``queue`` / ``queue_ptr`` buffers).
+STATE_VERSION = 2
+#: Version-1 buffer names of a one-queue method -> their names in its ``queue`` :class:`FIFOQueue`.
+_V1_QUEUE = {"queue": "queue.keys", "queue_ptr": "queue.ptr"}
+
+
+def _queue_prefixes(method: SSLMethod) -> list[str]:
+    return [f"{name}." for name, m in method.named_modules() if isinstance(m, FIFOQueue)]
+
+
 def checkpoint_state(method: SSLMethod, optimizer, scaler, cfg: dict, epoch: int, iteration: int, exp: str,
                      identity: dict | None = None) -> dict:
+    """Every parameter and buffer by the module tree: ``target`` (the target network's state), ``queue``
+    (every :class:`FIFOQueue` submodule's buffers, by their names in the method), ``model`` (all the rest:
+    the online network, predictors, ... ; the backbone under ``meta.backbone_prefix``)."""
     sd = method.state_dict()
-    queue_keys = [k for k in sd if k.startswith("queue")]
+    queues = _queue_prefixes(method)
+    in_queue = {k for k in sd if any(k.startswith(q) for q in queues)}
     return {
-        "model": {k: v for k, v in sd.items() if not k.startswith("target.") and k not in queue_keys},
+        "model": {k: v for k, v in sd.items() if not k.startswith("target.") and k not in in_queue},
         "target": method.target.state_dict(),
-        "queue": {k: sd[k] for k in queue_keys},
+        "queue": {k: sd[k] for k in sorted(in_queue)},
+        "state_version": STATE_VERSION,
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
         "epoch": epoch,
@@ -110,6 +126,7 @@ def checkpoint_state(method: SSLMethod, optimizer, scaler, cfg: dict, epoch: int
         "config": cfg,
         "meta": {"format": PRETRAIN_FORMAT, "backbone_prefix": method.backbone_prefix, "arch": cfg["arch"],
                  "method": cfg["method"], "epochs": cfg["epochs"], "exp": exp, "git": git_commit(),
+                 "transfer_parts": method.transfer_parts(),
                  **({"identity": identity, "run_id": digest(identity), "group": identity_group(identity)}
                     if identity else {})},
     }
@@ -141,8 +158,16 @@ def load_checkpoint(path: Path, method: SSLMethod, optimizer, scaler, exp: str,
                               f"these; choose another output folder (OUT=...) or delete it")
     sd = dict(ck["model"])
     sd.update({f"target.{k}": v for k, v in ck["target"].items()})
-    sd.update(ck["queue"])
-    method.load_state_dict(sd)
+    queue = dict(ck["queue"])
+    if ck.get("state_version", 1) == 1 and set(queue) == set(_V1_QUEUE) and "queue." in _queue_prefixes(method):
+        queue = {_V1_QUEUE[k]: v for k, v in queue.items()}  # a checkpoint of the one-queue layout
+    sd.update(queue)
+    missing, unexpected = method.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise ResumeError(f"{path} does not fit this version of {method.cfg['method']!r} (state layout "
+                          f"{ck.get('state_version', 1)}, now {STATE_VERSION}; {len(missing)} tensor(s) missing, "
+                          f"first {missing[:3]}; {len(unexpected)} unexpected, first {unexpected[:3]}): it was "
+                          f"left as it is; start the run in another output folder")
     optimizer.load_state_dict(ck["optimizer"])
     scaler.load_state_dict(ck["scaler"])
     set_rng_state(ck["rng"])
@@ -216,12 +241,14 @@ def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo) -> Path
                            max_images=dc.get("max_images"), bad_images=dc.get("bad_images", "error"))
     ac = cfg["aug"]
     batched = resolve_auto(ac.get("batched", "auto"), cuda)
-    ds = TwoViewDataset(base, build_pair(ac["kind"], ac["size"], ac["scale"], batched), seed)
+    specs = view_specs(ac)
+    ds = MultiViewDataset(base, build_views(specs, batched), seed)
     ipe = len(ds) // cfg["batch_size"]
     total = cfg["epochs"] * ipe
-    warmup = int(round(cfg["optim"].get("warmup_epochs", 0) * ipe))
+    schedule = schedule_from_config(cfg["schedule"], total, ipe, base_lr=cfg["optim"]["lr"])
 
     method = METHODS.get(cfg["method"])(cfg)
+    method.check_views(len(specs))
     if cfg.get("sync_bn"):
         if cuda and world > 1:
             method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
@@ -230,14 +257,14 @@ def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo) -> Path
     method.to(device)
     if channels_last:
         method.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg["optim"], method)
+    optimizer = optimizer_for(method, cfg["optim"])
     scaler = torch.amp.GradScaler("cuda", enabled=amp and cuda)
 
-    log.info("%s: %s (%s, %s), %d epochs x %d iterations, batch %d (%d per process), %d px crops, data %s "
+    log.info("%s: %s (%s, %s), %d epochs x %d iterations, batch %d (%d per process), %d views (%s px), data %s "
              "(%s, %d images, fingerprint %s), out %s, %d process(es) on %s, %d compute threads, %d loader workers",
              exp, cfg["method"], cfg["arch"], cfg["_meta"]["config_path"], cfg["epochs"], ipe, cfg["batch_size"],
-             local_bs, ac["size"], dc["root"], data["name"], len(base), data["fingerprint"][:12], out_dir, world,
-             device, torch.get_num_threads(), _num_workers(cfg))
+             local_bs, len(specs), "/".join(str(v.size) for v in specs), dc["root"], data["name"], len(base),
+             data["fingerprint"][:12], out_dir, world, device, torch.get_num_threads(), _num_workers(cfg))
     it = 0
     if ckpt_path.exists():
         it, _ = load_checkpoint(ckpt_path, method, optimizer, scaler, exp, identity)
@@ -287,25 +314,25 @@ def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo) -> Path
         loader = DataLoader(ds, batch_sampler=sampler, num_workers=nw, pin_memory=cuda)
         method.train()
         t0, n_img = time.perf_counter(), 0
-        for v1, v2 in loader:
-            x1, x2 = views_to_device(v1, device, batched), views_to_device(v2, device, batched)
+        for batch in loader:
+            views = [views_to_device(v, device, batched) for v in batch]
             if channels_last:
-                x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
-            lr = cosine_lr(cfg["optim"]["lr"], it, total, warmup)
-            set_lr(optimizer, lr)
+                views = [x.contiguous(memory_format=torch.channels_last) for x in views]
+            set_lr(optimizer, schedule, it)
+            lr = schedule.lr(cfg["optim"]["lr"], it)
             m = method.momentum_at(it, total)
             method.iteration = it
             with amp_autocast(device, amp):
-                loss, logs = model(x1, x2)
+                loss, logs = model(views)
             loss_val = ldist.all_reduce_mean(loss.detach().float()).item()
             if not math.isfinite(loss_val):
                 bar.close()
                 raise NonFiniteLoss(f"{exp}: loss is {loss_val} at iteration {it} (epoch {epoch}, lr {lr:.4g}); "
                                     f"stopped. Last good checkpoint: {ckpt_path} at iteration {last_good}")
-            amp_step(loss, optimizer, scaler)
+            amp_step(loss, optimizer, scaler, cfg["optim"].get("clip_grad_norm"))
             method.update_target(m)
             it += 1
-            n_img += x1.shape[0] * world
+            n_img += views[0].shape[0] * world
             bar.update(1)
             if it % log_every == 0 or it == total:
                 dt = time.perf_counter() - t0
@@ -333,6 +360,8 @@ def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo) -> Path
         meta = {"method": cfg["method"], "epochs": cfg["epochs"], "arch": cfg["arch"], "exp": exp,
                 "iteration": it, "seed": seed, "git": git_commit(), "run_id": digest(identity),
                 "group": identity_group(identity), "data": data}
-        save_backbone(out_dir / "backbone.pth", method.backbone.state_dict(), meta)
+        sd = method.state_dict()
+        parts = {p: {dst: sd[src] for src, dst in keys.items()} for p, keys in method.transfer_parts().items()}
+        save_backbone(out_dir / "backbone.pth", method.backbone.state_dict(), meta, parts)
     ldist.barrier()
     return ckpt_path

@@ -35,7 +35,8 @@ def backbone_file(tmp_path_factory: pytest.TempPathFactory, r50_sd: dict) -> Pat
 # converter
 # ------------------------------------------------------------------------------------------------
 def test_converter_round_trip_all_input_formats(tmp_path: Path, r50_sd: dict, backbone_file: Path) -> None:
-    from tools.convert_to_detectron2 import convert, load_detectron2_pkl, main
+    from lewel_bench.transfer.detectron2 import convert, load_detectron2_pkl
+    from tools.convert_to_detectron2 import main
 
     full = tmp_path / "ckpt.pth"  # a full pretraining checkpoint: backbone under a prefix named in its meta
     model = {f"online.encoder.{k}": v for k, v in r50_sd.items()}
@@ -68,7 +69,8 @@ def test_converter_round_trip_all_input_formats(tmp_path: Path, r50_sd: dict, ba
 
 
 def test_converter_refuses_empty_and_partial(tmp_path: Path, r50_sd: dict) -> None:
-    from tools.convert_to_detectron2 import check_complete, convert, main
+    from lewel_bench.transfer.detectron2 import check_complete, convert
+    from tools.convert_to_detectron2 import main
 
     empty = tmp_path / "empty.pth"  # MoCo-converter failure mode: no key under the expected prefix
     torch.save({"model": {"module.encoder_k.conv1.weight": torch.zeros(1)},
@@ -120,7 +122,7 @@ def _tiny_batch(mask: bool) -> tuple[list, list]:
 def converted_bb(tmp_path_factory: pytest.TempPathFactory, backbone_file: Path):
     """The backbone read back from a converted detectron2 .pkl (what a detectron2 run would load)."""
     from lewel_bench.checkpoint import Backbone
-    from tools.convert_to_detectron2 import convert, load_detectron2_pkl
+    from lewel_bench.transfer.detectron2 import convert, load_detectron2_pkl
 
     pkl = convert(backbone_file, tmp_path_factory.mktemp("d2") / "bb.pkl")
     return Backbone(state_dict=load_detectron2_pkl(pkl), arch="resnet50", path=str(pkl))
@@ -285,8 +287,8 @@ def test_detectron2_configs_follow_the_protocol() -> None:
 
 def test_detectron2_configs_merge_into_get_cfg() -> None:
     pytest.importorskip("detectron2", reason="detectron2 is not installed here (not on the package registries; "
-                                            "see eval_detection/train_net.py); YAML checked by the test above")
-    from eval_detection.train_net import setup_cfg
+                                            "see eval_detection/detectron2_backend.py); YAML checked by the test above")
+    from eval_detection.detectron2_backend import setup_cfg
 
     for name in ("voc_R_50_C4_24k.yaml", "coco_R_50_C4_1x.yaml", "coco_R_50_FPN_1x.yaml", "coco_R_50_FPN_2x.yaml"):
         cfg = setup_cfg(D2_CONFIGS / name, [])

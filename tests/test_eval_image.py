@@ -25,6 +25,7 @@ from lewel_bench.checkpoint import random_backbone, save_backbone
 from lewel_bench.dist import DistInfo
 from lewel_bench.knn import knn_predict
 from lewel_bench.models import build_backbone
+from lewel_bench.optim import build_optimizer, schedule_from_config, set_lr
 from lewel_bench.stage import RunFolder, RunIdentity, default_out_dir
 from lewel_bench.utils import REPO_ROOT
 
@@ -115,12 +116,12 @@ def test_linear_training_on_separable_features_gives_expected_accuracy() -> None
         frozen.bias.zero_()
     frozen.requires_grad_(False)
     model = nn.Sequential(frozen, nn.Linear(dim, ncls))
-    opt = C.build_optimizer([{"params": model[1].parameters()}], {"name": "sgd", "lr": 0.4, "momentum": 0.9,
-                                                                   "weight_decay": 0.0})
+    opt = build_optimizer([{"params": model[1].parameters()}], {"name": "sgd", "lr": 0.4, "momentum": 0.9,
+                                                                 "weight_decay": 0.0})
     loader = C.make_loader(TensorDataset(x, y), 16, True, num_workers=0)
-    dev, sched = torch.device("cpu"), {"name": "step", "milestones": [15, 20]}
+    dev, sched = torch.device("cpu"), schedule_from_config({"name": "step", "milestones": [15, 20]}, 25)
     for epoch in range(25):
-        C.set_lr(opt, C.lr_factor(epoch, sched, 25))
+        set_lr(opt, sched, epoch)
         C.train_one_epoch(model, loader, opt, dev, epoch, log_every=0)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.004)
     clean = C.evaluate(model, C.make_loader(TensorDataset(xt, yt), 7, False, num_workers=0), dev)
@@ -135,9 +136,10 @@ def test_topk_and_schedules() -> None:
     logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.05, 0.15], [0.2, 0.3, 0.5]])
     target = torch.tensor([1, 2, 0])
     assert C.topk_accuracy(logits, target, (1, 2, 5)) == pytest.approx([100 / 3, 200 / 3, 100.0])
-    assert [C.lr_factor(e, {"name": "step", "milestones": [30, 40]}, 50) for e in (0, 29, 30, 40, 49)] == \
-        pytest.approx([1, 1, 0.1, 0.01, 0.01])
-    assert C.lr_factor(0, {"name": "cosine"}, 90) == 1.0 and C.lr_factor(45, {"name": "cosine"}, 90) == pytest.approx(0.5)
+    step = schedule_from_config({"name": "step", "milestones": [30, 40]}, 50)
+    assert [step(e) for e in (0, 29, 30, 40, 49)] == pytest.approx([1, 1, 0.1, 0.01, 0.01])
+    cosine = schedule_from_config({"name": "cosine"}, 90)
+    assert cosine(0) == 1.0 and cosine(45) == pytest.approx(0.5)
 
 
 def test_linear_probe_keeps_backbone_frozen_in_eval_mode() -> None:
@@ -145,7 +147,7 @@ def test_linear_probe_keeps_backbone_frozen_in_eval_mode() -> None:
     probe = C.LinearProbe(bb, 3)
     before = {k: v.clone() for k, v in probe.backbone.state_dict().items()}
     fc_before = probe.fc.weight.detach().clone()
-    opt = C.build_optimizer([{"params": probe.fc.parameters()}], {"name": "lars", "lr": 1.0})
+    opt = build_optimizer([{"params": probe.fc.parameters()}], {"name": "lars", "lr": 1.0})
     data = TensorDataset(torch.randn(8, 3, 32, 32), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))
     C.train_one_epoch(probe, C.make_loader(data, 4, True, num_workers=0), opt, torch.device("cpu"), 0, log_every=0)
     assert probe.training and not probe.backbone.training
@@ -292,7 +294,7 @@ def test_linear_cli_end_to_end_resumes_after_interruption(tiny_imagenet: Path, t
             raise KeyboardInterrupt("simulated preemption during epoch 2")
         return real(*a, **k)
 
-    monkeypatch.setattr(C, "train_one_epoch", flaky)
+    monkeypatch.setattr(C.run, "train_one_epoch", flaky)  # the loop fit() calls
     with pytest.raises(KeyboardInterrupt):
         _run(linear_cli, "mini", "random:resnet18", tiny_imagenet, tmp_path, *TINY, "save_every=1")
     assert torch.load(tmp_path / "out" / "checkpoint.pth", weights_only=False)["epoch"] == 1

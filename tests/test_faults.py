@@ -29,7 +29,7 @@ from lewel_bench.data import BadImageError, DataError, DataLayoutError, ImageNet
 from lewel_bench.errors import StorageError
 from lewel_bench.io import atomic_torch_save, atomic_write_json, remove_stale_temp
 from lewel_bench.models import build_backbone
-from lewel_bench.records import load_records, make_record, write_record
+from lewel_bench.records import make_record, write_record
 from lewel_bench.utils import REPO_ROOT, runs_dir
 
 TINY = ["batch_size=8", "data.crop_size=32", "data.resize_size=36", "data.num_workers=0"]

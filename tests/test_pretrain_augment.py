@@ -4,8 +4,14 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from pretrain.augment import (IMAGENET_MEAN, IMAGENET_STD, N_PARAMS, PAIR_SPECS, CropAndDraw, adjust_hue,
-                              apply_photometric, build_pair, gaussian_blur, seeded)
+from lewel_bench.config import load_config
+from pretrain.augment import (IMAGENET_MEAN, IMAGENET_STD, N_PARAMS, CropAndDraw, adjust_hue, apply_photometric,
+                              build_views, gaussian_blur, seeded, view_specs)
+
+
+def specs_of(exp: str, size: int) -> list:
+    """The views of a pretraining config (MoCo v2's pair, BYOL's asymmetric pair) at ``size`` px, scale 0.2-1."""
+    return view_specs(load_config(exp, "pretrain/configs", [f"aug.size={size}", "aug.scale=[0.2,1.0]"])["aug"])
 
 
 def _images(n=6, size=20, seed=0):
@@ -42,8 +48,8 @@ def _reference(crop: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 
 def test_apply_photometric_matches_per_image_pipeline():
     img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 48, 3), dtype=np.uint8))
-    for spec in PAIR_SPECS["byol"]:
-        view = CropAndDraw(24, (0.2, 1.0), spec)
+    for spec in specs_of("byol", 24):
+        view = CropAndDraw(spec)
         crops, params = zip(*[seeded(lambda: view(img), s) for s in range(16)])
         crops, params = torch.stack(crops), torch.stack(params)
         assert crops.dtype == torch.uint8 and crops.shape == (16, 3, 24, 24) and params.shape == (16, N_PARAMS)
@@ -58,7 +64,8 @@ def test_drawn_parameters_follow_the_recipe():
     img = Image.new("RGB", (32, 32), (90, 120, 150))
     n = 2000
     for kind in ("mocov2", "byol"):
-        for spec, view in zip(PAIR_SPECS[kind], build_pair(kind, 16, (0.2, 1.0), batched=True)):
+        specs = specs_of(kind, 16)
+        for spec, view in zip(specs, build_views(specs, batched=True)):
             p = torch.stack([seeded(view.draw, s) for s in range(n)])
             on = p[:, 0] > 0
             assert abs(on.float().mean() - spec.jitter_p) < 0.04

@@ -51,16 +51,16 @@ def _worker(rank: int, port: int, out: str) -> None:
     for method in ("byol", "lewel_b"):
         m = _build(method)
         ddp = torch.nn.parallel.DistributedDataParallel(m, broadcast_buffers=False)
-        loss, _ = ddp(x1[sl], x2[sl])
+        loss, _ = ddp([x1[sl], x2[sl]])
         loss.backward()
         res[method] = {"loss": ldist.all_reduce_mean(loss.detach()),
                        "grads": {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}}
     m = _build("lewel_m")
     m.iteration = 3
     ddp = torch.nn.parallel.DistributedDataParallel(m, broadcast_buffers=False)
-    loss, _ = ddp(x1[sl], x2[sl])
+    loss, _ = ddp([x1[sl], x2[sl]])
     loss.backward()
-    res["lewel_m_queues"] = ldist.all_gather_nograd(m.queue.unsqueeze(0))
+    res["lewel_m_queues"] = ldist.all_gather_nograd(m.queue.keys.unsqueeze(0))
     res["lewel_m_loss"] = loss.detach()
     if rank == 0:
         torch.save(res, out)
@@ -81,8 +81,8 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     x1, x2 = _data()
     for method in ("byol", "lewel_b"):
         m = _build(method)
-        la, _ = m(x1[:B], x2[:B])
-        lb, _ = m(x1[B:], x2[B:])
+        la, _ = m([x1[:B], x2[:B]])
+        lb, _ = m([x1[B:], x2[B:]])
         loss = 0.5 * (la + lb)
         loss.backward()
         torch.testing.assert_close(res[method]["loss"], loss.detach(), rtol=1e-5, atol=1e-6)

@@ -63,8 +63,8 @@ def test_losses_symmetric_in_the_two_views(method, target):
     m = METHODS.get(cfg["method"])(cfg).train()
     x1, x2 = torch.randn(4, 3, 48, 48), torch.randn(4, 3, 48, 48)  # layer4: 2 x 2
     m2 = copy.deepcopy(m)  # BN running stats are updated by a forward: use twin copies
-    l12, logs12 = m(x1, x2)
-    l21, logs21 = m2(x2, x1)
+    l12, logs12 = m([x1, x2])
+    l21, logs21 = m2([x2, x1])
     torch.testing.assert_close(l12, l21, rtol=1e-5, atol=1e-6)
     for key in logs12:
         torch.testing.assert_close(logs12[key], logs21[key], rtol=1e-5, atol=1e-6)

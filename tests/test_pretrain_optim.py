@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from pretrain.ema import cosine_momentum, ema_update
-from pretrain.methods.base import QueueMixin
-from pretrain.optim import LARS, build_optimizer, cosine_lr, param_groups
+from pretrain.methods.base import FIFOQueue
+from lewel_bench.optim import LARS, Schedule, optimizer_for, param_groups
 
 
 def test_momentum_schedule_endpoints():
@@ -37,33 +37,39 @@ def test_ema_params_vs_eman():
     torch.testing.assert_close(target[0].weight, online[0].weight)
 
 
-class _Q(QueueMixin, nn.Module):
-    def __init__(self, size, dim):
-        nn.Module.__init__(self)
-        self.init_queue(size, dim)
-
-
 def test_queue_fifo():
-    q = _Q(6, 2)
+    q = FIFOQueue(6, 2)
     batches = [torch.full((2, 2), float(i)) for i in range(1, 5)]
     for b in batches[:3]:
-        q.enqueue(b)
-    assert q.queue[:, 0].tolist() == [1, 1, 2, 2, 3, 3] and int(q.queue_ptr) == 0
-    q.enqueue(batches[3])  # the oldest entries (batch 1) are replaced first
-    assert q.queue[:, 0].tolist() == [4, 4, 2, 2, 3, 3] and int(q.queue_ptr) == 2
-    q.enqueue(torch.full((5, 2), 9.0))  # wraps around
-    assert q.queue[:, 0].tolist() == [9, 4, 9, 9, 9, 9] and int(q.queue_ptr) == 1  # slots 2,3,4,5,0
+        q.push(keys=b)
+    assert q.keys[:, 0].tolist() == [1, 1, 2, 2, 3, 3] and int(q.ptr) == 0
+    q.push(keys=batches[3])  # the oldest entries (batch 1) are replaced first
+    assert q.keys[:, 0].tolist() == [4, 4, 2, 2, 3, 3] and int(q.ptr) == 2
+    q.push(keys=torch.full((5, 2), 9.0))  # wraps around
+    assert q.keys[:, 0].tolist() == [9, 4, 9, 9, 9, 9] and int(q.ptr) == 1  # slots 2,3,4,5,0
+
+
+def test_queues_sharing_one_pointer_stay_aligned():
+    """Two queues of one FIFOQueue are written at the same indices: column j of both holds image j's keys."""
+    q = FIFOQueue(5, {"glob": 2, "hyper": 3})
+    for step in range(4):
+        ids = torch.arange(3) + 3 * step  # the ids of this batch's images
+        q.push(glob=ids[:, None].float().expand(-1, 2), hyper=-ids[:, None].float().expand(-1, 3))
+        assert int(q.ptr) == (3 * (step + 1)) % 5
+    assert torch.equal(q.glob[:, 0], -q.hyper[:, 0]) and q.glob[:, 0].tolist() == [10, 11, 7, 8, 9]
+    with pytest.raises(ValueError, match="same number"):
+        q.push(glob=torch.zeros(2, 2), hyper=torch.zeros(3, 3))
 
 
 def test_lars_excludes_bn_and_bias():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
-    groups = param_groups(net, 0.1, exclude_bn_bias=True)
+    groups = param_groups(net, 0.1, no_decay=["norm", "bias"])
     excluded = {id(p) for g in groups if g["lars_exclude"] for p in g["params"]}
     assert excluded == {id(net[0].bias), id(net[1].weight), id(net[1].bias)}
     assert all(g["weight_decay"] == 0 for g in groups if g["lars_exclude"])
-    opt = build_optimizer({"name": "lars", "lr": 0.5, "momentum": 0.9, "weight_decay": 0.1,
-                           "exclude_bn_bias": True, "trust_coefficient": 1e-3}, net)
+    opt = optimizer_for(net, {"name": "lars", "lr": 0.5, "momentum": 0.9, "weight_decay": 0.1,
+                              "no_decay": ["norm", "bias"], "trust_coefficient": 1e-3})
     assert isinstance(opt, LARS)
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
     net(torch.randn(8, 4)).pow(2).sum().backward()
@@ -80,8 +86,13 @@ def test_lars_excludes_bn_and_bias():
 
 def test_sgd_groups_without_exclusion_decay_everything():
     net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
-    groups = param_groups(net, 1e-4, exclude_bn_bias=False)
+    groups = param_groups(net, 1e-4, no_decay=[])
     assert len(groups) == 1 and groups[0]["weight_decay"] == 1e-4
+
+
+def cosine_lr(base: float, it: int, total: int, warmup: int) -> float:
+    """The pretraining schedule: linear warm-up counting the current iteration, then cosine to 0."""
+    return Schedule("cosine", total, warmup=warmup, warmup_offset=1).lr(base, it)
 
 
 def test_cosine_lr_with_warmup():

@@ -74,8 +74,8 @@ def test_nan_loss_stops_with_last_good_checkpoint(mini_data, tmp_path, monkeypat
 
     orig = BYOL.forward
 
-    def poisoned(self, x1, x2):
-        loss, logs = orig(self, x1, x2)
+    def poisoned(self, views):
+        loss, logs = orig(self, views)
         return (loss * float("nan") if self.iteration == 3 else loss), logs
 
     monkeypatch.setattr(BYOL, "forward", poisoned)

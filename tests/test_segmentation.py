@@ -19,7 +19,7 @@ from lewel_bench.data.mini import DEFAULT_SIZES, SHAPE_CLASSES, write_voc
 from lewel_bench.models import build_backbone
 
 from eval_segmentation import cli
-from tools.convert_to_mmseg import ConversionError, convert_state_dict, convert_to_mmseg
+from lewel_bench.transfer.mmseg import ConversionError, convert_state_dict, convert_to_mmseg
 
 MINI_CFG = cli.CONFIG_DIR / cli.CONFIGS["mini"][50]
 FULL_CFG = cli.CONFIG_DIR / cli.CONFIGS["voc12aug"][50]
@@ -155,7 +155,7 @@ def test_mini_config_follows_the_backbone_depth(tmp_path):
 
 
 def test_deep_stem_checkpoint_is_refused(tmp_path):
-    from eval_segmentation.mmcv_ops_shim import install
+    from lewel_bench.transfer.mmcv_ops import install
 
     install()
     from mmseg.models.backbones import ResNetV1c

@@ -1,11 +1,11 @@
-"""Pretraining data-loader throughput: two augmented views per image, images/s by worker count.
+"""Pretraining data-loader throughput: a method's augmented views per image, images/s by worker count.
 
     python -m tools.bench_loader --data /imagenet --workers 4 8 16
     python -m tools.bench_loader --synthetic 2048 --workers 8 15        # ImageNet-sized JPEGs in a temp dir
 
-Runs the training loop's own loader (``ImageFolderList`` without cache, ``TwoViewDataset``, the method's
-augmentation pair, ``EpochBatchSampler``, pinned memory when CUDA is present) and reports images/s
-(one image = its two views), for each ``--modes``: ``pil`` (every op in the workers, ``aug.batched=false``),
+Runs the training loop's own loader (``ImageFolderList`` without cache, ``MultiViewDataset``, the views of
+the config ``--aug``, ``EpochBatchSampler``, pinned memory when CUDA is present) and reports images/s
+(one image = all its views), for each ``--modes``: ``pil`` (every op in the workers, ``aug.batched=false``),
 ``batched`` (workers decode, crop and flip; the photometric ops run per batch in the main process on
 ``--device``, included in the time, as ``aug.batched=true`` does in the training loop) and
 ``batched-workers`` (the same workers, views left unfinished: what the CPU side delivers on its own).
@@ -28,8 +28,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from lewel_bench.utils import setup_logging
-from pretrain.augment import build_pair, views_to_device
-from pretrain.data import EpochBatchSampler, ImageFolderList, TwoViewDataset
+from lewel_bench.config import load_config
+from pretrain.augment import build_views, view_specs, views_to_device
+from pretrain.data import EpochBatchSampler, ImageFolderList, MultiViewDataset
+from pretrain.experiments import CONFIG_DIR
 
 log = logging.getLogger("tools.bench_loader")
 
@@ -49,11 +51,12 @@ def write_synthetic_jpegs(root: Path, n: int, size: tuple[int, int] = (500, 375)
     return root
 
 
-def measure(root: Path, workers: int, batch: int, kind: str, size: int, batches: int, batched: bool,
+def measure(root: Path, workers: int, batch: int, exp: str, size: int, batches: int, batched: bool,
             device: torch.device, finish: bool = True) -> float:
-    """Images/s of the two-view loader, views finished on ``device``, over ``batches`` batches after one
-    warm-up batch per worker."""
-    ds = TwoViewDataset(ImageFolderList(root, "train"), build_pair(kind, size, (0.2, 1.0), batched), seed=0)
+    """Images/s of the loader of config ``exp``'s views (at ``size`` px), finished on ``device``, over
+    ``batches`` batches after one warm-up batch per worker."""
+    aug = load_config(exp, CONFIG_DIR, [f"aug.size={size}"])["aug"]
+    ds = MultiViewDataset(ImageFolderList(root, "train"), build_views(view_specs(aug), batched), seed=0)
     n_batches = len(ds) // batch
     need = batches + max(workers, 1)
     if n_batches < need:
@@ -64,11 +67,10 @@ def measure(root: Path, workers: int, batch: int, kind: str, size: int, batches:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def step():
-        v1, v2 = next(it)
+        views = next(it)
         if finish:
-            views_to_device(v2, device, batched)
-            return views_to_device(v1, device, batched).shape[0]
-        return len(v1[0] if batched else v1)
+            return [views_to_device(v, device, batched) for v in views][0].shape[0]
+        return len(views[0][0] if batched else views[0])
 
     it = iter(loader)
     for _ in range(max(workers, 1)):  # let every worker start and fill its first batch
@@ -90,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[4, 8])
     p.add_argument("--batch", type=int, default=128, help="per-process batch")
     p.add_argument("--batches", type=int, default=10, help="timed batches per worker count")
-    p.add_argument("--aug", default="byol", choices=("byol", "mocov2"))
+    p.add_argument("--aug", default="byol", help="the pretraining config whose aug.views the loader draws "
+                                                 "(byol: BYOL's pair, mocov2: MoCo v2's, any pretrain/configs name)")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--threads", type=int, default=1, help="torch threads in the main process")
     p.add_argument("--modes", nargs="+", default=["pil", "batched-workers", "batched"],
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
             t = time.perf_counter()
             root = write_synthetic_jpegs(Path(tmp), args.synthetic)
             log.info("wrote %d synthetic JPEGs in %.1f s", args.synthetic, time.perf_counter() - t)
-        print(f"# two-view loader, {args.aug} augmentation, {args.size} px, batch {args.batch}, {root}", flush=True)
+        print(f"# loader of {args.aug}'s views, {args.size} px, batch {args.batch}, {root}", flush=True)
         print("| mode | workers | images/s | images/s per worker |\n|---|---|---|---|", flush=True)
         for mode in args.modes:
             for w in args.workers:

@@ -27,7 +27,7 @@ from lewel_bench.models import build_torchvision_resnet
 from lewel_bench.utils import amp_autocast, amp_step
 from pretrain.cli import CONFIG_DIR
 from pretrain.methods import METHODS
-from pretrain.optim import build_optimizer
+from lewel_bench.optim import optimizer_for
 
 METHOD_NAMES = ("mocov2", "lewel_m", "byol", "lewel_b")
 TARGETS = (("lewel_b", "byol", 1.03), ("lewel_m", "mocov2", 1.01), ("byol", "supervised", 2.8))
@@ -61,12 +61,12 @@ def make_steps(arch: str, size: int, batch: int, device: torch.device, channels_
         m = METHODS.get(name)(cfg).to(device).train()
         if channels_last:
             m.to(memory_format=torch.channels_last)
-        opt = build_optimizer(cfg["optim"], m)
+        opt = optimizer_for(m, cfg["optim"])
 
         def step(m=m, opt=opt, scaler=torch.amp.GradScaler("cuda", enabled=amp)):
             m.iteration += 1
             with amp_autocast(device, amp):
-                loss, _ = m(x1, x2)
+                loss, _ = m([x1, x2])
             amp_step(loss, opt, scaler)
             m.update_target(m.momentum_at(m.iteration, 1000))
 

@@ -3,129 +3,34 @@
 Usage::
 
     python -m tools.convert_to_detectron2 runs/lewel_b/backbone.pth runs/lewel_b/backbone_d2.pkl
+    python -m tools.convert_to_detectron2 runs/mcl/backbone.pth runs/mcl/bundle_d2.pkl --parts fpn box_head
 
-Input: ``backbone.pth``, a full pretraining checkpoint (the backbone is found from the checkpoint's
-own ``meta.backbone_prefix``) or a plain torchvision ResNet state dict, all read through
-:func:`lewel_bench.checkpoint.load_backbone`, which refuses partial backbones.
-
-Output: ``{"model": {detectron2 name: numpy array}, "__author__": "lewel-bench",
-"matching_heuristics": True}`` pickled, written atomically. Renames (torchvision -> detectron2):
-
-* non-``layer`` keys (``conv1``, ``bn1``) get the prefix ``stem.``;
-* ``layer1..4`` -> ``res2..5``;
-* ``bn1/2/3`` -> ``conv1/2/3.norm``;
-* ``downsample.0`` -> ``shortcut``, ``downsample.1`` -> ``shortcut.norm``;
-* ``fc.*`` is dropped; ``num_batches_tracked`` is kept (detectron2 ignores it).
-
-A known failure in the field (MoCo's converter keeps only ``module.encoder_q.`` keys and silently writes
-an empty model for anything else) cannot happen here: :func:`check_complete` refuses to write a file
-that does not hold every backbone tensor. :func:`from_detectron2` maps a converted dict back to
-torchvision names; the round trip is exact.
+Input: ``backbone.pth``, a full pretraining checkpoint or a plain torchvision ResNet state dict (read by
+:func:`lewel_bench.checkpoint.load_backbone`, which refuses partial backbones); ``--parts``: the transfer
+bundle's parts to export too. The format and the renames: :mod:`lewel_bench.transfer.detectron2`.
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import pickle
-import re
-from pathlib import Path
-from typing import Any, Mapping
 
-import numpy as np
-import torch
-
-from lewel_bench.checkpoint import Backbone, BackboneError, load_backbone
-from lewel_bench.io import atomic_write_bytes
-from lewel_bench.models import build_backbone
-
-log = logging.getLogger("tools.convert_to_detectron2")
-
-AUTHOR = "lewel-bench"
-_OPTIONAL = ("num_batches_tracked",)
+from lewel_bench.stage import cli_entry
+from lewel_bench.transfer import PARTS
+from lewel_bench.transfer.detectron2 import convert
 
 
-def tv_to_d2_name(k: str) -> str:
-    """One torchvision ResNet key -> its detectron2 name (see the module docstring)."""
-    if not k.startswith("layer"):
-        k = "stem." + k
-    for t in (1, 2, 3, 4):
-        k = k.replace(f"layer{t}.", f"res{t + 1}.")
-    for t in (1, 2, 3):
-        k = k.replace(f"bn{t}.", f"conv{t}.norm.")
-    k = k.replace("downsample.0.", "shortcut.")
-    k = k.replace("downsample.1.", "shortcut.norm.")
-    return k
-
-
-def d2_to_tv_name(k: str) -> str:
-    """Inverse of :func:`tv_to_d2_name`."""
-    k = k.replace("shortcut.norm.", "downsample.1.")
-    k = k.replace("shortcut.", "downsample.0.")
-    k = re.sub(r"conv([123])\.norm\.", r"bn\1.", k)
-    k = re.sub(r"^res([2345])\.", lambda m: f"layer{int(m.group(1)) - 1}.", k)
-    if k.startswith("stem."):
-        k = k[len("stem."):]
-    return k
-
-
-def check_complete(state_dict: Mapping[str, Any], arch: str, where: str = "<input>") -> None:
-    """Raise :class:`BackboneError` unless ``state_dict`` (torchvision names) holds every ``arch`` tensor."""
-    ref = build_backbone(arch).state_dict()
-    needed = [k for k in ref if not k.endswith(_OPTIONAL)]
-    present = [k for k in needed if k in state_dict]
-    if len(present) != len(needed):
-        missing = [k for k in needed if k not in state_dict]
-        raise BackboneError(
-            f"{where}: refusing to write a detectron2 file with {'no' if not present else 'partial'} backbone weights: "
-            f"{len(present)} of {len(needed)} {arch} tensors present, {len(missing)} missing "
-            f"(first: {', '.join(missing[:5])})")
-    bad = [k for k in present if tuple(np.shape(state_dict[k])) != tuple(ref[k].shape)]
-    if bad:
-        raise BackboneError(f"{where}: {len(bad)} tensors with the wrong shape for {arch} (first: {bad[:3]})")
-
-
-def to_detectron2(bb: Backbone) -> dict:
-    """The detectron2 checkpoint dict for a validated :class:`Backbone` (fc dropped, numpy values)."""
-    check_complete(bb.state_dict, bb.arch, bb.path or "<backbone>")
-    model = {tv_to_d2_name(k): v.detach().cpu().numpy() for k, v in bb.state_dict.items() if not k.startswith("fc.")}
-    return {"model": model, "__author__": AUTHOR, "matching_heuristics": True}
-
-
-def from_detectron2(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Map a detectron2 checkpoint dict (ours) back to a torchvision state dict of tensors."""
-    if "model" not in obj:
-        raise BackboneError("not a detectron2 checkpoint dict: no 'model' key")
-    return {d2_to_tv_name(k): torch.from_numpy(np.asarray(v)) for k, v in obj["model"].items()}
-
-
-def load_detectron2_pkl(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a converted ``.pkl`` and return torchvision-named tensors."""
-    with open(path, "rb") as f:
-        return from_detectron2(pickle.load(f, encoding="latin1"))
-
-
-def convert(src: str | Path, dst: str | Path, prefix: str | None = None, arch: str | None = None) -> Path:
-    """Read ``src`` (any format :func:`load_backbone` accepts) and write the detectron2 pickle ``dst``."""
-    bb = load_backbone(src, prefix=prefix, arch=arch)
-    obj = to_detectron2(bb)
-    out = atomic_write_bytes(dst, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
-    log.info("wrote %s: %d tensors (%s, method %s) from %s", out, len(obj["model"]), bb.arch,
-             bb.meta.get("method", "?"), src)
-    return out
-
-
+@cli_entry("convert_to_detectron2")
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m tools.convert_to_detectron2", description=__doc__.split("\n")[0])
     p.add_argument("input", help="backbone.pth, a full pretraining checkpoint, or a torchvision ResNet state dict")
     p.add_argument("output", help="detectron2 .pkl to write")
     p.add_argument("--prefix", default=None, help="backbone key prefix (default: from the checkpoint's meta / found)")
     p.add_argument("--arch", default=None, help="ResNet arch (default: from meta / inferred)")
+    p.add_argument("--parts", nargs="*", default=[], choices=sorted(PARTS),
+                   help="transfer-bundle parts to export besides the trunk (default: the trunk only)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        convert(args.input, args.output, prefix=args.prefix, arch=args.arch)
-    except BackboneError as e:
-        raise SystemExit(f"error: {e}") from None
+    convert(args.input, args.output, prefix=args.prefix, arch=args.arch, parts=args.parts)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,10 @@ real-data rows). ``results/tables/README.md`` renders all tables in Markdown (``
 Records that cannot be placed (unknown eval / protocol, missing metric, IN-100 runs that fit no ablation
 row), failed runs (``status: failed``: a non-finite result, skipped with its reason) and malformed files are
 listed in ``unmatched.csv`` and logged; ``--strict`` makes them an error.
-Matching: Tables 1-4 and 8 by (method, pretrain_epochs[, arch]); Tables 5-7 by pretrain_exp (``exp`` column).
+Matching: Tables 1-4 and 8 by (method, pretrain_epochs[, arch]); Tables 5-7 (the ImageNet-100 ablations:
+records whose checkpoint was pretrained on data named ``imagenet100``, :mod:`lewel_bench.data.in100`) by
+pretrain_exp (``exp`` column). The ``weights`` column says what the evaluated models took from the
+checkpoint (``trunk``, or the trunk and transfer-bundle parts).
 kNN results (no paper table) go to ``other_results.csv``.
 
 Averages are taken only over runs of one ``group`` (the record's run identity without its seeds: same data
@@ -200,10 +203,18 @@ class Run:
     path: str
     group: str = ""
     data: str = ""
+    weights: str = "trunk"
+    in100: bool = False
 
 
-def is_in100(exp: str) -> bool:
-    return "in100" in exp.lower()
+IN100 = "imagenet100"
+
+
+def record_weights(rec: dict) -> str:
+    """What the evaluated model took from the checkpoint: ``trunk`` or ``trunk+fpn+box_head`` (the record's
+    ``transfer``; ``trunk`` for records that predate it)."""
+    t = rec.get("transfer") if isinstance(rec.get("transfer"), dict) else {}
+    return "+".join(["trunk", *sorted(k for k in t if k != "trunk")])
 
 
 def record_group(rec: dict) -> str:
@@ -258,10 +269,11 @@ def flatten_records(records: list[dict], problems: list[str]) -> tuple[list[Run]
             unmatched.append({"file": path, "reason": f"non-numeric metrics {bad}"})
             continue
         dataset = str(rec.get("dataset") or ("mini" if proto == "mini" else "unknown"))
-        group, data = record_group(rec), record_data(rec)
+        group, data, weights = record_group(rec), record_data(rec), record_weights(rec)
+        in100 = rec.get("pretrain_data") == IN100  # pretrained on ImageNet-100 (the checkpoint's data identity)
         for metric, value in rec["metrics"].items():
             runs.append(Run(str(rec["method"]), str(rec["pretrain_exp"]), epochs, ev, proto, metric,
-                            float(value), dataset, path, group, data))
+                            float(value), dataset, path, group, data, weights, in100))
     return runs, unmatched
 
 
@@ -291,8 +303,7 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
     cells = spec.cells
     value_cols = list(cells) + list(spec.extra_epoch_cells)
     id_cols = [c for c in paper.columns if c not in cells]
-    in_scope = [(i, r) for i, r in enumerate(runs)
-                if (is_in100(r.exp) if spec.key == "exp" else not is_in100(r.exp))]
+    in_scope = [(i, r) for i, r in enumerate(runs) if r.in100 == (spec.key == "exp")]
 
     def matching(cell: Cell, row: dict, dataset_ok: Callable[[str], bool], epochs: int | None | str) -> list[int]:
         protos = _protocols(cell, row)
@@ -324,6 +335,7 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
         for i in idx:
             out_row.setdefault("_data", set()).add(runs[i].data)
             out_row.setdefault("_group", set()).add(runs[i].group)
+            out_row.setdefault("_weights", set()).add(runs[i].weights)
         mean, std, n = aggregate([runs[i].value for i in idx])
         out_row[f"{col}.paper"] = paper_val
         out_row[f"{col}.ours"] = _round(mean)
@@ -415,8 +427,9 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
     for o in out_rows:
         o["data"] = " ".join(sorted(o.pop("_data", set()))) or None
         o["group"] = " ".join(g[:12] for g in sorted(o.pop("_group", set()))) or None
+        o["weights"] = " ".join(sorted(o.pop("_weights", set()))) or None
     ordered = (id_cols + ["dataset"] + [f"{c}.{k}" for c in value_cols for k in ("paper", "ours", "std", "n", "diff")]
-               + ["data", "group"])
+               + ["data", "group", "weights"])
     df = pd.DataFrame(out_rows)
     for c in ordered:
         if c not in df.columns:
@@ -445,6 +458,8 @@ def to_markdown(spec: TableSpec, df: pd.DataFrame, paper_cols: list[str]) -> str
     for c in value_cols:   # a column group shows "ours" and "Δ" only where we have numbers
         head += [f"{labels[c]} paper"] if has_paper[c] else []
         head += [f"{labels[c]} ours", f"{labels[c]} Δ"] if has_ours[c] else []
+    if any(has_ours.values()):
+        head.append("weights")
     lines = [f"### {spec.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in df.iterrows():
         cells = [_fmt(r.get(c)) for c in id_cols] + [str(r["dataset"])]
@@ -459,6 +474,8 @@ def to_markdown(spec: TableSpec, df: pd.DataFrame, paper_cols: list[str]) -> str
                 cells.append(_fmt(r[f"{c}.paper"]))
             if has_ours[c]:
                 cells += [ours, "-" if diff is None or (isinstance(diff, float) and math.isnan(diff)) else f"{diff:+.1f}"]
+        if any(has_ours.values()):
+            cells.append(_fmt(r.get("weights")))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

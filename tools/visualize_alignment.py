@@ -11,6 +11,8 @@ config through the method registry, so any LEWEL_M / LEWEL_B checkpoint of ``mak
 """
 from __future__ import annotations
 
+import dataclasses
+
 import argparse
 import logging
 from pathlib import Path
@@ -76,7 +78,7 @@ def alignment_maps_for(method: torch.nn.Module, view: torch.Tensor) -> torch.Ten
     """W of one normalised view (3, S, S): (d, h, w) maps of the online coupled head."""
     from lewel_bench.models import backbone_features
 
-    feat = backbone_features(method.online.backbone, view[None])
+    feat = backbone_features(method.online.backbone, view[None])["res5"]
     _, _, W = method.online.head(feat)
     h, w = feat.shape[2], feat.shape[3]
     W = W[0]
@@ -100,14 +102,14 @@ def draw(ckpt: str | Path, images: str | Path, out: str | Path, n_images: int = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from PIL import Image
-    from torchvision import transforms as T
 
-    from pretrain.augment import build_pair, eval_transform, seeded
+    from pretrain.augment import build_views, eval_transform, seeded, view_specs
 
     method, cfg = load_lewel(ckpt)
     aug = cfg.get("aug", {})
     size = int(size or aug.get("size", 224))
-    view_tf = build_pair(aug.get("kind", "mocov2"), size, aug.get("scale", (0.2, 1.0)))[0]
+    spec = view_specs(aug)[0]
+    view_tf = build_views([dataclasses.replace(spec, size=size)])[0]
     in_tf = eval_transform(size)
     files = list_images(images, n_images, seed)
     fig, axes = plt.subplots(len(files), 2 + n_maps, figsize=(2.0 * (2 + n_maps), 2.0 * len(files)), squeeze=False)

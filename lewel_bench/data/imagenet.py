@@ -27,6 +27,10 @@ from .layout import DataError, DataLayoutError, require_file, require_layout
 log = logging.getLogger(__name__)
 
 IMG_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
+#: ImageNet channel mean / std (RGB, [0, 1]): the normalisation of every stage (torchvision's, detectron2's
+#: PIXEL_MEAN / PIXEL_STD x 255 in the RGB configs)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 SPLITS = ("train", "val")
 _SHOW = 8
 

@@ -1,12 +1,22 @@
-"""Shared base of the pretraining methods: encoder (backbone + head), target network, EMA, ShuffleBN."""
+"""Shared base of the pretraining methods: encoder (backbone stages + head), target network, EMA, ShuffleBN,
+queues, and the transfer bundle.
+
+A method is one file: a class registered in :data:`METHODS` whose ``forward(views)`` takes the batch's
+views (a list of tensors, in the order of the config's ``aug.views``) and returns ``(loss, logs)``. It
+builds its ``online`` network from :class:`Encoder` (a torchvision trunk, the backbone stages it reads,
+and a head), its ``target`` with :meth:`SSLMethod.make_target`, and any number of :class:`FIFOQueue`
+modules. Checkpoints hold every parameter and buffer by the module tree (:func:`pretrain.train.checkpoint_state`).
+"""
 from __future__ import annotations
 
 import copy
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from lewel_bench import dist as ldist
+from lewel_bench.config import ConfigError
 from lewel_bench.models import backbone_features, build_backbone, feature_dim
 from lewel_bench.registry import Registry
 
@@ -16,27 +26,72 @@ METHODS: Registry = Registry("method")
 
 
 class Encoder(nn.Module):
-    """A torchvision ResNet trunk and a head; ``pooled`` heads see GAP(F), others the map F (B, D, H, W)."""
+    """A torchvision ResNet trunk and a head on the backbone stages it reads.
 
-    def __init__(self, arch: str, head: nn.Module, pooled: bool) -> None:
+    ``stages``: the feature maps the head takes (``res2``..``res5``, :func:`lewel_bench.models.backbone_features`);
+    ``pooled``: the head sees their global average pool instead of the maps. The head is called with the one
+    tensor when it reads one stage, else with ``{stage: tensor}``.
+    """
+
+    def __init__(self, arch: str, head: nn.Module, pooled: bool, stages: Sequence[str] = ("res5",)) -> None:
         super().__init__()
         self.backbone = build_backbone(arch)
         self.head = head
-        self.pooled = pooled
+        self.pooled, self.stages = pooled, tuple(stages)
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = backbone_features(self.backbone, x, self.stages)
+        return {k: v.mean((2, 3)) for k, v in f.items()} if self.pooled else f
 
     def forward(self, x: torch.Tensor):
-        f = backbone_features(self.backbone, x)
-        return self.head(f.mean((2, 3)) if self.pooled else f)
+        f = self.features(x)
+        return self.head(f[self.stages[0]] if len(self.stages) == 1 else f)
+
+
+class FIFOQueue(nn.Module):
+    """FIFO queues of key embeddings (MoCo), one buffer per name, all written at ONE shared pointer: column j
+    of every queue holds the keys of the same image (CGH keeps global and hypercolumn keys aligned).
+
+    ``FIFOQueue(K, c)`` is MoCo's single queue, read as ``queue.keys`` (K, c) and written with
+    ``queue.push(keys=k)``; ``FIFOQueue(K, {"glob": 512, "hyper": 512})`` holds two.
+    """
+
+    def __init__(self, size: int, dims: int | Mapping[str, int]) -> None:
+        super().__init__()
+        self.names = ("keys",) if isinstance(dims, int) else tuple(dims)
+        for name in self.names:
+            d = dims if isinstance(dims, int) else dims[name]
+            self.register_buffer(name, nn.functional.normalize(torch.randn(size, d), dim=1))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.size = size
+
+    @torch.no_grad()
+    def push(self, **keys: torch.Tensor) -> None:
+        """Write the keys of every queue (already gathered from every rank, the same number each) over the
+        oldest entries, wrapping around; the pointer moves once."""
+        if set(keys) != set(self.names):
+            raise ValueError(f"FIFOQueue.push: expected keys for {self.names}, got {sorted(keys)}")
+        n = {v.shape[0] for v in keys.values()}
+        if len(n) != 1:
+            raise ValueError(f"FIFOQueue.push: every queue gets the same number of keys, got {n}")
+        n = n.pop()
+        idx = (self.ptr + torch.arange(n, device=self.ptr.device)) % self.size
+        for name, v in keys.items():
+            getattr(self, name)[idx] = v.to(getattr(self, name).dtype)
+        self.ptr.copy_((self.ptr + n) % self.size)
 
 
 class SSLMethod(nn.Module):
-    """Online encoder ``online`` (+ predictors), momentum ``target``; subclasses define ``forward``.
+    """Online encoder ``online`` (+ predictors), momentum ``target``; subclasses define ``forward(views)``.
 
-    ``forward(x1, x2)`` returns ``(loss, logs)``. Checkpoints hold ``model`` (everything but the target;
-    backbone under ``online.backbone.``), ``target`` and the method's buffers (queue).
+    ``n_views``: how many views the method takes (checked against the config before training; None: any).
+    ``transfer_parts()``: pretrained modules besides the trunk that detectors may load (the transfer bundle,
+    default none): ``{part: {<key in this method's state dict>: <part key>}}`` with the part keys of
+    :mod:`lewel_bench.transfer` (detectron2's names inside the part, e.g. ``fpn_lateral3.weight``).
     """
 
     backbone_prefix = "online.backbone."
+    n_views: int | None = 2
 
     def __init__(self, cfg: dict) -> None:
         super().__init__()
@@ -50,6 +105,14 @@ class SSLMethod(nn.Module):
         self.iteration = 0  # set by the loop each step (ShuffleBN permutation seed)
         self.seed = int(cfg.get("seed", 0))
         self.bn_splits = int(mc.get("shuffle_bn_splits", 1))
+
+    def check_views(self, n: int) -> None:
+        """Refuse a config whose ``aug.views`` do not give this method its views."""
+        if self.n_views is not None and n != self.n_views:
+            raise ConfigError(f"method {self.cfg['method']!r} takes {self.n_views} views; aug.views gives {n}")
+
+    def transfer_parts(self) -> dict[str, dict[str, str]]:
+        return {}
 
     # --- target network -------------------------------------------------------------------------
     def make_target(self, online: nn.Module) -> nn.Module:
@@ -81,54 +144,52 @@ class SSLMethod(nn.Module):
         g = torch.Generator().manual_seed(self.seed * 7919 + self.iteration)
         return torch.randperm(n, generator=g).to(device)  # the same on every rank
 
-    def online_split(self, x: torch.Tensor):
+    def online_split(self, x: torch.Tensor, net: nn.Module | None = None):
         """Online forward; in one process with ``model.shuffle_bn_splits`` = n > 1, BatchNorm sees n
         chunks of the batch separately, like the n GPUs whose per-GPU BN ShuffleBN relies on."""
+        net = self.online if net is None else net
         if ldist.is_dist() or self.bn_splits <= 1:
-            return self.online(x)
-        return _cat_outputs([self.online(c) for c in x.chunk(self.bn_splits)])
+            return net(x)
+        return _cat_outputs([net(c) for c in x.chunk(self.bn_splits)])
 
     @torch.no_grad()
-    def target_shuffled(self, x: torch.Tensor):
+    def target_shuffled(self, x: torch.Tensor, net: nn.Module | None = None):
         """Target forward with ShuffleBN: under DDP the key batch is shuffled across processes (MoCo);
         in one process with ``model.shuffle_bn_splits`` = n > 1 it is shuffled and its BN computed over
         n chunks (the single-GPU emulation, as MoCo's CIFAR demo's SplitBatchNorm); else plain."""
+        net = self.target if net is None else net
         if not ldist.is_dist():
             if self.bn_splits <= 1:
-                return self.target(x)
+                return net(x)
             perm = self._permutation(x.shape[0], x.device)
-            out = _cat_outputs([self.target(c) for c in x[perm].chunk(self.bn_splits)])
+            out = _cat_outputs([net(c) for c in x[perm].chunk(self.bn_splits)])
             inv = torch.argsort(perm)
-            return tuple(o[inv] for o in out) if isinstance(out, tuple) else out[inv]
+            return _index(out, inv)
         world, rank = ldist.get_world_size(), ldist.get_rank()
         x_all = ldist.all_gather_nograd(x)
         perm = self._permutation(x_all.shape[0], x.device)
         inv = torch.argsort(perm)
-        out = self.target(x_all[perm.view(world, -1)[rank]])
-        outs = out if isinstance(out, tuple) else (out,)
-        res = tuple(ldist.all_gather_nograd(o)[inv].view(world, -1, *o.shape[1:])[rank] for o in outs)
-        return res if isinstance(out, tuple) else res[0]
+        out = net(x_all[perm.view(world, -1)[rank]])
+        return _map(out, lambda o: ldist.all_gather_nograd(o)[inv].view(world, -1, *o.shape[1:])[rank])
+
+
+def _map(out, fn):
+    """``fn`` on a tensor, on each tensor of a tuple, or on each value of a dict (an encoder's outputs)."""
+    if isinstance(out, tuple):
+        return tuple(fn(o) for o in out)
+    if isinstance(out, dict):
+        return {k: fn(v) for k, v in out.items()}
+    return fn(out)
+
+
+def _index(out, idx: torch.Tensor):
+    return _map(out, lambda o: o[idx])
 
 
 def _cat_outputs(outs: list):
-    """Concatenate per-chunk outputs (tensors or tuples of tensors) along the batch dimension."""
+    """Concatenate per-chunk outputs (tensors, tuples or dicts of tensors) along the batch dimension."""
     if isinstance(outs[0], tuple):
         return tuple(torch.cat(parts) for parts in zip(*outs))
+    if isinstance(outs[0], dict):
+        return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
     return torch.cat(outs)
-
-
-class QueueMixin:
-    """FIFO queue of key embeddings (MoCo): ``queue`` (K, c) buffer and write pointer ``queue_ptr``."""
-
-    def init_queue(self, size: int, dim: int) -> None:
-        self.register_buffer("queue", nn.functional.normalize(torch.randn(size, dim), dim=1))
-        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-
-    @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor) -> None:
-        """Write ``keys`` (already gathered from every rank) over the oldest entries, wrapping around."""
-        K = self.queue.shape[0]
-        n = keys.shape[0]
-        idx = (self.queue_ptr + torch.arange(n, device=keys.device)) % K
-        self.queue[idx] = keys.to(self.queue.dtype)
-        self.queue_ptr.copy_((self.queue_ptr + n) % K)

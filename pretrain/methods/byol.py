@@ -28,7 +28,8 @@ class BYOL(SSLMethod):
         self.predictor = MLP(mc["dim"], mc["pred_hidden"], mc["dim"])
         self.target = self.make_target(self.online)
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor):
+    def forward(self, views: list[torch.Tensor]):
+        x1, x2 = views
         p1, p2 = self.predictor(self.online(x1)), self.predictor(self.online(x2))
         with torch.no_grad():
             t1, t2 = self.target(x1), self.target(x2)

@@ -13,7 +13,7 @@ from lewel_bench import dist as ldist
 
 from ..heads import MLP, CoupledHead
 from ..losses import info_nce, info_nce_in_batch, lewel_total, normalized_mse
-from .base import METHODS, Encoder, QueueMixin, SSLMethod
+from .base import METHODS, Encoder, FIFOQueue, SSLMethod
 from .byol import sym_reduce
 
 
@@ -24,7 +24,7 @@ def coupled_head(D: int, mc: dict) -> CoupledHead:
 
 
 @METHODS.register("lewel_m")
-class LEWELM(QueueMixin, SSLMethod):
+class LEWELM(SSLMethod):
     """L_g: InfoNCE of z' against target z'' with queue negatives; L_a: InfoNCE of aligned z'_k against
     z''_k with the other images of the (global) batch at the same k as negatives (Sec. 3.3)."""
 
@@ -35,25 +35,26 @@ class LEWELM(QueueMixin, SSLMethod):
         self.symmetric = bool(mc.get("symmetric", False))
         self.online = Encoder(self.arch, coupled_head(self.D, mc), pooled=False)
         self.target = self.make_target(self.online)
-        self.init_queue(mc["queue_size"], mc["dim"])
+        self.queue = FIFOQueue(mc["queue_size"], mc["dim"])
 
     def _direction(self, x_q: torch.Tensor, x_k: torch.Tensor):
         z, za, _ = self.online_split(x_q)
         tz, tza, _ = self.target_shuffled(x_k)
         tz = F.normalize(tz, dim=1)
-        loss_g = info_nce(z, tz, self.queue.clone().detach(), self.tau)
+        loss_g = info_nce(z, tz, self.queue.keys.clone().detach(), self.tau)
         tza_all = ldist.all_gather_nograd(tza.contiguous())
         loss_a = info_nce_in_batch(za, tza_all, self.tau, offset=ldist.get_rank() * z.shape[0])
         return loss_g, loss_a, tz
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor):
+    def forward(self, views: list[torch.Tensor]):
+        x1, x2 = views
         lg, la, k = self._direction(x1, x2)
         keys = [k]
         if self.symmetric:
             lg2, la2, k1 = self._direction(x2, x1)
             lg, la, keys = lg + lg2, la + la2, [k, k1]
         for k in keys:
-            self.enqueue(ldist.all_gather_nograd(k))
+            self.queue.push(keys=ldist.all_gather_nograd(k))
         return lewel_total(lg, la, self.beta), {"loss_g": lg.detach(), "loss_a": la.detach()}
 
 
@@ -78,7 +79,8 @@ class LEWELB(SSLMethod):
         z, za, _ = self.online(x)
         return self.predictor(z), self.predictor_aligned(za)
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor):
+    def forward(self, views: list[torch.Tensor]):
+        x1, x2 = views
         (q1, s1), (q2, s2) = self._online(x1), self._online(x2)
         with torch.no_grad():
             t1, ta1, _ = self.target(x1)

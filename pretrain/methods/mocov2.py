@@ -8,11 +8,11 @@ from lewel_bench import dist as ldist
 
 from ..heads import MLP
 from ..losses import info_nce
-from .base import METHODS, Encoder, QueueMixin, SSLMethod
+from .base import METHODS, Encoder, FIFOQueue, SSLMethod
 
 
 @METHODS.register("mocov2")
-class MoCoV2(QueueMixin, SSLMethod):
+class MoCoV2(SSLMethod):
     """Query = online(view 1), key = target(view 2); head 2048-2048-128 (ReLU, no BN, bias) by default."""
 
     def __init__(self, cfg: dict) -> None:
@@ -23,19 +23,20 @@ class MoCoV2(QueueMixin, SSLMethod):
         head = MLP(self.D, mc["hidden"], mc["dim"], bn=mc.get("head_bn", False), bias=mc.get("head_bias", True))
         self.online = Encoder(self.arch, head, pooled=True)
         self.target = self.make_target(self.online)
-        self.init_queue(mc["queue_size"], mc["dim"])
+        self.queue = FIFOQueue(mc["queue_size"], mc["dim"])
 
     def _direction(self, x_q: torch.Tensor, x_k: torch.Tensor):
         q = self.online_split(x_q)
         k = F.normalize(self.target_shuffled(x_k), dim=1)
-        return info_nce(q, k, self.queue.clone().detach(), self.tau), k
+        return info_nce(q, k, self.queue.keys.clone().detach(), self.tau), k
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor):
+    def forward(self, views: list[torch.Tensor]):
+        x1, x2 = views
         loss, k = self._direction(x1, x2)
         keys = [k]
         if self.symmetric:
             loss2, k1 = self._direction(x2, x1)
             loss, keys = loss + loss2, [k, k1]
         for k in keys:
-            self.enqueue(ldist.all_gather_nograd(k))
+            self.queue.push(keys=ldist.all_gather_nograd(k))
         return loss, {}
