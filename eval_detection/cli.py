@@ -13,42 +13,10 @@ second record for a finished run.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import logging
-import math
-from pathlib import Path
-from typing import Any
 
-import torch
+from lewel_bench.stage import cli_entry, parse_stage_args, stage_parser
 
-from lewel_bench.checkpoint import Backbone, resolve_backbone
-from lewel_bench.config import ConfigError, load_config
-from lewel_bench.data.layout import require_layout
-from lewel_bench.dist import init_distributed
-from lewel_bench.io import atomic_write_json
-from lewel_bench.records import now_iso
-from lewel_bench.stage import cli_entry, identity_config, open_stage, parse_stage_args, stage_parser
-from lewel_bench.utils import REPO_ROOT, default_num_workers, resolve_auto, seed_everything, setup_logging
-
-log = logging.getLogger("eval_detection")
-
-CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "torchvision"
-METRIC_KEYS = {"voc_det": ("AP", "AP50", "AP75"),
-               "coco": ("bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP", "segm_AP50", "segm_AP75")}
-
-
-def detectron2_available() -> bool:
-    return importlib.util.find_spec("detectron2") is not None
-
-
-def choose_backend(requested: str) -> str:
-    if requested != "auto":
-        return requested
-    if detectron2_available():
-        return "detectron2"
-    log.warning("detectron2 is not importable: using the torchvision backend (same layout, schedule and "
-                "metrics; see eval_detection/detectron2_backend.py for how to install detectron2 on a cluster)")
-    return "torchvision"
+from .protocol import CONFIG_DIR, PROTOCOL_VERSION  # noqa: F401 (the stage's constants)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -60,161 +28,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parse_stage_args(p, argv)
 
 
-def d2_pairs(items: list[str]) -> list[str]:
-    """``KEY=VALUE`` items -> detectron2's flat ``[KEY, VALUE, ...]`` list."""
-    out: list[str] = []
-    for it in items:
-        if "=" not in it:
-            raise ConfigError(f"--d2-opt {it!r}: expected KEY=VALUE (e.g. SOLVER.MAX_ITER=10)")
-        k, v = it.split("=", 1)
-        out += [k.strip(), v]
-    return out
-
-
-def default_data_root(cfg: dict) -> Path:
-    fmt = cfg["data"]["format"]
-    return REPO_ROOT / "data" / "mini" / ("VOCdevkit" if fmt == "voc" else "coco")
-
-
-def _limit(samples: list, cfg: dict) -> list:
-    n = cfg.get("test", {}).get("max_images")
-    if n:
-        log.warning("evaluating on the first %d of %d test images only (test.max_images)", n, len(samples))
-        return samples[: int(n)]
-    return samples
-
-
-def build_datasets(cfg: dict, root: Path) -> tuple[Any, Any, tuple[str, ...], Any]:
-    """(train dataset, test dataset, class names, COCO gt or VOC gt dict)."""
-    from .datasets import (DetectionDataset, coco_class_names, load_coco, load_voc_splits,
-                           resolve_class_names)
-
-    d = cfg["data"]
-    if d["format"] == "voc":
-        years = sorted({y for y, _ in d["train"]} | {d["test"][0]})
-        require_layout(root, "VOCdevkit", {f"VOC{y}/Annotations/*.xml": f"VOC{y}/Annotations/*.xml" for y in years})
-        names = resolve_class_names(d["classes"])
-        train, _ = load_voc_splits(root, d["train"], names, train=True)
-        test, _ = load_voc_splits(root, [d["test"]], names, train=False)
-        test = _limit(test, cfg)
-        gt = {s.image_id: {"boxes": s.gt_boxes, "labels": s.gt_labels, "difficult": s.difficult} for s in test}
-        return DetectionDataset(train, train=True), DetectionDataset(test, train=False), names, gt
-    require_layout(root, "COCO", {d["train"]["ann"]: d["train"]["ann"], d["test"]["ann"]: d["test"]["ann"]})
-    train, _, coco_train = load_coco(root / d["train"]["ann"], root / d["train"]["images"], train=True)
-    test, _, coco_test = load_coco(root / d["test"]["ann"], root / d["test"]["images"], train=False)
-    names = coco_class_names(coco_train)
-    if coco_class_names(coco_test) != names:
-        raise ValueError("COCO train and val annotation files have different categories")
-    mask = bool(cfg["mask"])
-    test = _limit(test, cfg)
-    return (DetectionDataset(train, train=True, masks=mask, coco=coco_train),
-            DetectionDataset(test, train=False, masks=False, coco=coco_test), names, coco_test)
-
-
-def evaluate(cfg: dict, model: torch.nn.Module, test_ds: Any, names: tuple[str, ...], gt: Any, device: torch.device,
-             rank: int, world: int, amp: bool) -> dict[str, Any] | None:
-    from .engine import predict
-
-    batch = int(cfg.get("test", {}).get("batch", 1))
-    if cfg["data"]["format"] == "voc":
-        preds = predict(model, test_ds, device, rank, world, batch, amp)
-        preds = {test_ds.samples[i].image_id: p for i, p in preds.items()}
-    else:
-        from .coco_eval import to_coco_results
-
-        cat_ids = gt.lewel_cat_ids
-        preds = predict(model, test_ds, device, rank, world, batch, amp,
-                        convert=lambda i, p: to_coco_results(test_ds.samples[i].image_id, p, cat_ids))
-    if world > 1:
-        parts: list[Any] = [None] * world
-        torch.distributed.all_gather_object(parts, preds)
-        preds = {k: v for part in parts for k, v in part.items()}
-    if rank != 0:
-        return None
-    if cfg["data"]["format"] == "voc":
-        from .voc_eval import evaluate_voc
-
-        return evaluate_voc(gt, preds, names, use_07_metric=bool(cfg["data"].get("use_07_metric", True)))
-    from .coco_eval import evaluate_coco
-
-    results = [r for v in preds.values() for r in v]
-    types = ("bbox", "segm") if cfg["mask"] else ("bbox",)
-    return evaluate_coco(gt, results, types, image_ids=[s.image_id for s in test_ds.samples])
-
-
-def run_torchvision(cfg: dict, bb: Backbone, root: Path, out: Path, seed: int) -> dict[str, Any] | None:
-    from .tv_models import build_model, convert_sync_bn
-
-    info = init_distributed()
-    seed_everything(seed + info.rank)
-    amp = resolve_auto(cfg.get("amp", "auto"), info.device.type == "cuda")
-    nw = default_num_workers() if cfg.get("num_workers", "auto") == "auto" else int(cfg["num_workers"])
-    train_ds, test_ds, names, gt = build_datasets(cfg, root)
-    model = build_model(cfg["arch"], bb, len(names), bool(cfg["mask"]), **cfg["model"])
-    model = convert_sync_bn(model).to(info.device)
-    net: torch.nn.Module = model
-    if info.world_size > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None,
-                                                      find_unused_parameters=True)
-    from .engine import precise_bn, train
-
-    train(net, train_ds, cfg["solver"], out, info.device, seed, info.rank, info.world_size, nw, amp)
-    batch = int(cfg["solver"]["ims_per_batch"]) // info.world_size
-    precise_bn(net, train_ds, int(cfg.get("test", {}).get("precise_bn_iters", 0)), batch, info.device, seed,
-               info.rank, info.world_size, amp)
-    return evaluate(cfg, net, test_ds, names, gt, info.device, info.rank, info.world_size, amp)
-
-
-#: Bump when a change of this stage's code changes its results (part of every run's identity).
-PROTOCOL_VERSION = 1
-STATE_FILES = ("last.pth", "metrics.json", "backbone_d2.pkl", "d2_results.json", "model_*.pth", "last_checkpoint")
-
-
-def data_parts(cfg: dict) -> list[str]:
-    """The parts of the data root that determine the result (for its fingerprint)."""
-    d = cfg["data"]
-    if d["format"] == "voc":
-        return sorted({f"VOC{y}" for y, _ in d["train"]} | {f"VOC{d['test'][0]}"})
-    return sorted({str(Path(d[s]["ann"]).parent) for s in ("train", "test")} | {d[s]["images"] for s in ("train", "test")})
-
-
 @cli_entry("eval_detection")
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    info = init_distributed()
-    setup_logging(rank=info.rank)
-    start = now_iso()
-    cfg = load_config(args.config, CONFIG_DIR, args.overrides)
-    backend = choose_backend(args.backend)
-    d2_opts = d2_pairs(args.d2_opt)
-    if d2_opts and backend != "detectron2":
-        raise ConfigError(f"--d2-opt is for the detectron2 backend; this run uses {backend}")
-    bb = resolve_backbone(args.ckpt, seed=args.seed)
-    root = Path(args.data) if args.data else default_data_root(cfg)
-    st = open_stage("eval_detection", args, cfg, bb, info, root, data_parts(cfg), PROTOCOL_VERSION, start,
-                    extra={"backend": backend, **({"d2_opts": d2_opts} if d2_opts else {})}, state_files=STATE_FILES)
-    if st.finished():
-        return
-    log.info("detection transfer: config %s, backend %s, protocol %s, data %s, checkpoint %s (%s), out %s",
-             args.config, backend, cfg["protocol"], root, args.ckpt, bb.meta.get("method", "?"), st.out)
-    if backend == "detectron2":
-        from .detectron2_backend import run_detectron2
+    from .pipeline import run  # torch, torchvision: after the arguments (``--help`` stays instant)
 
-        metrics, ran = run_detectron2(cfg, args, bb, root, st.out, d2_opts)
-    else:
-        metrics = run_torchvision(cfg, bb, root, st.out, args.seed)
-        ran = identity_config(cfg)
-    if metrics is None:  # not the main process
-        return
-    keys = METRIC_KEYS[cfg["eval"]]
-    main_metrics = {k: float(metrics[k]) for k in keys if k in metrics}
-    main_metrics = {k: (round(v, 3) if math.isfinite(v) else v) for k, v in main_metrics.items()}
-    extra = {k: v for k, v in metrics.items() if k not in keys}
-    log.info("%s %s (%s, %s): %s", cfg["eval"], cfg["protocol"], backend, st.data["name"], main_metrics)
-    result = {"metrics": main_metrics, **extra, "backend": backend, "config": args.config, "seed": args.seed}
-    if args.no_record:
-        atomic_write_json(st.out / "metrics.json", result)
-        return
-    path = st.finish(cfg["eval"], cfg["protocol"], main_metrics, args.records_dir,
-                     config={**ran, "config_name": args.config}, backend=backend, **extra)
-    atomic_write_json(st.out / "metrics.json", {**result, "record": str(path)})
+    run(args)

@@ -19,8 +19,8 @@ from pathlib import Path
 from lewel_bench.config import ConfigError, load_config
 from lewel_bench.stage import cli_entry
 
-from .cli import CONFIG_DIR
 from .cli import main as cli_main
+from .protocol import CONFIG_DIR
 
 
 def protocol_for(config_file: str | Path) -> str:

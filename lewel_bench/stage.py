@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .errors import LewelError, NonFiniteError, one_line
 from .io import atomic_write_json, remove_stale_temp
-from .utils import runs_dir
+from .paths import runs_dir
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def runs_dir() -> Path:
-    """Where runs go by default: ``$LEWEL_RUNS_DIR`` if set (e.g. a scratch file system), else ``<repo>/runs``."""
-    return Path(os.environ.get("LEWEL_RUNS_DIR") or REPO_ROOT / "runs")
+from .paths import REPO_ROOT, runs_dir  # noqa: F401 (re-exported)
 
 
 def setup_logging(level: int = logging.INFO, rank: int = 0) -> None:

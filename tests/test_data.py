@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lewel_bench.data import (SHAPE_CLASSES, WNIDS, COCODetection, DataLayoutError, ImageNetFolder, VOCDetection,
+from lewel_bench.data import (SHAPE_CLASSES, WNIDS, DataLayoutError, ImageNetFolder, VOCDetection,
                               coco_paths, generate_mini, parse_subset_file, voc_palette, voc_segmentation_pairs)
 from lewel_bench.data.mini import DEFAULT_SIZES
 
@@ -87,11 +87,17 @@ def test_coco_masks_match_boxes(mini_data: Path) -> None:
 
 
 def test_coco_reader(mini_data: Path) -> None:
-    ds = COCODetection(mini_data / "coco", "val")
-    assert len(ds) == MINI_TEST_SIZES["coco_val"] and ds.class_names == list(SHAPE_CLASSES)
-    r = ds[0]
-    assert Path(r["file_name"]).is_file() and r["boxes"].shape == (len(r["labels"]), 4)
-    assert np.all(r["boxes"][:, 2:] > r["boxes"][:, :2]) and np.all(r["labels"] == r["category_ids"] - 1)
+    """The detection stage's COCO reader on the mini data: every val image, the shape classes, valid boxes."""
+    from eval_detection.datasets import coco_class_names, load_coco
+
+    ann, images = coco_paths(mini_data / "coco", "val")
+    samples, skips, coco = load_coco(ann, images, train=False)
+    assert len(samples) == MINI_TEST_SIZES["coco_val"] and coco_class_names(coco) == tuple(SHAPE_CLASSES)
+    r = samples[0]
+    assert r.file.is_file() and r.boxes.shape == (len(r.labels), 4) and not skips
+    assert np.all(r.boxes[:, 2:] > r.boxes[:, :2])
+    cats = [coco.anns[a["id"]]["category_id"] for a in r.anns]
+    assert list(r.labels) == [c - 1 for c in cats]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,7 +241,7 @@ def test_reader_errors(mini_data: Path, tmp_path: Path) -> None:
     with pytest.raises(DataLayoutError, match=r"VOC2012/Annotations"):
         VOCDetection(mini_data / "imagenet", 2012, "train", SHAPE_CLASSES)
     with pytest.raises(DataLayoutError, match=r"instances_val2017\.json"):
-        COCODetection(mini_data, "val")
+        coco_paths(mini_data, "val")
     sub = tmp_path / "1percent.txt"
     sub.write_text(f"{WNIDS[0]}_0.JPEG\n\n{WNIDS[1]}_99999.JPEG\n")
     with pytest.raises(ValueError, match=rf"1percent\.txt:3: '{WNIDS[1]}_99999\.JPEG' is not an image"):

@@ -17,7 +17,8 @@ Pascal VOC (:class:`VOCDetection`, :func:`voc_segmentation_pairs`), ``root`` = V
     <root>/VOC<year>/ImageSets/Main/{train,val,trainval[,test]}.txt
     <root>/VOC<year>/ImageSets/Segmentation/{train,val,trainval[,test],aug}.txt   (aug: VOC2012)
 
-COCO 2017 (:class:`COCODetection`, :func:`coco_paths`, :func:`load_coco`)::
+COCO 2017 (:func:`coco_paths`, :func:`read_coco_json`, :func:`coco_api`; the detection reader of
+``eval_detection.datasets`` builds on them)::
 
     <root>/annotations/instances_{train,val}2017.json, <root>/{train,val}2017/*.jpg
 
@@ -25,7 +26,7 @@ The mini benchmark (:func:`generate_mini`) writes all three under ``<out>/imagen
 ``<out>/VOCdevkit`` and ``<out>/coco`` with the class names :data:`SHAPE_CLASSES` (VOC/seg class
 index = 1 + shape index, COCO category id = 1 + shape index; wnids :data:`WNIDS`).
 """
-from .coco import COCODetection, coco_api, coco_paths, load_coco, read_coco_json
+from .coco import coco_api, coco_paths, read_coco_json
 from .identity import data_identity, same_data
 from .imagenet import BadImageError, ImageNetFolder, class_list, parse_subset_file, read_image, scan_split
 from .layout import DataError, DataLayoutError, require_file, require_layout
@@ -33,7 +34,7 @@ from .mini import DEFAULT_SIZES, SHAPE_CLASSES, TEST_SIZES, WNIDS, generate_mini
 from .voc import VOCDetection, read_image_ids, voc_segmentation_pairs, voc_year_dir
 
 __all__ = [
-    "COCODetection", "coco_api", "coco_paths", "load_coco", "read_coco_json",
+    "coco_api", "coco_paths", "read_coco_json",
     "data_identity", "same_data",
     "BadImageError", "ImageNetFolder", "class_list", "parse_subset_file", "read_image", "scan_split",
     "DataError", "DataLayoutError", "require_file", "require_layout",

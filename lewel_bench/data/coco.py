@@ -13,7 +13,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from .layout import DataError, require_file, require_layout
 
@@ -92,55 +91,3 @@ def coco_api(doc: dict[str, Any]):
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
-
-
-def load_coco(root: str | Path, split: str):
-    """A ``pycocotools.coco.COCO`` of ``split``, from the checked file (:func:`read_coco_json`)."""
-    ann, _ = coco_paths(root, split)
-    return coco_api(read_coco_json(ann))
-
-
-class COCODetection:
-    """Per-image records of a COCO instances file (crowd annotations kept and flagged).
-
-    ``dataset[i]`` is a dict: ``file_name`` (image path), ``image_id``, ``height``, ``width``,
-    ``boxes`` float32 (N, 4) absolute XYXY, ``labels`` int64 (N,) contiguous 0-based class indices
-    (sorted category ids), ``category_ids`` (N,), ``segmentations`` (list of COCO polygons / RLE),
-    ``iscrowd`` bool (N,). ``class_names`` / ``category_ids`` map indices to COCO categories.
-    Images without annotations are kept (``keep_empty=True``) as COCO evaluation expects.
-    """
-
-    def __init__(self, root: str | Path, split: str, keep_empty: bool = True) -> None:
-        self.ann_file, self.image_dir = coco_paths(root, split)
-        doc = read_coco_json(self.ann_file)
-        cats = sorted(doc["categories"], key=lambda c: c["id"])
-        images, anns = doc["images"], doc["annotations"]
-        self.category_ids = [c["id"] for c in cats]
-        self.class_names = [c["name"] for c in cats]
-        cat_index = {c: i for i, c in enumerate(self.category_ids)}
-        per_image: dict[int, list[dict]] = {}
-        for a in anns:
-            per_image.setdefault(a["image_id"], []).append(a)
-        self.records: list[dict[str, Any]] = []
-        for img in sorted(images, key=lambda im: im["id"]):
-            objs = per_image.get(img["id"], [])
-            if not objs and not keep_empty:
-                continue
-            xywh = np.asarray([a["bbox"] for a in objs], np.float32).reshape(-1, 4)
-            boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
-            self.records.append({
-                "file_name": str(self.image_dir / img["file_name"]), "image_id": img["id"],
-                "height": img["height"], "width": img["width"], "boxes": boxes,
-                "labels": np.asarray([cat_index[a["category_id"]] for a in objs], np.int64),
-                "category_ids": np.asarray([a["category_id"] for a in objs], np.int64),
-                "segmentations": [a.get("segmentation") for a in objs],
-                "iscrowd": np.asarray([bool(a.get("iscrowd", 0)) for a in objs], bool)})
-        if self.records:
-            require_file(self.records[0]["file_name"], f"COCO image of {self.ann_file.name}")
-        log.info("COCO %s: %d images, %d annotations, %d categories", split, len(self.records), len(anns), len(cats))
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.records[i]
