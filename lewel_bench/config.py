@@ -113,6 +113,16 @@ def flatten_keys(cfg: Mapping, prefix: str = "") -> list[str]:
     return keys
 
 
+def get_key(cfg: Mapping, key: str, what: str = "config") -> Any:
+    """The value at dotted ``key``; :class:`ConfigError` naming the key when the config has none."""
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise ConfigError(f"{what} has no key {key!r}")
+        node = node[part]
+    return node
+
+
 def apply_overrides(cfg: dict, overrides: Iterable[str], source: str = "config",
                     schema: "Schema | None" = None) -> dict:
     """Apply ``dotted.key=value`` overrides; unknown keys raise ``ConfigError`` with close matches.

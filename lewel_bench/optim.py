@@ -6,7 +6,10 @@
   one dimension or fewer), ``re:<pattern>`` (``re.search`` on the parameter's full name, as the CGH and
   MCL code exclude BN / bias by name).
 * :data:`OPTIMIZERS` (``sgd``, ``lars``) and :func:`build_optimizer`; :class:`LARS` scales each update by
-  ``trust * ||w|| / ||g + wd w||`` (You et al. 2017; trust coefficient 1e-3 in the official LEWEL scripts).
+  ``trust * ||w|| / ||g + wd w||`` and applies the lr after the momentum buffer (You et al. 2017, as SimCLR /
+  BYOL implement it; trust coefficient 1e-3 in the official LEWEL scripts), or, with
+  ``optim.lars: official``, as the official LEWEL code does: ``trust * ||w|| / (||g|| + wd ||w||)``
+  with the lr folded into the momentum buffer (the two differ in the norm and whenever the lr changes).
 * :class:`Schedule`: one family of lr multipliers, per iteration or per epoch: ``cosine`` (to ``min_lr``),
   ``step`` (x ``gamma`` at each milestone), ``poly`` and ``constant``, each after an optional linear
   warm-up from ``warmup_start``; :func:`set_lr` sets every group's lr from its base lr.
@@ -70,17 +73,30 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay: Sequence[str] 
 
 
 class LARS(torch.optim.Optimizer):
-    """Layer-wise adaptive rate scaling on top of SGD momentum; groups with ``lars_exclude`` are plain SGD."""
+    """Layer-wise adaptive rate scaling on top of SGD momentum; groups with ``lars_exclude`` are plain SGD.
+
+    ``variant="standard"``: ``d = g + wd w``, ``d *= trust ||w|| / (||d|| + eps)``, ``buf = m buf + d``,
+    ``w -= lr buf``. ``variant="official"`` (the official LEWEL code): ``r = trust ||w|| / (||g|| + wd ||w||)``,
+    ``buf = m buf + lr r (g + wd w)``, ``w -= buf``. Excluded tensors: ratio 1 in both.
+    """
+
+    VARIANTS = ("standard", "official")
 
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 trust_coefficient: float = 1e-3, eps: float = 1e-8) -> None:
+                 trust_coefficient: float = 1e-3, eps: float = 1e-8, variant: str = "standard") -> None:
+        if variant not in self.VARIANTS:
+            raise ConfigError(f"optim.lars {variant!r}: expected one of {', '.join(self.VARIANTS)}")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient,
                         eps=eps, lars_exclude=False)
         super().__init__(params, defaults)
+        self.variant = variant
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102
         loss = closure() if closure is not None else None
+        if self.variant == "official":
+            self._official_step()
+            return loss
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -102,6 +118,27 @@ class LARS(torch.optim.Optimizer):
                 p.add_(state["momentum_buffer"], alpha=-group["lr"])
         return loss
 
+    def _official_step(self) -> None:
+        for group in self.param_groups:
+            wd = group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                ratio = torch.ones((), device=p.device, dtype=p.dtype)
+                if not group["lars_exclude"]:
+                    w_norm, g_norm = torch.norm(p), torch.norm(g)
+                    denom = g_norm + wd * w_norm
+                    ratio = torch.where(denom > 0, group["trust_coefficient"] * w_norm / denom, ratio)
+                d = g.add(p, alpha=wd) if wd else g.clone()
+                d.mul_(ratio * group["lr"])
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = d.detach().clone()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(d)
+                p.sub_(state["momentum_buffer"])
+
 
 OPTIMIZERS: Registry = Registry("optimizer")
 
@@ -115,7 +152,7 @@ def _sgd(groups: list[dict], cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
 @OPTIMIZERS.register("lars")
 def _lars(groups: list[dict], cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
     return LARS(groups, lr=cfg["lr"], momentum=cfg.get("momentum", 0.9), weight_decay=cfg.get("weight_decay", 0.0),
-                trust_coefficient=cfg.get("trust_coefficient", 1e-3))
+                trust_coefficient=cfg.get("trust_coefficient", 1e-3), variant=cfg.get("lars", "standard"))
 
 
 def build_optimizer(groups: list[dict], cfg: Mapping[str, Any]) -> torch.optim.Optimizer:

@@ -12,7 +12,10 @@ Written by the stage contract (:mod:`lewel_bench.stage`) besides: ``status`` (``
 ``failure`` saying why: a non-finite metric is a failed run, never a number), ``data`` (the identity of
 the data root: name, fingerprint; :mod:`lewel_bench.data.identity`), ``dataset`` (its name), ``run_id``
 (digest of everything that determines the result) and ``group`` (the same without the seeds and the
-checkpoint file: the runs the tables may average).
+checkpoint file: the runs the tables may average), ``pretrain_group`` (the pretraining recipe the
+checkpoint came from, without its seed: the evaluations of one recipe share a table row). Optional: ``sweep`` (the run is one point of a sweep
+over a config key: key, value, the sweep's group), ``pretrain_sweep`` (the checkpoint is one point of a
+pretraining sweep: key, value), ``transfer``, ``pretrain_data``, ``hardware``.
 
 File names are unique (time + random suffix), so concurrent evaluations never overwrite each other.
 """
@@ -147,6 +150,8 @@ def record_for_backbone(bb: Any, *, eval: str, protocol: str, metrics: Mapping[s
     meta = bb.meta or {}
     pdata = meta.get("data") if isinstance(meta.get("data"), Mapping) else {}
     extra.setdefault("transfer", bb.transfer())
+    if isinstance(meta.get("sweep"), Mapping):  # the checkpoint is one point of a pretraining sweep
+        extra.setdefault("pretrain_sweep", dict(meta["sweep"]))
     return make_record(method=meta.get("method", "unknown"), pretrain_exp=meta.get("exp", Path(bb.path).parent.name),
                        pretrain_epochs=meta.get("epochs"), eval=eval, protocol=protocol, metrics=metrics, seed=seed,
                        checkpoint_sha256=bb.sha256, config=config, start_time=start_time,

@@ -19,6 +19,8 @@ not run again; temporary files of interrupted writes are removed when the run st
 
 Result (:meth:`Stage.finish`): one record (``lewel_bench.records``) with the identity's ``data``,
 ``run_id`` and ``group``; a non-finite metric makes the record ``failed`` and the stage exits non-zero.
+With ``--sweep KEY`` the record also says which point of a sweep over the config key it is (``sweep``:
+key, value, and the group of the sweep's points), so the tables can report the sweep's best point.
 
 Errors (:func:`cli_entry`): any :class:`~lewel_bench.errors.LewelError` ends the command with one line
 naming the file or key and a non-zero exit, never a traceback.
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from .config import ConfigError, get_key
 from .errors import LewelError, NonFiniteError, one_line
 from .io import atomic_write_json, remove_stale_temp
 from .paths import runs_dir
@@ -67,6 +70,9 @@ def stage_parser(prog: str, description: str, default_config: str | None) -> arg
     p.add_argument("--records-dir", default=None, help="where the result record goes (default results/records)")
     p.add_argument("--fresh", action="store_true",
                    help="discard the saved state / finished result in the output folder and start over")
+    p.add_argument("--sweep", default=None, metavar="KEY",
+                   help="this run is one point of a sweep over the config key KEY (e.g. solver.base_lr): the "
+                        "tables report the best point of the sweep, with its value")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides anywhere on the line (e.g. epochs=2 data.crop_size=64)")
     return p
@@ -170,6 +176,24 @@ class RunIdentity:
         d.pop("seed")
         d["checkpoint_sha256"] = self.pretrain_group or self.checkpoint_sha256
         return digest(d)
+
+    def sweep(self, key: str) -> dict[str, Any]:
+        """``{"key", "value", "group"}`` of a sweep over config ``key``: the group of the runs that differ only
+        in the seeds and in that key's value (a :class:`StageError` when the config has no such key)."""
+        try:
+            node = get_key(self.config, key, "the run's config")
+        except ConfigError as e:
+            raise StageError(f"--sweep {key}: {e}") from None
+        parts = key.split(".")
+        d = self.as_dict()
+        d.pop("seed")
+        d["checkpoint_sha256"] = self.pretrain_group or self.checkpoint_sha256
+        cfg = json.loads(json.dumps(d["config"]))
+        leaf = cfg
+        for part in parts[:-1]:
+            leaf = leaf[part]
+        leaf[parts[-1]] = "<swept>"
+        return {"key": key, "value": node, "group": digest({**d, "config": cfg})}
 
 
 def pretrain_group(bb: Any) -> str:
@@ -299,6 +323,7 @@ class Stage:
     start_time: str
     identity: RunIdentity | None = None
     folder: RunFolder | None = None
+    sweep_key: str | None = None
 
     @property
     def data(self) -> dict:
@@ -331,8 +356,9 @@ class Stage:
             config=identity_config(self.cfg) if config is None else dict(config), start_time=self.start_time,
             dataset=self.data.get("name", "unknown"), data=self.data, data_root=str(self.data_root),
             run_id=ident.run_id if ident else None, group=ident.group if ident else None,
+            pretrain_group=(ident.pretrain_group or ident.checkpoint_sha256) if ident else None,
             world_size=getattr(self.info, "world_size", 1), overrides=(self.cfg.get("_meta") or {}).get("overrides", []),
-            **status, **extra)
+            **({"sweep": ident.sweep(self.sweep_key)} if ident and self.sweep_key else {}), **status, **extra)
         path = write_record(rec, records_dir)
         if bad:
             raise NonFiniteError(f"{eval_name} {protocol}: {status['failure']}; recorded as a failed run in {path}")
@@ -357,6 +383,9 @@ def open_stage(name: str, args: argparse.Namespace, cfg: dict, bb: Any, info: An
                         config=dict(identity_cfg) if identity_cfg is not None else identity_config(cfg),
                         data=data, checkpoint_sha256=bb.sha256, seed=int(args.seed), extra=dict(extra or {}),
                         pretrain_group=pretrain_group(bb))
+    sweep_key = getattr(args, "sweep", None)
+    if sweep_key:
+        ident.sweep(sweep_key)  # the key must be in the config: refused before any work
     out = Path(args.out) if args.out else default_out_dir(bb, name, args.config, ident)
     folder = RunFolder(out, ident, state_files)
     folder.open(args.fresh, is_main=info.is_main)
@@ -364,4 +393,4 @@ def open_stage(name: str, args: argparse.Namespace, cfg: dict, bb: Any, info: An
     log.info("%s: run %s (group %s), data %s [%s], out %s", name, ident.run_id, ident.group, data["name"],
              data["fingerprint"][:12], out)
     return Stage(name=name, cfg=cfg, bb=bb, info=info, out=out, data_root=Path(data_root), seed=int(args.seed),
-                 start_time=start_time, identity=ident, folder=folder)
+                 start_time=start_time, identity=ident, folder=folder, sweep_key=sweep_key)

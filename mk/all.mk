@@ -75,5 +75,5 @@ demo: $(STAMP) ## the whole chain (pretrain -> evaluations -> tables, figures) o
 	$(MAKE) --no-print-directory data
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory all EXP=$(DEMO_EXP) DATA= LAUNCHER=local CHAIN_EVALS="$(DEMO_EVALS)" && \
-	$(MAKE) --no-print-directory figures EXP=$(DEMO_EXP) && \
-	echo "== demo finished in $$(( $$(date +%s) - start )) s; tables: results/tables/README.md, figures: $(FIGURES_DIR)/"
+	$(MAKE) --no-print-directory figures EXP=$(DEMO_EXP) && $(MAKE) --no-print-directory report && \
+	echo "== demo finished in $$(( $$(date +%s) - start )) s; tables: results/tables/README.md, figures: $(FIGURES_DIR)/, report: $(REPORT_DIR)/index.html"

@@ -7,11 +7,18 @@
 # (mini | voc12aug | path; `mini` takes the checkpoint's depth: fcn_r18-d8_mini.py for the mini pretraining's
 # ResNet-18, fcn_r50-d8_mini.py for a ResNet-50); ARGS adds mmseg config overrides, e.g.
 # ARGS="train_cfg.max_iters=40". Work dir: one per run identity (runs/<checkpoint>/eval_segmentation/...) or OUT.
+# LRS="0.005 0.01 0.02": the paper's search for the best fine-tuning learning rate (Sec. 4.3): one run per value
+# (its own job with LAUNCHER=slurm), each recorded as a point of the sweep; the tables report the best one.
 SEG_CKPT  = $(or $(CKPT),$(RUNS)/$(EXP)/backbone.pth)
 SEG_DATA  = $(or $(VOC_DATA),$(DATA))
 SEG_CFG  ?= $(if $(SEG_DATA),voc12aug,mini)
+SEG_LR_KEY ?= optim_wrapper.optimizer.lr
+LRS      ?=
 
 .PHONY: eval-voc-seg
 eval-voc-seg: $(STAMP) $(if $(SEG_DATA),,$(MINI_STAMP)) ## FCN-R50-D8 VOC12aug segmentation (mmseg) of CKPT; DATA=VOCdevkit, empty = mini
 	@echo "make eval-voc-seg: config $(SEG_CFG) on $(if $(SEG_DATA),$(SEG_DATA),the embedded mini data (DATA=/VOCdevkit: the paper protocol))"
-	$(RUN) eval_segmentation --config $(SEG_CFG) --ckpt $(SEG_CKPT) --data $(or $(SEG_DATA),$(MINI)/VOCdevkit) $(if $(OUT),--out $(OUT)) $(ARGS)
+	@set -e; for lr in $(or $(LRS),-); do \
+	  $(RUN) eval_segmentation --config $(SEG_CFG) --ckpt $(SEG_CKPT) --data $(or $(SEG_DATA),$(MINI)/VOCdevkit) $(if $(OUT),--out $(OUT)$(if $(LRS),/lr$$lr)) $(ARGS) \
+	    $$( [ "$$lr" = - ] || echo "$(SEG_LR_KEY)=$$lr --sweep $(SEG_LR_KEY)" ); \
+	done

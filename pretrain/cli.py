@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 from lewel_bench import dist as ldist
-from lewel_bench.config import ConfigError, load_config
+from lewel_bench.config import ConfigError, get_key, load_config
 from lewel_bench.stage import cli_entry
 from lewel_bench.utils import runs_dir, setup_logging
 
@@ -30,9 +30,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "torchrun or SLURM.",
         epilog=f"experiments (pretrain/configs/<name>.yaml; *_mini: the embedded mini data):\n{names}\n\n"
                "example: python -m pretrain lewel_m_mini --data data/mini/imagenet --out runs/lewel_m epochs=2")
-    p.add_argument("exp", help="experiment config name or a YAML path")
+    p.add_argument("config", help="experiment config name or a YAML path")
     p.add_argument("--data", default=None, help="dataset root holding train/ and val/ (default: the config's data.root)")
     p.add_argument("--out", default=None, help="output folder (default: runs/<exp>, or $LEWEL_RUNS_DIR/<exp>)")
+    p.add_argument("--exp", default=None, help="the experiment's name in records and checkpoints (default: the "
+                                                "config's file name; make pretrain passes EXP)")
+    p.add_argument("--records-dir", default=None, help="where the training-speed record goes (default results/records)")
+    p.add_argument("--sweep", default=None, metavar="KEY",
+                   help="this run is one point of a sweep over the config key KEY (e.g. model.beta, LEWEL Fig. 3): "
+                        "the checkpoint and every record of its evaluations say so, and the tables keep the points "
+                        "apart from the experiment's own runs")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (dotted keys)")
     return p.parse_intermixed_args(argv)
 
@@ -42,20 +49,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     info = ldist.init_distributed()
     setup_logging(rank=info.rank)
-    cfg = load_config(args.exp, CONFIG_DIR, args.overrides)
+    cfg = load_config(args.config, CONFIG_DIR, args.overrides)
     if args.data:
         cfg["data"]["root"] = args.data
     root = cfg["data"].get("root")
     if not root:
-        raise ConfigError(f"experiment {args.exp!r}: no data root; pass --data /path/to/imagenet (make: DATA=...)")
+        raise ConfigError(f"experiment {args.config!r}: no data root; pass --data /path/to/imagenet (make: DATA=...)")
     if not (Path(root) / cfg["data"]["train_split"]).is_dir():
         raise ConfigError(f"data root {root!r} has no {cfg['data']['train_split']}/ folder "
                           f"(expected <root>/{cfg['data']['train_split']}/<class>/<images>)")
-    exp = Path(args.exp).stem
+    exp = args.exp or Path(args.config).stem
+    sweep = {"key": args.sweep, "value": get_key(cfg, args.sweep, f"--sweep {args.sweep}: the config")} \
+        if args.sweep else None
     out = Path(args.out) if args.out else runs_dir() / exp
     from .train import train  # heavy imports after argument checks
 
-    ckpt = train(cfg, out, exp, info)
+    ckpt = train(cfg, out, exp, info, args.records_dir, sweep)
     if info.is_main:
         log.info("checkpoint: %s", ckpt)
         log.info("backbone:   %s", out / "backbone.pth")

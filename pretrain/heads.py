@@ -9,7 +9,8 @@
   at every position, divide by a temperature, softmax over the H*W positions.
 * :func:`aligned_aggregate`: Eq. (1) with the channel grouping of Eq. (2), one batched matmul.
 * :class:`CoupledHead`: the coupled global projector g (pooled vector at position 0 and the H*W pixels
-  in ONE pass) plus the semantic projector p on the d/h aligned representations.
+  in ONE pass) plus the semantic projector p on the d/h aligned representations; with the ablation options
+  of Tables 5 and 6 (uncoupled heads, no global branch, uniform or random maps, no p).
 """
 from __future__ import annotations
 
@@ -84,28 +85,64 @@ class CoupledHead(nn.Module):
     HW < d/h (7 x 7 maps and d/h = 64 at 224 px: 1.27 vs 1.29 LEWEL_B / BYOL FLOPs); "auto" picks it then,
     "never" is the literal order, "always" forces pixels-first. (On an H100 with AMP the two orders
     timed the same: LEWEL_B / BYOL 1.135 vs 1.144, within that machine's noise.)
+
+    Ablations (Tables 5 and 6 of the paper; the defaults are LEWEL):
+
+    * ``coupling="uncoupled"``: g sees only GAP(F) and gives z; a separate projector ``g_w`` of the same
+      shape predicts the heat-maps from the pixels ("Global + Align" without the coupled head);
+    * ``global_branch=False``: no global embedding (z is None); g predicts the heat-maps from the pixels
+      alone ("Align only"; the method then has no global loss);
+    * ``align="uniform"``: every map is 1 / HW (no alignment: each aligned representation is GAP(F));
+      ``align="random"``: maps drawn for every image, view and step from the training process's random
+      generator as softmax(N(0, 1) / temperature) over the positions: non-negative, summing to 1, not a
+      function of the features; deterministic under the loop's seeding and restored exactly on resume;
+    * ``sem_projector=False``: no p; the aligned embeddings are the aggregated D-dim representations.
     """
+
+    COUPLINGS, ALIGNS = ("coupled", "uncoupled"), ("learned", "uniform", "random")
 
     def __init__(self, in_dim: int, hidden: int, dim: int, h: int = 4, temperature: float = 1.0,
                  sem_hidden: int | None = None, sem_dim: int | None = None, bn: bool = True,
-                 reassociate: str = "auto") -> None:
+                 reassociate: str = "auto", coupling: str = "coupled", global_branch: bool = True,
+                 align: str = "learned", sem_projector: bool = True) -> None:
         super().__init__()
         if dim % h or in_dim % h:
             raise ValueError(f"LEWEL head: d={dim} and D={in_dim} must be divisible by h={h}")
         if reassociate not in ("auto", "never", "always"):
             raise ValueError(f"model.reassociate: expected auto, never or always, got {reassociate!r}")
+        if coupling not in self.COUPLINGS or align not in self.ALIGNS:
+            raise ValueError(f"LEWEL head: coupling {coupling!r} / align {align!r}: expected one of "
+                             f"{self.COUPLINGS} / {self.ALIGNS}")
         self.h, self.temperature, self.reassociate = h, temperature, reassociate
+        self.coupling, self.global_branch, self.align = coupling, global_branch, align
         self.g = MLP(in_dim, hidden, dim, bn=bn)
-        self.p = MLP(in_dim, sem_hidden or hidden, sem_dim or dim, bn=bn)
+        self.g_w = MLP(in_dim, hidden, dim, bn=bn) if coupling == "uncoupled" and global_branch else None
+        self.p = MLP(in_dim, sem_hidden or hidden, sem_dim or dim, bn=bn) if sem_projector else None
 
-    def forward(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _heat_and_z(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(z, heat-maps W~ (B, HW, d)) of the pixels x (B, HW, D)."""
+        if not self.global_branch:
+            return None, self.g(x)
+        if self.g_w is not None:
+            return self.g(x.mean(1)), self.g_w(x)
+        out = self.g(torch.cat([x.mean(1, keepdim=True), x], dim=1))  # one pass, shared BN statistics
+        return out[:, 0], out[:, 1:]
+
+    def forward(self, feat: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
         b, D, H, W = feat.shape
         x = feat.permute(0, 2, 3, 1).reshape(b, H * W, D)  # free when feat is channels_last
-        out = self.g(torch.cat([x.mean(1, keepdim=True), x], dim=1))  # one pass, shared BN statistics
-        z, heat = out[:, 0], out[:, 1:]
-        maps = alignment_maps(heat, self.temperature)
+        z, heat = self._heat_and_z(x)
+        if self.align == "learned":
+            maps = alignment_maps(heat, self.temperature)
+        elif self.align == "uniform":
+            maps = torch.full_like(heat, 1.0 / (H * W))
+        else:
+            noise = torch.randn(heat.shape, device=heat.device, dtype=heat.dtype)
+            maps = torch.softmax(noise / self.temperature, dim=1)
         k = maps.shape[2] // self.h
-        if self.reassociate == "always" or (self.reassociate == "auto" and H * W < k):
+        if self.p is None:
+            za = aligned_aggregate(x, maps, self.h)
+        elif self.reassociate == "always" or (self.reassociate == "auto" and H * W < k):
             za = self.p.after_fc1(self._p_fc1_pixels_first(x, maps))
         else:
             za = self.p(aligned_aggregate(x, maps, self.h))

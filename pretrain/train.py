@@ -218,8 +218,52 @@ def knn_monitor(method: SSLMethod, cfg: dict, device: torch.device, channels_las
     return knn_top1(ftr, ytr, fva, yva, num_classes=len(bank.classes), k=kc["k"], t=kc["t"])
 
 
-def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo) -> Path:
-    """Train (or resume) the experiment; returns the path of ``checkpoint.pth``."""
+def training_record(out_dir: Path, cfg: dict, exp: str, identity: dict, data: dict, iters_per_epoch: int,
+                    device: torch.device, world: int, records_dir: str | Path | None,
+                    sweep: dict | None = None) -> Path | None:
+    """The run's training-speed record (eval ``pretrain``, protocol ``time_per_epoch``: seconds per epoch from
+    the median images/s of ``metrics.jsonl``, on this device), written once per run (``pretrain_record.json``
+    remembers it); LEWEL's Table 9 compares it."""
+    from lewel_bench.checkpoint import sha256_file
+    from lewel_bench.records import make_record, now_iso, write_record
+
+    marker = out_dir / "pretrain_record.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("run_id") == digest(identity):
+        return None
+    ips = []
+    for line in (out_dir / "metrics.jsonl").read_text().splitlines():
+        try:
+            v = json.loads(line).get("images_per_s")
+        except json.JSONDecodeError:
+            continue
+        if isinstance(v, (int, float)) and v > 0:
+            ips.append(float(v))
+    if not ips:
+        return None
+    median = sorted(ips)[len(ips) // 2]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    hardware = f"{world}x {name}"
+    rec = make_record(method=cfg["method"], pretrain_exp=exp, pretrain_epochs=cfg["epochs"], eval="pretrain",
+                      protocol="time_per_epoch", seed=int(cfg["seed"]),
+                      metrics={"time_per_epoch_s": round(iters_per_epoch * cfg["batch_size"] / median, 2),
+                               "images_per_s": round(median, 2)},
+                      checkpoint_sha256=sha256_file(out_dir / "backbone.pth"), config=identity["config"],
+                      start_time=now_iso(), dataset=data["name"], data=data, run_id=digest(identity),
+                      group=digest({"group": identity_group(identity), "hardware": hardware}), hardware=hardware,
+                      pretrain_group=identity_group(identity),
+                      amp=bool(resolve_auto(cfg["amp"], device.type == "cuda")), status="ok", pretrain_data=data["name"],
+                      **({"pretrain_sweep": sweep} if sweep else {}))
+    path = write_record(rec, records_dir)
+    atomic_write_json(marker, {"run_id": digest(identity), "record": str(path)})
+    log.info("training speed: %.1f images/s, %.1f s per epoch on %s -> %s", median,
+             rec["metrics"]["time_per_epoch_s"], hardware, path)
+    return path
+
+
+def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo, records_dir: str | Path | None = None,
+          sweep: dict | None = None) -> Path:
+    """Train (or resume) the experiment; returns the path of ``checkpoint.pth``. ``sweep`` (``{"key", "value"}``:
+    the run is one point of a sweep over that config key) goes into the backbone's meta and the records."""
     device = dist_info.device
     cuda = device.type == "cuda"
     amp = resolve_auto(cfg["amp"], cuda)
@@ -359,9 +403,10 @@ def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo) -> Path
     if dist_info.is_main:
         meta = {"method": cfg["method"], "epochs": cfg["epochs"], "arch": cfg["arch"], "exp": exp,
                 "iteration": it, "seed": seed, "git": git_commit(), "run_id": digest(identity),
-                "group": identity_group(identity), "data": data}
+                "group": identity_group(identity), "data": data, **({"sweep": sweep} if sweep else {})}
         sd = method.state_dict()
         parts = {p: {dst: sd[src] for src, dst in keys.items()} for p, keys in method.transfer_parts().items()}
         save_backbone(out_dir / "backbone.pth", method.backbone.state_dict(), meta, parts)
+        training_record(out_dir, cfg, exp, identity, data, ipe, device, world, records_dir, sweep)
     ldist.barrier()
     return ckpt_path

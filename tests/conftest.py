@@ -29,13 +29,16 @@ def mini_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _runs_outside_the_repository(tmp_path_factory: pytest.TempPathFactory):
-    """Default run folders (``runs/...``) of every test go to a temporary folder, never the repository's."""
+    """Default run folders (``runs/...``) and result records of every test go to temporary folders, never
+    the repository's ``runs/`` or ``results/``."""
     import os
 
-    old = os.environ.get("LEWEL_RUNS_DIR")
+    old = {k: os.environ.get(k) for k in ("LEWEL_RUNS_DIR", "LEWEL_RESULTS_DIR")}
     os.environ["LEWEL_RUNS_DIR"] = str(tmp_path_factory.mktemp("runs"))
+    os.environ["LEWEL_RESULTS_DIR"] = str(tmp_path_factory.mktemp("results"))
     yield
-    if old is None:
-        os.environ.pop("LEWEL_RUNS_DIR", None)
-    else:
-        os.environ["LEWEL_RUNS_DIR"] = old
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -17,7 +17,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -31,6 +30,7 @@ from lewel_bench.io import atomic_torch_save, atomic_write_json, remove_stale_te
 from lewel_bench.models import build_backbone
 from lewel_bench.records import make_record, write_record
 from lewel_bench.utils import REPO_ROOT, runs_dir
+from helpers import make_imagenet, records_in
 
 TINY = ["batch_size=8", "data.crop_size=32", "data.resize_size=36", "data.num_workers=0"]
 PRETRAIN_TINY = ["arch=resnet18", "aug.size=32", "batch_size=8", "epochs=1", "data.max_images=48",
@@ -38,27 +38,9 @@ PRETRAIN_TINY = ["arch=resnet18", "aug.size=32", "batch_size=8", "epochs=1", "da
                  "model.dim=32", "model.pred_hidden=64", "tqdm_interval=60"]
 
 
-def make_imagenet(root: Path, seed: int = 0, classes: int = 3, n_train: int = 6, n_val: int = 3) -> Path:
-    """A tiny ImageNet-layout tree: one colour per class plus noise, 32 px JPEGs."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("val", n_val)):
-        for c in range(classes):
-            d = root / split / f"n0000000{c}"
-            d.mkdir(parents=True, exist_ok=True)
-            colour = np.array([(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40)][c % 4])
-            for i in range(n):
-                arr = np.clip(colour[None, None] + rng.normal(0, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(arr).save(d / f"n0000000{c}_{i}.JPEG", quality=90)
-    return root
-
-
 def run_knn(root: Path, records: Path, *extra: str, ckpt: str = "random:resnet18") -> None:
     knn_cli.main(["--config", "mini", "--ckpt", ckpt, "--data", str(root), "--records-dir", str(records),
                   *TINY, *extra])
-
-
-def records_in(d: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(d.glob("*.json"))] if d.is_dir() else []
 
 
 # ================================================================================================

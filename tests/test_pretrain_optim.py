@@ -103,3 +103,41 @@ def test_cosine_lr_with_warmup():
     assert cosine_lr(1.0, 100, 100, 10) == pytest.approx(0.0, abs=1e-12)
     assert cosine_lr(2.0, 0, 100, 0) == 2.0
     assert math.isclose(cosine_lr(1.0, 50, 100, 0), 0.5)
+
+
+def test_lars_variants_against_a_hand_computation():
+    """standard: d = g + wd w, d *= trust ||w|| / ||d||, buf = m buf + d, w -= lr buf;
+    official (the LEWEL code): r = trust ||w|| / (||g|| + wd ||w||), buf = m buf + lr r (g + wd w), w -= buf.
+    Two steps with a changed lr show the folding: the official buffer carries the old lr."""
+    torch.manual_seed(0)
+    w0 = torch.randn(5, 3, dtype=torch.float64)
+    g1, g2 = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    wd, m, eta, lr1, lr2 = 0.1, 0.9, 1e-3, 0.5, 0.2
+    for variant in ("standard", "official"):
+        p = nn.Parameter(w0.clone())
+        opt = LARS([{"params": [p], "weight_decay": wd, "lars_exclude": False}], lr=lr1, momentum=m,
+                   trust_coefficient=eta, variant=variant)
+        w, buf = w0.clone(), None
+        for g, lr in ((g1, lr1), (g2, lr2)):
+            for group in opt.param_groups:
+                group["lr"] = lr
+            p.grad = g.clone()
+            opt.step()
+            d = g + wd * w
+            if variant == "standard":
+                d = d * (eta * w.norm() / (d.norm() + 1e-8))
+                buf = d if buf is None else m * buf + d
+                w = w - lr * buf
+            else:
+                d = d * (lr * eta * w.norm() / (g.norm() + wd * w.norm()))
+                buf = d if buf is None else m * buf + d
+                w = w - buf
+            torch.testing.assert_close(p.detach(), w, rtol=1e-12, atol=1e-14)
+    # an excluded tensor: plain SGD momentum in both (the official one with the lr inside the buffer)
+    p = nn.Parameter(w0.clone())
+    opt = LARS([{"params": [p], "weight_decay": 0.0, "lars_exclude": True}], lr=lr1, momentum=m, variant="official")
+    p.grad = g1.clone()
+    opt.step()
+    torch.testing.assert_close(p.detach(), w0 - lr1 * g1)
+    with pytest.raises(Exception, match="optim.lars 'fast'"):
+        LARS([p], lr=0.1, variant="fast")

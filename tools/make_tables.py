@@ -13,17 +13,23 @@ real-data rows). ``results/tables/README.md`` renders all tables in Markdown (``
 Records that cannot be placed (unknown eval / protocol, missing metric, IN-100 runs that fit no ablation
 row), failed runs (``status: failed``: a non-finite result, skipped with its reason) and malformed files are
 listed in ``unmatched.csv`` and logged; ``--strict`` makes them an error.
-Matching: Tables 1-4 and 8 by (method, pretrain_epochs[, arch]); Tables 5-7 (the ImageNet-100 ablations:
-records whose checkpoint was pretrained on data named ``imagenet100``, :mod:`lewel_bench.data.in100`) by
-pretrain_exp (``exp`` column). The ``weights`` column says what the evaluated models took from the
-checkpoint (``trunk``, or the trunk and transfer-bundle parts).
-kNN results (no paper table) go to ``other_results.csv``.
+Matching: Tables 1-4, 8 and 9 by (method, pretrain_epochs[, arch]); Tables 5-7 and Fig. 3 (the ImageNet-100
+ablations: records whose checkpoint was pretrained on data named ``imagenet100``,
+:mod:`lewel_bench.data.in100`) by pretrain_exp (``exp`` column) and, for Fig. 3, the pretraining sweep point
+(``pretrain_sweep`` column, e.g. ``model.beta=0.3``: checkpoints pretrained with ``--sweep``). The same
+experiments pretrained on the mini data (``make ablations`` without ``DATA``) become mini rows of these
+tables, never rows of Tables 1-4. Rows of ours (extra rows) are one per pretraining recipe
+(``pretrain_group``). The ``weights`` column says what the evaluated models took from the checkpoint
+(``trunk``, or the trunk and transfer-bundle parts).
+kNN results and training speeds outside Table 9 (no paper table) go to ``other_results.csv``, one row per group.
 
 Averages are taken only over runs of one ``group`` (the record's run identity without its seeds: same data
 fingerprint, same evaluation config, same pretraining recipe): runs on other data or with other settings
 are never averaged together. Where a paper row matches several groups, the largest fills it and each
 other group gets a row of its own (its ``group`` column says which); the data's name and fingerprint are
-in the ``data`` column.
+in the ``data`` column. The points of a sweep (records written with ``--sweep KEY``, e.g. the fine-tuning
+learning rate the paper searches, Sec. 4.3) count as one: the best point by the eval's primary metric
+(:data:`PRIMARY`) fills the row and the ``sweep`` column says which value it was.
 """
 from __future__ import annotations
 
@@ -37,7 +43,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -57,6 +63,7 @@ KNOWN_PROTOCOLS: dict[str, set[str]] = {
     "voc_det": {"c4_24k"},
     "voc_seg": {"fcn_d8_20k"},
     "coco": {"c4_1x", "fpn_1x", "fpn_2x"},
+    "pretrain": {"time_per_epoch"},
 }
 NO_CITED = "cited"
 TYPES: dict[str, Callable[[str], Any]] = {
@@ -122,6 +129,7 @@ class Cell:
     protocols: tuple[str, ...] | None = None     # None = any known protocol of the eval
     epochs: int | None = None                    # fixed epochs (Table 1); None = the row's epochs column
     label: str = ""
+    compare: bool = True                         # False: no ours - paper (e.g. seconds on other hardware)
 
 
 @dataclass(frozen=True)
@@ -173,6 +181,12 @@ TABLES: list[TableSpec] = [
         **{f"x{s}_{m}": Cell("coco", m, (f"fpn_{s}x",), label=f"{s}x {m}")
            for s in (1, 2) for m in ("bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP", "segm_AP50", "segm_AP75")},
     }, row_attrs=("epochs",)),
+    TableSpec("table9_time", "Table 9 (appendix): training time per IN-1K epoch (paper: 8 V100, AMP; ours: the "
+              "hardware column) and linear top-1 at 200 epochs", {
+        "time_per_epoch_s": Cell("pretrain", "time_per_epoch_s", ("time_per_epoch",), label="s / epoch",
+                                 compare=False),
+        "top1_ep200": Cell("linear", "top1", LIN, 200, label="200ep Acc@1"),
+    }),
     TableSpec("table5_components", "Table 5: influence of each component (IN-100)", {
         "in100_top1": Cell("linear", "top1", label="IN-100 Acc"),
         "voc_mIoU": Cell("voc_seg", "mIoU", ("fcn_d8_20k",), label="VOC Seg mIoU"),
@@ -182,6 +196,15 @@ TABLES: list[TableSpec] = [
         "voc_mIoU": Cell("voc_seg", "mIoU", ("fcn_d8_20k",), label="VOC mIoU"),
     }, key="exp"),
     TableSpec("table7_num_aligned", "Table 7: number of aligned embeddings (IN-100)", {
+        "in100_top1": Cell("linear", "top1", label="IN-100 Acc"),
+        "voc_mIoU": Cell("voc_seg", "mIoU", ("fcn_d8_20k",), label="VOC 12 Seg mIoU"),
+    }, key="exp"),
+    TableSpec("fig3a_beta", "Fig. 3a: the loss weight beta (IN-100, LEWEL_M; the paper plots it, no values)", {
+        "in100_top1": Cell("linear", "top1", label="IN-100 Acc"),
+        "voc_mIoU": Cell("voc_seg", "mIoU", ("fcn_d8_20k",), label="VOC 12 Seg mIoU"),
+    }, key="exp"),
+    TableSpec("fig3b_aligned_dim", "Fig. 3b: the aligned embeddings' dimensionality c (IN-100, LEWEL_M, d = 128; "
+              "the paper plots it, no values)", {
         "in100_top1": Cell("linear", "top1", label="IN-100 Acc"),
         "voc_mIoU": Cell("voc_seg", "mIoU", ("fcn_d8_20k",), label="VOC 12 Seg mIoU"),
     }, key="exp"),
@@ -205,9 +228,26 @@ class Run:
     data: str = ""
     weights: str = "trunk"
     in100: bool = False
+    hardware: str = ""
+    sweep_group: str = ""
+    sweep: str = ""          # "<key>=<value>" of a sweep point
+    pretrain_data: str = ""  # name of the checkpoint's pretraining data (imagenet100, mini, ...)
+    pretrain_sweep: str = ""  # "<key>=<value>": the checkpoint is one point of a pretraining sweep
+    ablation: bool = False   # belongs to the ablation tables (mark_ablations), never to Tables 1-4 / 8 / 9
+    pretrain_group: str = ""  # the pretraining recipe (one row of ours per recipe; "" for old records)
 
 
 IN100 = "imagenet100"
+#: the metric a sweep's best point is chosen by (the paper's "best fine-tuning learning rate")
+PRIMARY = {"linear": "top1", "semisup": "top1", "knn": "top1", "voc_det": "AP", "voc_seg": "mIoU",
+           "coco": "bbox_AP", "pretrain": "images_per_s"}
+
+
+def sweep_label(key: Any, value: Any) -> str:
+    """``<key>=<value>`` of a sweep point, numbers written as the paper CSVs write them (``model.beta=0.3``)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"{key}={value}"
 
 
 def record_weights(rec: dict) -> str:
@@ -271,10 +311,23 @@ def flatten_records(records: list[dict], problems: list[str]) -> tuple[list[Run]
         dataset = str(rec.get("dataset") or ("mini" if proto == "mini" else "unknown"))
         group, data, weights = record_group(rec), record_data(rec), record_weights(rec)
         in100 = rec.get("pretrain_data") == IN100  # pretrained on ImageNet-100 (the checkpoint's data identity)
+        sw = rec.get("sweep") if isinstance(rec.get("sweep"), dict) else {}
+        sweep = (str(sw.get("group", "")), f"{sw.get('key')}={sw.get('value')}" if sw else "")
+        psw = rec.get("pretrain_sweep") if isinstance(rec.get("pretrain_sweep"), dict) else {}
         for metric, value in rec["metrics"].items():
             runs.append(Run(str(rec["method"]), str(rec["pretrain_exp"]), epochs, ev, proto, metric,
-                            float(value), dataset, path, group, data, weights, in100))
+                            float(value), dataset, path, group, data, weights, in100, str(rec.get("hardware") or ""),
+                            *sweep, str(rec.get("pretrain_data") or ""),
+                            sweep_label(psw.get("key"), psw.get("value")) if psw else "",
+                            pretrain_group=str(rec.get("pretrain_group") or "")))
     return runs, unmatched
+
+
+def mark_ablations(runs: list[Run], ablation_exps: set[str]) -> None:
+    """Runs of the ablation tables: IN-100 pretraining, a pretraining sweep, or a run of an ablation experiment
+    on other data (the mini runs of ``make ablations``: rows of their own); the other tables never take them."""
+    for r in runs:
+        r.ablation = r.in100 or bool(r.pretrain_sweep) or r.exp in ablation_exps
 
 
 def aggregate(values: list[float]) -> tuple[float | None, float | None, int]:
@@ -303,7 +356,10 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
     cells = spec.cells
     value_cols = list(cells) + list(spec.extra_epoch_cells)
     id_cols = [c for c in paper.columns if c not in cells]
-    in_scope = [(i, r) for i, r in enumerate(runs) if r.in100 == (spec.key == "exp")]
+    # ablation tables (key "exp"): IN-100 pretraining fills the paper's rows; the same experiments' mini runs
+    # (the smoke chain of `make ablations`) become rows of their own. The other tables: no IN-100 pretraining.
+    in_scope = [(i, r) for i, r in enumerate(runs) if r.ablation == (spec.key == "exp")]
+    sweep_of = lambda row: row.get("pretrain_sweep") or ""  # noqa: E731  (Fig. 3 rows: one point of a sweep)
 
     def matching(cell: Cell, row: dict, dataset_ok: Callable[[str], bool], epochs: int | None | str) -> list[int]:
         protos = _protocols(cell, row)
@@ -312,7 +368,7 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
             if r.eval != cell.eval or r.metric != cell.metric or r.protocol not in protos or not dataset_ok(r.dataset):
                 continue
             if spec.key == "exp":
-                if r.exp != row["exp"]:
+                if r.exp != row["exp"] or r.pretrain_sweep != sweep_of(row) or not r.in100:
                     continue
             else:
                 if r.method != row["method"]:
@@ -322,11 +378,26 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
             out.append(i)
         return out
 
+    def primary_mean(group: str, r: Run) -> float:
+        vals = [x.value for x in runs if x.group == group and x.eval == r.eval and x.protocol == r.protocol
+                and x.metric == PRIMARY.get(r.eval, r.metric)]
+        return sum(vals) / len(vals) if vals else float("-inf")
+
     def largest_group(idx: list[int]) -> list[int]:
-        """The runs of the group with the most runs (ties: the smallest group id): never a mix of groups."""
+        """The runs of one group, never a mix: of the points of a sweep, the best by the eval's primary metric
+        (the other points count as used); then the group with the most runs (ties: the smallest id)."""
         by: dict[str, list[int]] = {}
         for i in idx:
             by.setdefault(runs[i].group, []).append(i)
+        sweeps: dict[str, list[str]] = {}
+        for g, ids in by.items():
+            if runs[ids[0]].sweep_group:
+                sweeps.setdefault(runs[ids[0]].sweep_group, []).append(g)
+        for points in sweeps.values():
+            best = max(points, key=lambda g: (primary_mean(g, runs[by[g][0]]), g))
+            for g in points:
+                if g != best:
+                    used.update(by.pop(g))
         return sorted(by.items(), key=lambda kv: (-len(kv[1]), kv[0]))[0][1] if by else []
 
     def fill(out_row: dict, col: str, paper_val: Any, idx: list[int], compare: bool) -> None:
@@ -336,6 +407,10 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
             out_row.setdefault("_data", set()).add(runs[i].data)
             out_row.setdefault("_group", set()).add(runs[i].group)
             out_row.setdefault("_weights", set()).add(runs[i].weights)
+            if runs[i].hardware:
+                out_row.setdefault("_hardware", set()).add(runs[i].hardware)
+            if runs[i].sweep:
+                out_row.setdefault("_sweep", set()).add(f"{runs[i].protocol}: {runs[i].sweep}")
         mean, std, n = aggregate([runs[i].value for i in idx])
         out_row[f"{col}.paper"] = paper_val
         out_row[f"{col}.ours"] = _round(mean)
@@ -349,7 +424,8 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
     rows = paper.to_dict("records")
     owner: dict[tuple, int] = {}
     for j, row in enumerate(rows):
-        ident = (row["exp"],) if spec.key == "exp" else (row["method"],) + tuple(row.get(a) for a in spec.row_attrs)
+        ident = ((row["exp"], sweep_of(row)) if spec.key == "exp"
+                 else (row["method"],) + tuple(row.get(a) for a in spec.row_attrs))
         if ident not in owner or (rows[owner[ident]]["source"] == NO_CITED and row["source"] != NO_CITED):
             owner[ident] = j
     owners = set(owner.values())
@@ -372,7 +448,7 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
                     # method's only row
                     idx = [i for i in matching(cell, row, real, "any") if runs[i].epochs is None]
                 idx = largest_group([i for i in idx if runs[i].protocol != "mini"])
-            fill(o, col, row[col], idx, compare=True)
+            fill(o, col, row[col], idx, compare=cell.compare)
         for col in spec.extra_epoch_cells:
             fill(o, col, None, [], compare=False)
         out_rows.append(o)
@@ -381,8 +457,8 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
     # Ablation tables (key "exp") get none: an IN-100 run that fits no row is reported as unmatched.
     extra: dict[tuple, dict] = {}
     if spec.key == "exp":  # ablation runs: only other groups of the paper's own rows (others are unmatched)
-        paper_exps = {r["exp"] for r in rows}
-        in_scope = [(i, r) for i, r in in_scope if r.exp in paper_exps]
+        paper_exps = {(r["exp"], sweep_of(r)) for r in rows}
+        in_scope = [(i, r) for i, r in in_scope if (r.exp, r.pretrain_sweep) in paper_exps]
     all_cells = {**cells, **spec.extra_epoch_cells}
     fixed_epochs = {c.epochs for c in cells.values() if c.epochs is not None}
     for i, r in in_scope:
@@ -391,12 +467,13 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
         for col, cell in all_cells.items():
             if r.eval != cell.eval or r.metric != cell.metric:
                 continue
+            recipe = r.pretrain_group or r.group  # one row per pretraining recipe (records before it: per group)
             if spec.key == "exp":
-                ident = (r.exp, r.dataset, r.group)
-                row_ctx = {"exp": r.exp}
+                ident = (r.exp, r.pretrain_sweep, r.dataset, recipe)
+                row_ctx = {"exp": r.exp, **({"pretrain_sweep": r.pretrain_sweep} if r.pretrain_sweep else {})}
             else:
                 arch = r.protocol.split("_")[0] if "arch" in spec.row_attrs else None
-                ident = (r.method, r.epochs, arch, r.dataset, r.group)
+                ident = (r.method, r.epochs, arch, r.dataset, recipe)
                 row_ctx = {"method": r.method, "epochs": r.epochs, "arch": arch}
             if r.protocol not in _protocols(cell, row_ctx):
                 continue
@@ -406,18 +483,36 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
                 continue
             e = extra.setdefault(ident, {"ctx": row_ctx, "dataset": r.dataset, "cols": {}})
             e["cols"].setdefault(col, []).append(i)
-    same_row: dict[tuple, int] = {}
-    for ident in extra:
-        same_row[ident[:-1]] = same_row.get(ident[:-1], 0) + 1
+    # A cell holds one group: the largest (the best point of a sweep); the recipe's other evaluation settings
+    # get a row each (ident + the evaluation group).
+    for ident, e in list(extra.items()):
+        for col, idx in list(e["cols"].items()):
+            chosen = largest_group(idx)
+            e["cols"][col] = chosen
+            for i in idx:
+                if i not in chosen and i not in used:
+                    o = extra.setdefault(ident + (runs[i].group,), {"ctx": e["ctx"], "dataset": e["dataset"],
+                                                                    "cols": {}, "eval_group": runs[i].group})
+                    o["cols"].setdefault(col, []).append(i)
+    same_row: dict[tuple, int] = {}   # rows that differ only in their recipe (or evaluation group)
+    base = lambda ident, e: ident[:-2] if e.get("eval_group") else ident[:-1]  # noqa: E731
+    for ident, e in extra.items():
+        same_row[base(ident, e)] = same_row.get(base(ident, e), 0) + 1
     for ident, e in sorted(extra.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
         ctx = e["ctx"]
         o = {c: None for c in id_cols}
         o.update({k: v for k, v in ctx.items() if k in id_cols})
-        name = ctx.get("exp") if spec.key == "exp" else ctx["method"]
+        name = (ctx["exp"] + (f" {ctx['pretrain_sweep']}" if ctx.get("pretrain_sweep") else "")
+                if spec.key == "exp" else ctx["method"])
         ep = (f", {ctx['epochs']} ep" if spec.key == "method" and ctx.get("epochs") is not None
               and ctx.get("method") != "random" else "")
-        grp = f", group {ident[-1][:8]}" if same_row[ident[:-1]] > 1 or spec.key == "exp" else ""
-        o["label"] = f"{name} (ours{ep}{', ' + e['dataset'] if e['dataset'] != 'unknown' else ''}{grp})"
+        recipe = ident[-2] if e.get("eval_group") else ident[-1]
+        grp = f", group {recipe[:8]}" if same_row[base(ident, e)] > 1 or spec.key == "exp" else ""
+        if e.get("eval_group"):
+            grp += f", evaluation group {e['eval_group'][:8]}"
+        hw = sorted({runs[i].hardware for idx in e["cols"].values() for i in idx if runs[i].hardware})
+        hw_label = f", {' '.join(hw)}" if hw else ""
+        o["label"] = f"{name} (ours{ep}{', ' + e['dataset'] if e['dataset'] != 'unknown' else ''}{hw_label}{grp})"
         o["source"] = "ours"
         o["dataset"] = e["dataset"]
         for col in value_cols:
@@ -428,8 +523,10 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
         o["data"] = " ".join(sorted(o.pop("_data", set()))) or None
         o["group"] = " ".join(g[:12] for g in sorted(o.pop("_group", set()))) or None
         o["weights"] = " ".join(sorted(o.pop("_weights", set()))) or None
+        o["hardware"] = " ".join(sorted(o.pop("_hardware", set()))) or None
+        o["sweep"] = "; ".join(sorted(o.pop("_sweep", set()))) or None
     ordered = (id_cols + ["dataset"] + [f"{c}.{k}" for c in value_cols for k in ("paper", "ours", "std", "n", "diff")]
-               + ["data", "group", "weights"])
+               + ["data", "group", "weights", "hardware", "sweep"])
     df = pd.DataFrame(out_rows)
     for c in ordered:
         if c not in df.columns:
@@ -487,6 +584,10 @@ def make_tables(records_dir: Path, paper_dir: Path, out_dir: Path) -> tuple[dict
     for p in problems:
         log.warning("malformed record: %s", p)
     runs, unmatched = flatten_records(records, problems)
+    papers = {spec.name: read_paper_csv(paper_dir / f"{spec.name}.csv")[0]
+              for spec in TABLES if (paper_dir / f"{spec.name}.csv").exists()}
+    mark_ablations(runs, {e for spec in TABLES if spec.key == "exp" and spec.name in papers
+                          for e in papers[spec.name]["exp"]})
     out_dir.mkdir(parents=True, exist_ok=True)
     used_all: set[int] = set()
     tables: dict[str, pd.DataFrame] = {}
@@ -497,11 +598,10 @@ def make_tables(records_dir: Path, paper_dir: Path, out_dir: Path) -> tuple[dict
           "to the paper. Source: `lewel` = LEWEL's own numbers, `reproduced` = the paper's `*`, `cited` = `†`, "
           "`original` = other papers' own numbers, `ours` = a row only we have.", ""]
     for spec in TABLES:
-        pfile = paper_dir / f"{spec.name}.csv"
-        if not pfile.exists():
-            log.warning("no paper data %s; skipping %s", pfile, spec.name)
+        if spec.name not in papers:
+            log.warning("no paper data %s; skipping %s", paper_dir / f"{spec.name}.csv", spec.name)
             continue
-        paper, _ = read_paper_csv(pfile)
+        paper = papers[spec.name]
         df, used = build_table(spec, paper, runs)
         used_all |= used
         tables[spec.name] = df
@@ -510,7 +610,7 @@ def make_tables(records_dir: Path, paper_dir: Path, out_dir: Path) -> tuple[dict
     extra = extra_table(runs, used_all)
     if not extra.empty:
         extra.to_csv(out_dir / "other_results.csv", index=False)
-        md += ["### Other results (no paper table: kNN)", "", extra.to_markdown(index=False)
+        md += ["### Other results (no paper table: kNN, training speed outside Table 9)", "", extra.to_markdown(index=False)
                if _has_tabulate() else extra.to_string(index=False), ""]
     # records none of the tables nor the extra list took (e.g. IN-100 runs of an unknown ablation)
     placed_paths = {runs[i].path for i in used_all} | set(extra.get("files", pd.Series(dtype=object)).explode())
@@ -535,20 +635,23 @@ def _has_tabulate() -> bool:
 
 
 def extra_table(runs: list[Run], used: set[int]) -> pd.DataFrame:
-    """kNN results (no paper table shows them), aggregated per setting."""
+    """kNN results (no paper table shows them) and the training speed of runs outside Table 9 (e.g. the
+    ablations'), aggregated per setting."""
     rows = [r for i, r in enumerate(runs) if i not in used
-            and r.eval == "knn"]
+            and r.eval in ("knn", "pretrain")]
     if not rows:
         return pd.DataFrame()
     df = pd.DataFrame([r.__dict__ for r in rows])
     df["epochs"] = df["epochs"].astype(object)
-    g = df.groupby(["eval", "protocol", "method", "exp", "dataset", "metric"], dropna=False, sort=True)
+    g = df.groupby(["eval", "protocol", "method", "exp", "dataset", "metric", "group"], dropna=False, sort=True)
     out = g["value"].agg(ours="mean", std=lambda s: s.std(ddof=1) if len(s) > 1 else None, n="count").reset_index()
     out["epochs"] = g["epochs"].first().values
     out["files"] = g["path"].agg(list).values
     out["ours"] = out["ours"].round(2)
     out["std"] = pd.to_numeric(out["std"]).round(2)
-    return out[["eval", "protocol", "method", "exp", "epochs", "dataset", "metric", "ours", "std", "n", "files"]]
+    out["hardware"] = g["hardware"].first().values
+    return out[["eval", "protocol", "method", "exp", "epochs", "dataset", "metric", "ours", "std", "n", "group",
+                "hardware", "files"]]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -174,9 +174,10 @@ class SSLMethod(nn.Module):
 
 
 def _map(out, fn):
-    """``fn`` on a tensor, on each tensor of a tuple, or on each value of a dict (an encoder's outputs)."""
+    """``fn`` on a tensor, on each tensor of a tuple, or on each value of a dict (an encoder's outputs;
+    a None entry stays None)."""
     if isinstance(out, tuple):
-        return tuple(fn(o) for o in out)
+        return tuple(None if o is None else fn(o) for o in out)
     if isinstance(out, dict):
         return {k: fn(v) for k, v in out.items()}
     return fn(out)
@@ -189,7 +190,7 @@ def _index(out, idx: torch.Tensor):
 def _cat_outputs(outs: list):
     """Concatenate per-chunk outputs (tensors, tuples or dicts of tensors) along the batch dimension."""
     if isinstance(outs[0], tuple):
-        return tuple(torch.cat(parts) for parts in zip(*outs))
+        return tuple(None if parts[0] is None else torch.cat(parts) for parts in zip(*outs))
     if isinstance(outs[0], dict):
         return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
     return torch.cat(outs)

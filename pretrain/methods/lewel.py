@@ -20,7 +20,14 @@ from .byol import sym_reduce
 def coupled_head(D: int, mc: dict) -> CoupledHead:
     return CoupledHead(D, mc["hidden"], mc["dim"], h=mc["groups"], temperature=mc["align_temperature"],
                        sem_hidden=mc.get("sem_hidden") or mc["hidden"], sem_dim=mc.get("sem_dim") or mc["dim"],
-                       reassociate=mc.get("reassociate", "auto"))
+                       reassociate=mc.get("reassociate", "auto"), coupling=mc.get("coupling", "coupled"),
+                       global_branch=mc.get("global_branch", True), align=mc.get("align", "learned"),
+                       sem_projector=mc.get("sem_projector", True))
+
+
+def aligned_dim(D: int, mc: dict) -> int:
+    """Width c of the aligned embeddings: p's output, or D without p."""
+    return (mc.get("sem_dim") or mc["dim"]) if mc.get("sem_projector", True) else D
 
 
 @METHODS.register("lewel_m")
@@ -33,17 +40,21 @@ class LEWELM(SSLMethod):
         mc = cfg["model"]
         self.tau, self.beta = float(mc["temperature"]), float(mc["beta"])
         self.symmetric = bool(mc.get("symmetric", False))
+        self.global_branch = bool(mc.get("global_branch", True))
         self.online = Encoder(self.arch, coupled_head(self.D, mc), pooled=False)
         self.target = self.make_target(self.online)
-        self.queue = FIFOQueue(mc["queue_size"], mc["dim"])
+        if self.global_branch:  # "Align only" (Table 5) has no global loss, hence no queue
+            self.queue = FIFOQueue(mc["queue_size"], mc["dim"])
 
     def _direction(self, x_q: torch.Tensor, x_k: torch.Tensor):
         z, za, _ = self.online_split(x_q)
         tz, tza, _ = self.target_shuffled(x_k)
-        tz = F.normalize(tz, dim=1)
-        loss_g = info_nce(z, tz, self.queue.keys.clone().detach(), self.tau)
+        loss_g = None
+        if self.global_branch:
+            tz = F.normalize(tz, dim=1)
+            loss_g = info_nce(z, tz, self.queue.keys.clone().detach(), self.tau)
         tza_all = ldist.all_gather_nograd(tza.contiguous())
-        loss_a = info_nce_in_batch(za, tza_all, self.tau, offset=ldist.get_rank() * z.shape[0])
+        loss_a = info_nce_in_batch(za, tza_all, self.tau, offset=ldist.get_rank() * za.shape[0])
         return loss_g, loss_a, tz
 
     def forward(self, views: list[torch.Tensor]):
@@ -52,7 +63,9 @@ class LEWELM(SSLMethod):
         keys = [k]
         if self.symmetric:
             lg2, la2, k1 = self._direction(x2, x1)
-            lg, la, keys = lg + lg2, la + la2, [k, k1]
+            lg, la, keys = (lg + lg2 if lg is not None else None), la + la2, [k, k1]
+        if not self.global_branch:  # L = L_a: the global term is neither computed nor in the graph
+            return la, {"loss_a": la.detach()}
         for k in keys:
             self.queue.push(keys=ldist.all_gather_nograd(k))
         return lewel_total(lg, la, self.beta), {"loss_g": lg.detach(), "loss_a": la.detach()}
@@ -69,15 +82,16 @@ class LEWELB(SSLMethod):
         mc = cfg["model"]
         self.beta = float(mc["beta"])
         self.sym = mc.get("sym_reduce", "sum")
+        self.global_branch = bool(mc.get("global_branch", True))
         self.online = Encoder(self.arch, coupled_head(self.D, mc), pooled=False)
-        c = mc.get("sem_dim") or mc["dim"]
-        self.predictor = MLP(mc["dim"], mc["pred_hidden"], mc["dim"])  # q
+        c = aligned_dim(self.D, mc)
+        self.predictor = MLP(mc["dim"], mc["pred_hidden"], mc["dim"]) if self.global_branch else None  # q
         self.predictor_aligned = MLP(c, mc["pred_hidden"], c)  # s
         self.target = self.make_target(self.online)
 
     def _online(self, x: torch.Tensor):
         z, za, _ = self.online(x)
-        return self.predictor(z), self.predictor_aligned(za)
+        return (self.predictor(z) if self.global_branch else None), self.predictor_aligned(za)
 
     def forward(self, views: list[torch.Tensor]):
         x1, x2 = views
@@ -85,6 +99,8 @@ class LEWELB(SSLMethod):
         with torch.no_grad():
             t1, ta1, _ = self.target(x1)
             t2, ta2, _ = self.target(x2)
-        lg = sym_reduce(normalized_mse(q1, t2), normalized_mse(q2, t1), self.sym)
         la = sym_reduce(normalized_mse(s1, ta2), normalized_mse(s2, ta1), self.sym)
+        if not self.global_branch:
+            return la, {"loss_a": la.detach()}
+        lg = sym_reduce(normalized_mse(q1, t2), normalized_mse(q2, t1), self.sym)
         return lewel_total(lg, la, self.beta), {"loss_g": lg.detach(), "loss_a": la.detach()}
