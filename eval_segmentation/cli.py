@@ -46,6 +46,7 @@ import yaml
 from lewel_bench import dist
 from lewel_bench.checkpoint import Backbone, torch_load
 from lewel_bench.config import ConfigError, _numbers
+from lewel_bench.tblog import log_options
 from lewel_bench.errors import LewelError
 from lewel_bench.records import now_iso
 from lewel_bench.stage import cli_entry, open_stage, parse_stage_args, stage_parser
@@ -211,8 +212,10 @@ def protocol_cfg(args: argparse.Namespace, depth: int) -> Any:
 
 
 def identity_of(cfg: Any) -> dict:
-    """The resolved mmseg config as plain JSON values, without its data roots (the data is fingerprinted)."""
+    """The resolved mmseg config as plain JSON values, without its data roots (the data is fingerprinted) and
+    its ``log`` options (TensorBoard: never part of a result)."""
     doc = json.loads(json.dumps(cfg.to_dict(), default=str))
+    doc.pop("log", None)
     for d in walk_dicts(doc):
         if "data_root" in d:
             d["data_root"] = "<data>"
@@ -238,6 +241,9 @@ def runtime_cfg(cfg: Any, args: argparse.Namespace, converted: Path, work_dir: P
     cfg.load_from = None
     if cfg.get("visualizer"):
         cfg.visualizer.name = f"seg_visualizer_{os.getpid()}_{time.time_ns()}"  # one per Runner in a process
+        if log_options(cfg)["tensorboard"]:  # training losses, lr and val mIoU as TensorBoard scalars
+            cfg.visualizer.vis_backends = [*cfg.visualizer.vis_backends,
+                                           dict(type="TensorboardVisBackend", save_dir=str(work_dir / "tb"))]
     if info.distributed:
         cfg.launcher = "pytorch"  # process group already made by lewel_bench.dist (mmengine skips init_dist)
         if info.device.type == "cpu":

@@ -324,10 +324,21 @@ class Stage:
     identity: RunIdentity | None = None
     folder: RunFolder | None = None
     sweep_key: str | None = None
+    _writer: Any = field(default=None, repr=False)
 
     @property
     def data(self) -> dict:
         return self.identity.data if self.identity else {}
+
+    @property
+    def writer(self) -> Any:
+        """The run's :class:`~lewel_bench.tblog.MetricWriter` (``<out>/tb`` when the config's
+        ``log.tensorboard`` is on; a no-op otherwise and on non-main ranks), opened on first use."""
+        if self._writer is None:
+            from .tblog import MetricWriter
+
+            self._writer = MetricWriter.for_run(self.out, self.cfg, self.info.is_main, self.name)
+        return self._writer
 
     def finished(self) -> dict | None:
         """The finished result of this run, logged, or None."""
@@ -360,6 +371,8 @@ class Stage:
             world_size=getattr(self.info, "world_size", 1), overrides=(self.cfg.get("_meta") or {}).get("overrides", []),
             **({"sweep": ident.sweep(self.sweep_key)} if ident and self.sweep_key else {}), **status, **extra)
         path = write_record(rec, records_dir)
+        self.writer.scalars(clean, int(extra.get("epochs") or 0), f"eval/{eval_name}_{protocol}")
+        self.writer.close()
         if bad:
             raise NonFiniteError(f"{eval_name} {protocol}: {status['failure']}; recorded as a failed run in {path}")
         if self.folder:
@@ -377,6 +390,10 @@ def open_stage(name: str, args: argparse.Namespace, cfg: dict, bb: Any, info: An
     when it is not ``cfg`` (segmentation: mmseg's resolved config)."""
     from .data.identity import data_identity
     from .dist import barrier, broadcast_object
+    from .utils import keep_freed_memory
+
+    if getattr(getattr(info, "device", None), "type", "cpu") == "cpu":
+        keep_freed_memory()  # CPU training steps reuse freed pages (lewel_bench.utils.keep_freed_memory)
 
     data = broadcast_object(data_identity(data_root, data_parts) if info.is_main else None)
     ident = RunIdentity(stage=name, code_version=int(code_version),

@@ -1,6 +1,7 @@
-"""Small shared helpers: logging, seeding, RNG state, git commit, host name."""
+"""Small shared helpers: logging, seeding, RNG state, git commit, host name, the CPU allocator policy."""
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import random
@@ -106,3 +107,20 @@ def resolve_auto(value: Any, default: bool) -> bool:
     """A config switch that may say ``auto`` (e.g. ``amp``, ``channels_last``, ``aug.batched``): ``default``
     (usually "on CUDA") for ``auto``, else the value as a bool."""
     return default if value == "auto" else bool(value)
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory for reuse instead of handing it back to the kernel (``mallopt``:
+    ``M_MMAP_MAX = 0``, ``M_TRIM_THRESHOLD`` = 1 GiB), so that a training step's large temporaries (32 MiB
+    head activations and weight-shaped buffers) reuse pages rather than fault in fresh zeroed ones on every
+    call. Measured on a LEWEL_B CPU step (ResNet-50, 64 px, batch 32): 293k minor page faults and 0.66 s of
+    system time per step before, 106 and 0.004 s after, peak RSS 3.05 -> 3.14 GB. ``LEWEL_MALLOC=system``
+    keeps glibc's defaults. Returns whether the policy was applied (glibc on Linux only)."""
+    if os.environ.get("LEWEL_MALLOC", "retain") == "system":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))

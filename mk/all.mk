@@ -74,6 +74,7 @@ DEMO_EVALS ?= linear semisup1 semisup10 voc-det voc-seg coco-c4-1x
 demo: $(STAMP) ## the whole chain (pretrain -> evaluations -> tables, figures) on the embedded mini data
 	$(MAKE) --no-print-directory data
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory all EXP=$(DEMO_EXP) DATA= LAUNCHER=local CHAIN_EVALS="$(DEMO_EVALS)" && \
+	$(MAKE) --no-print-directory all EXP=$(DEMO_EXP) DATA= LAUNCHER=local CHAIN_EVALS="$(DEMO_EVALS)" \
+	  ARGS="$(strip $(ARGS) log.tensorboard=true)" && \
 	$(MAKE) --no-print-directory figures EXP=$(DEMO_EXP) && $(MAKE) --no-print-directory report && \
 	echo "== demo finished in $$(( $$(date +%s) - start )) s; tables: results/tables/README.md, figures: $(FIGURES_DIR)/, report: $(REPORT_DIR)/index.html"

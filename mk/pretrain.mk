@@ -7,12 +7,15 @@
 # Re-running the same command resumes from OUT/checkpoint.pth (a folder of another run is refused).
 #   make bench-pretrain                             per-method step time and ratios (BENCH_ARGS=...)
 #   make bench-loader                               two-view loader images/s, PIL vs batched (BENCH_LOADER_ARGS=...)
+#   make bench-e2e                                  the real loader feeding the real step per method (GPU node;
+#                                                   BENCH_E2E_ARGS="--iters 300 --workers 15 --json bench.json")
 PRETRAIN_OUT  = $(or $(OUT),$(RUNS)/$(EXP))
 PRETRAIN_DATA = $(if $(DATA),$(DATA),$(MINI)/imagenet)
 BENCH_ARGS ?=
 BENCH_LOADER_ARGS ?= --synthetic 1024 --workers 1 2
+BENCH_E2E_ARGS ?= --synthetic 4096
 
-.PHONY: pretrain bench-pretrain bench-loader
+.PHONY: pretrain bench-pretrain bench-loader bench-e2e
 pretrain: $(STAMP) $(if $(DATA),,$(MINI_STAMP)) ## pretrain EXP (mini data unless DATA=...) into OUT (default runs/EXP)
 	@cfg=$$($(PY) -m pretrain.experiments resolve '$(EXP)' $(if $(DATA),--full)) || exit 2; \
 	echo "make pretrain: EXP=$(EXP) $(if $(DATA),with DATA=$(DATA): the full-data config $$cfg,on the embedded mini data: config $$cfg (with DATA=/path: the full-data config $(EXP)))"; \
@@ -23,3 +26,6 @@ bench-pretrain: $(STAMP) ## step time of supervised / MoCo v2 / LEWEL_M / BYOL /
 
 bench-loader: $(STAMP) ## images/s of the pretraining loader: PIL pipeline vs batched photometric ops
 	$(PY) -m tools.bench_loader $(BENCH_LOADER_ARGS)
+
+bench-e2e: $(STAMP) ## images/s, loader wait, device busy, peak memory of loader + step per method (GPU node)
+	$(PY) -m tools.bench_e2e $(BENCH_E2E_ARGS)

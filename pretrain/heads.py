@@ -157,9 +157,11 @@ class CoupledHead(nn.Module):
         hid = w1.shape[0]
         xg = x.reshape(b * hw, h, D // h).transpose(0, 1)  # (h, B*HW, D/h)
         proj = torch.bmm(xg, w1.reshape(hid, h, D // h).permute(1, 2, 0))  # (h, B*HW, hidden)
-        proj = proj.reshape(h, b, hw, hid).permute(1, 0, 2, 3).reshape(b, h * hw, hid)  # (B, h*HW, hidden)
-        wg = maps.reshape(b, hw, h, k).permute(0, 3, 2, 1).reshape(b, k, h * hw)  # (B, d/h, h*HW)
-        out = torch.bmm(wg, proj)  # sum over groups j and positions in one contraction: (B, d/h, hidden)
+        proj = proj.view(h, b, hw, hid)  # group j: a contiguous (B, HW, hidden) block, no reordered copy
+        wg = maps.transpose(1, 2)  # (B, d, HW): maps j*k .. (j+1)*k - 1 pair with group j
+        out = torch.bmm(wg[:, :k], proj[0])  # sum over positions, then over the h groups: (B, d/h, hidden)
+        for j in range(1, h):
+            out.baddbmm_(wg[:, j * k:(j + 1) * k], proj[j])
         if self.p.fc1.bias is not None:
             out = out + self.p.fc1.bias
         return out

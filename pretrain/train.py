@@ -34,8 +34,9 @@ from lewel_bench.io import append_jsonl, atomic_torch_save, atomic_write_json, a
 from lewel_bench.knn import extract_features, knn_top1
 from lewel_bench.optim import optimizer_for, schedule_from_config, set_lr
 from lewel_bench.stage import differences, digest, identity_config
-from lewel_bench.utils import (amp_autocast, amp_step, default_num_workers, get_rng_state, git_commit, resolve_auto,
-                               seed_everything, set_rng_state)
+from lewel_bench.tblog import MetricWriter, alignment_grid, log_options
+from lewel_bench.utils import (amp_autocast, amp_step, default_num_workers, get_rng_state, git_commit,
+                               keep_freed_memory, resolve_auto, seed_everything, set_rng_state)
 
 from .augment import build_views, eval_transform, view_specs, views_to_device
 from .data import EpochBatchSampler, ImageFolderList, MultiViewDataset
@@ -218,6 +219,46 @@ def knn_monitor(method: SSLMethod, cfg: dict, device: torch.device, channels_las
     return knn_top1(ftr, ytr, fva, yva, num_classes=len(bank.classes), k=kc["k"], t=kc["t"])
 
 
+def compile_networks(method: SSLMethod, mode: bool | str) -> list[str]:
+    """``compile``: true = ``torch.compile`` every network of the method (online encoder, target, predictors;
+    ``nn.Module.compile`` in place, so state dicts and checkpoints are unchanged); false / auto = eager (auto is
+    eager until a device is measured where compiling pays for itself). Returns the compiled names."""
+    if mode is not True:
+        return []
+    names = []
+    for name, child in method.named_children():
+        if any(True for _ in child.parameters()):
+            child.compile()
+            names.append(name)
+    return names
+
+
+@torch.no_grad()
+def log_alignment_maps(writer: MetricWriter, method: SSLMethod, cfg: dict, device: torch.device, step: int,
+                       n_images: int = 4) -> None:
+    """TensorBoard image of the online alignment maps W of the first ``n_images`` images of the kNN split
+    (one per class where it can), for methods that have them (LEWEL). Runs in eval mode under a forked RNG, so
+    training (BN statistics, random maps, augmentation) is exactly what it would have been without it."""
+    if not writer.active or not method.has_alignment_maps:
+        return
+    dc = cfg["data"]
+    val = ImageFolderList(dc["root"], cfg["knn"]["split"], eval_transform(cfg["aug"]["size"]))
+    first: dict[int, int] = {}
+    for i, (_, y) in enumerate(val.samples):
+        first.setdefault(y, i)
+    idx = (list(first.values()) + list(range(len(val))))[:n_images]
+    x = torch.stack([val[i][0] for i in idx]).to(device)
+    was = method.training
+    method.eval()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        maps = method.alignment_maps(x).float().cpu()
+    method.train(was)
+    from .augment import IMAGENET_MEAN, IMAGENET_STD
+
+    img = x.cpu() * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]
+    writer.image("alignment_maps", alignment_grid(img.clamp(0, 1), maps), step)
+
+
 def training_record(out_dir: Path, cfg: dict, exp: str, identity: dict, data: dict, iters_per_epoch: int,
                     device: torch.device, world: int, records_dir: str | Path | None,
                     sweep: dict | None = None) -> Path | None:
@@ -270,6 +311,8 @@ def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo, records
     channels_last = resolve_auto(cfg["channels_last"], cuda)
     seed = int(cfg["seed"])
     _set_threads(cfg, device, dist_info.world_size)
+    if device.type == "cpu" and keep_freed_memory():
+        log.info("allocator: freed memory kept for reuse (LEWEL_MALLOC=system: glibc's defaults)")
     seed_everything(seed + dist_info.rank, deterministic=cfg.get("deterministic", False))
     ckpt_path, metrics_path = out_dir / "checkpoint.pth", out_dir / "metrics.jsonl"
 
@@ -302,6 +345,9 @@ def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo, records
     if channels_last:
         method.to(memory_format=torch.channels_last)
     optimizer = optimizer_for(method, cfg["optim"])
+    compiled = compile_networks(method, cfg.get("compile", "auto"))
+    if compiled:
+        log.info("torch.compile: %s (compiled on first use)", ", ".join(compiled))
     scaler = torch.amp.GradScaler("cuda", enabled=amp and cuda)
 
     log.info("%s: %s (%s, %s), %d epochs x %d iterations, batch %d (%d per process), %d views (%s px), data %s "
@@ -325,6 +371,9 @@ def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo, records
                                                        "identity": identity})
     ldist.barrier()
     last_good = it
+    # TensorBoard under the run folder; on resume, events after the checkpoint's iteration are dropped
+    writer = MetricWriter.for_run(out_dir, cfg, dist_info.is_main, exp, purge_step=it or None)
+    images_every = log_options(cfg)["images_every"]
 
     model = method
     if world > 1:
@@ -385,6 +434,7 @@ def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo, records
                 rec.update({k: ldist.all_reduce_mean(v.float()).item() for k, v in logs.items()})
                 if dist_info.is_main:
                     append_jsonl(metrics_path, rec)
+                    writer.scalars({k: v for k, v in rec.items() if k not in ("iter", "epoch")}, it, "train")
                 bar.set_postfix(loss=f"{loss_val:.4f}", lr=f"{lr:.3g}")
                 t0, n_img = time.perf_counter(), 0
             if ck_every and it % ck_every == 0 and it % ipe:
@@ -395,11 +445,16 @@ def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo, records
             if dist_info.is_main:
                 acc = knn_monitor(method, cfg, device, channels_last)
                 append_jsonl(metrics_path, {"iter": it, "epoch": done, "knn_top1": acc})
+                writer.scalars({"knn_top1": acc}, it, "monitor")
                 bar.write(f"epoch {done}: kNN top-1 {acc:.2f}%")
                 log.info("epoch %d: kNN top-1 (k=%d) on %s: %.2f%%", done, kc["k"], kc["split"], acc)
             ldist.barrier()
+        if dist_info.is_main and images_every and (done % images_every == 0 or it == total):
+            log_alignment_maps(writer, method, cfg, device, it)
         save(done)
+        writer.flush()
     bar.close()
+    writer.close()
     if dist_info.is_main:
         meta = {"method": cfg["method"], "epochs": cfg["epochs"], "arch": cfg["arch"], "exp": exp,
                 "iteration": it, "seed": seed, "git": git_commit(), "run_id": digest(identity),

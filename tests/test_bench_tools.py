@@ -23,3 +23,18 @@ def test_bench_loader_modes(capsys):
     out = capsys.readouterr().out
     rows = re.findall(r"^\| ([\w-]+) \| 0 \| (\d+) \|", out, re.M)
     assert [m for m, _ in rows] == ["pil", "batched-workers", "batched"] and all(int(v) > 0 for _, v in rows)
+
+
+def test_bench_e2e_rows_and_ratios(capsys, tmp_path):
+    import json
+
+    from tools.bench_e2e import main
+
+    main(["--synthetic", "16", "--size", "32", "--batch", "4", "--iters", "2", "--warmup", "1", "--arch", "resnet18",
+          "--methods", "byol", "lewel_b", "--batched", "on", "--workers", "0", "--threads", "1",
+          "--json", str(tmp_path / "e2e.json")])
+    out = capsys.readouterr().out
+    assert re.search(r"^\| lewel_b / byol \| true \| [0-9.]+ \| 1.044 \|", out, re.M), out
+    doc = json.loads((tmp_path / "e2e.json").read_text())
+    assert [r["method"] for r in doc["rows"]] == ["byol", "lewel_b"]
+    assert all(0 <= r["loader_wait_share"] <= 1 and r["images_per_s"] > 0 for r in doc["rows"])

@@ -4,7 +4,6 @@ row of the paper's tables has a config of that name."""
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import pytest
 import torch

@@ -66,13 +66,14 @@ def measure(root: Path, workers: int, batch: int, exp: str, size: int, batches: 
                         persistent_workers=False, prefetch_factor=2 if workers else None)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
+    it = iter(loader)
+
     def step():
         views = next(it)
         if finish:
             return [views_to_device(v, device, batched) for v in views][0].shape[0]
         return len(views[0][0] if batched else views[0])
 
-    it = iter(loader)
     for _ in range(max(workers, 1)):  # let every worker start and fill its first batch
         step()
     sync()

@@ -338,18 +338,9 @@ def _denorm(x: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def alignment_maps_for(method: torch.nn.Module, view: torch.Tensor) -> torch.Tensor:
     """W of one normalised view (3, S, S): (d, h, w) maps of the online coupled head."""
-    from lewel_bench.models import backbone_features
-
-    feat = backbone_features(method.online.backbone, view[None])["res5"]
-    _, _, W = method.online.head(feat)
-    h, w = feat.shape[2], feat.shape[3]
-    W = W[0]
-    # the head returns W as (HW, d) or (d, HW): the positions axis is the one each map sums to 1 over
-    if W.shape[0] == h * w and (W.shape[1] != h * w or torch.allclose(W.sum(0), torch.ones(W.shape[1]), atol=1e-4)):
-        W = W.t()
-    if W.shape[1] != h * w:
-        raise AlignmentError(f"alignment maps of shape {tuple(W.shape)} do not match the {h}x{w} feature map")
-    return W.reshape(W.shape[0], h, w)
+    if not getattr(method, "has_alignment_maps", False):
+        raise AlignmentError(f"method {method.cfg.get('method')!r} has no alignment maps")
+    return method.alignment_maps(view[None])[0]
 
 
 def strongest(maps: torch.Tensor, k: int) -> list[int]:

@@ -83,3 +83,4 @@ default_hooks = dict(
     logger=dict(type='LoggerHook', interval=10, log_metric_by_epoch=False),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=40, max_keep_ckpts=1))
 env_cfg = dict(cudnn_benchmark=False)
+log = dict(tensorboard=False)  # mini: no event files unless asked (log.tensorboard=True)

@@ -152,6 +152,8 @@ env_cfg = dict(
 vis_backends = [dict(type='LocalVisBackend')]
 visualizer = dict(type='SegLocalVisualizer', vis_backends=vis_backends, name='visualizer')
 log_processor = dict(by_epoch=False)
+# lewel-bench: TensorBoard scalars under <work dir>/tb (lewel_bench/tblog.py; not part of the run's identity)
+log = dict(tensorboard=True)
 log_level = 'INFO'
 load_from = None
 resume = False

@@ -108,6 +108,7 @@ def fit(stage: Stage, model: nn.Module, optimizer: torch.optim.Optimizer, train_
         if ev and (epoch + 1) % ev == 0 and epoch + 1 < epochs:
             stats.update({f"val_{k}": v for k, v in evaluate(model, val_loader, dev, amp).items()})
         history.append(stats)
+        stage.writer.scalars(stats, epoch + 1, "train")
         log.info("epoch %d/%d lr %s loss %.4f train top1 %.2f (%.1fs)", epoch + 1, epochs,
                  "/".join(f"{x:.4g}" for x in lrs), stats["loss"], stats["train_top1"], stats["time_s"])
         if stage.info.is_main and (epoch + 1 == epochs or (epoch + 1) % cfg.get("save_every", 1) == 0):

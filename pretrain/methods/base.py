@@ -114,6 +114,14 @@ class SSLMethod(nn.Module):
     def transfer_parts(self) -> dict[str, dict[str, str]]:
         return {}
 
+    #: whether :meth:`alignment_maps` gives maps (LEWEL); the loop then logs them as TensorBoard images
+    has_alignment_maps: bool = False
+
+    def alignment_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """The online network's alignment maps W of images ``x`` (B, 3, S, S): (B, d, h, w), each map summing
+        to 1 over its h * w positions (Sec. 3.2). Methods without maps have none."""
+        raise NotImplementedError(f"method {self.cfg['method']!r} has no alignment maps")
+
     # --- target network -------------------------------------------------------------------------
     def make_target(self, online: nn.Module) -> nn.Module:
         target = copy.deepcopy(online)

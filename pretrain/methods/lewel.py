@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from lewel_bench import dist as ldist
+from lewel_bench.models import backbone_features
 
 from ..heads import MLP, CoupledHead
 from ..losses import info_nce, info_nce_in_batch, lewel_total, normalized_mse
@@ -25,6 +26,14 @@ def coupled_head(D: int, mc: dict) -> CoupledHead:
                        sem_projector=mc.get("sem_projector", True))
 
 
+def online_alignment_maps(method: SSLMethod, x: torch.Tensor) -> torch.Tensor:
+    """W of the online coupled head for images ``x``: (B, HW, d) -> (B, d, h, w)."""
+    feat = backbone_features(method.online.backbone, x)["res5"]
+    _, _, W = method.online.head(feat)
+    b, hw, d = W.shape
+    return W.permute(0, 2, 1).reshape(b, d, feat.shape[2], feat.shape[3])
+
+
 def aligned_dim(D: int, mc: dict) -> int:
     """Width c of the aligned embeddings: p's output, or D without p."""
     return (mc.get("sem_dim") or mc["dim"]) if mc.get("sem_projector", True) else D
@@ -34,6 +43,9 @@ def aligned_dim(D: int, mc: dict) -> int:
 class LEWELM(SSLMethod):
     """L_g: InfoNCE of z' against target z'' with queue negatives; L_a: InfoNCE of aligned z'_k against
     z''_k with the other images of the (global) batch at the same k as negatives (Sec. 3.3)."""
+
+    has_alignment_maps = True
+    alignment_maps = online_alignment_maps
 
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)
@@ -76,6 +88,9 @@ class LEWELB(SSLMethod):
     """Predictor q on z (global loss), separate predictor s on the aligned embeddings (aligned loss);
     normalised MSE (Eq. 5), global term averaged over B, aligned over B * d/h; directions summed as in
     the official code (``model.sym_reduce``). Target flavour ``model.target``: params | eman."""
+
+    has_alignment_maps = True
+    alignment_maps = online_alignment_maps
 
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)

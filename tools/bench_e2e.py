@@ -1,0 +1,190 @@
+"""End-to-end pretraining throughput: the real loader feeding the real training step, per method.
+
+    python -m tools.bench_e2e --synthetic 4096 --batch 128 --iters 300            # on a GPU node
+    python -m tools.bench_e2e --data /imagenet --methods byol lewel_b --batched on off
+    make bench-e2e [BENCH_E2E_ARGS="--iters 300 --workers 15"]
+
+Each (method, ``aug.batched``) pair runs the method's IN-1K config (``--arch``, ``--size``, ``--batch``
+override it) exactly as the pretraining loop does: ``ImageFolderList`` without cache -> ``MultiViewDataset``
+(the config's views) -> ``EpochBatchSampler`` -> ``DataLoader`` (``--workers``, default: the loop's default,
+every core but one) with pinned memory on CUDA -> views on the device (``aug.batched``: the photometric ops
+there) -> forward, backward, optimiser and EMA steps in the loop's precision (AMP and channels_last on CUDA).
+After ``--warmup`` steps it times ``--iters`` steps and reports images/s, the loader wait (time blocked on
+the next batch, as a share of the wall time), the device busy share (CUDA events around each step),
+milliseconds per step and the peak device memory, then the end-to-end ratios LEWEL_B / BYOL and
+LEWEL_M / MoCo v2 of the same run. The goal: loader wait under 5 % of the step (the loader never starves
+the model) and, where both are loader-bound, LEWEL_B / BYOL within the paper's 1.044 (Table 9).
+Synthetic images (``--synthetic N``) are ImageNet-sized quality-90 JPEGs (``tools.bench_loader``), so
+decoding costs what it costs on ImageNet. ``--json FILE`` writes the rows and ratios (``make report BENCH=``).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch.utils.data import DataLoader
+
+from lewel_bench.config import load_config
+from lewel_bench.io import atomic_write_json
+from lewel_bench.optim import optimizer_for, schedule_from_config, set_lr
+from lewel_bench.utils import amp_autocast, amp_step, default_num_workers, setup_logging
+from pretrain.augment import build_views, view_specs, views_to_device
+from pretrain.data import EpochBatchSampler, ImageFolderList, MultiViewDataset
+from pretrain.experiments import CONFIG_DIR
+from pretrain.methods import METHODS
+from tools.bench_loader import write_synthetic_jpegs
+
+log = logging.getLogger("tools.bench_e2e")
+PAIRS = (("lewel_b", "byol", 1.044), ("lewel_m", "mocov2", 1.007))  # LEWEL Table 9 (8 V100, AMP, loader incl.)
+
+
+class Epochs:
+    """Batches of successive epochs of :class:`EpochBatchSampler` in one sampler (one set of workers)."""
+
+    def __init__(self, n: int, batch: int, seed: int = 0) -> None:
+        self.n, self.batch, self.seed = n, batch, seed
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for epoch in itertools.count():
+            yield from EpochBatchSampler(self.n, self.batch, self.seed, epoch)
+
+
+def run(method_name: str, root: Path, args: argparse.Namespace, batched: bool, device: torch.device) -> dict[str, Any]:
+    """One (method, batched) measurement (see the module docstring)."""
+    cuda = device.type == "cuda"
+    cfg = load_config(method_name, CONFIG_DIR, [f"arch={args.arch}", f"aug.size={args.size}",
+                                               f"batch_size={args.batch}", f"aug.batched={str(batched).lower()}"])
+    ds = MultiViewDataset(ImageFolderList(root, "train"), build_views(view_specs(cfg["aug"]), batched), seed=0)
+    workers = default_num_workers() if args.workers is None else args.workers
+    loader = DataLoader(ds, batch_sampler=Epochs(len(ds), args.batch), num_workers=workers, pin_memory=cuda,
+                        prefetch_factor=4 if workers else None, persistent_workers=bool(workers))
+    method = METHODS.get(method_name)(cfg).to(device)
+    amp = cuda if args.amp == "auto" else args.amp == "on"
+    channels_last = cuda if args.channels_last == "auto" else args.channels_last == "on"
+    if channels_last:
+        method.to(memory_format=torch.channels_last)
+    optimizer = optimizer_for(method, cfg["optim"])
+    schedule = schedule_from_config(cfg["schedule"], args.warmup + args.iters, 1000, base_lr=cfg["optim"]["lr"])
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and cuda)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    method.train()
+    waits, busy, steps = [], [], []
+    batches = iter(loader)
+    t_start = None
+    for it in range(args.warmup + args.iters):
+        if it == args.warmup:
+            if cuda:
+                torch.cuda.synchronize(device)
+            t_start = time.perf_counter()
+        t0 = time.perf_counter()
+        batch = next(batches)
+        t1 = time.perf_counter()
+        ev = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if cuda else None
+        if ev:
+            ev[0].record()
+        views = [views_to_device(v, device, batched) for v in batch]
+        if channels_last:
+            views = [x.contiguous(memory_format=torch.channels_last) for x in views]
+        set_lr(optimizer, schedule, it)
+        with amp_autocast(device, amp):
+            loss, _ = method(views)
+        amp_step(loss, optimizer, scaler, cfg["optim"].get("clip_grad_norm"))
+        method.update_target(method.momentum_at(it, args.warmup + args.iters))
+        if ev:
+            ev[1].record()
+            torch.cuda.synchronize(device)
+        t2 = time.perf_counter()
+        if it >= args.warmup:
+            waits.append(t1 - t0)
+            steps.append(t2 - t1)
+            busy.append(ev[0].elapsed_time(ev[1]) / 1000 if ev else t2 - t1)
+    wall = time.perf_counter() - t_start
+    del batches, loader
+    return {"method": method_name, "batched": batched, "workers": workers, "batch": args.batch,
+            "images_per_s": round(args.iters * args.batch / wall, 1),
+            "loader_wait_share": round(sum(waits) / wall, 4), "device_busy_share": round(sum(busy) / wall, 4),
+            "step_ms": round(1000 * statistics.median(steps), 1), "wait_ms": round(1000 * statistics.median(waits), 1),
+            "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2) if cuda else None}
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """End-to-end time per image of each LEWEL method over its baseline, per ``batched`` setting."""
+    out = []
+    for a, b, paper in PAIRS:
+        for batched in (True, False):
+            ra = [r for r in rows if r["method"] == a and r["batched"] == batched]
+            rb = [r for r in rows if r["method"] == b and r["batched"] == batched]
+            if ra and rb:
+                out.append({"ratio": f"{a} / {b}", "batched": batched, "time": round(rb[0]["images_per_s"]
+                            / ra[0]["images_per_s"], 3), "paper": paper})
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m tools.bench_e2e", description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=Path, help="ImageNet-style root (reads <root>/train/<class>/*)")
+    src.add_argument("--synthetic", type=int, metavar="N", help="write N ImageNet-sized JPEGs to a temp dir")
+    p.add_argument("--methods", nargs="+", default=["byol", "lewel_b", "mocov2", "lewel_m"])
+    p.add_argument("--batched", nargs="+", choices=("on", "off"), default=["on", "off"], help="aug.batched settings")
+    p.add_argument("--arch", default="resnet50")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=128, help="per-process batch")
+    p.add_argument("--iters", type=int, default=200, help="timed steps per run")
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--workers", type=int, default=None, help="loader workers (default: every core but one)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads in the main process (default: torch's)")
+    p.add_argument("--amp", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows and ratios to this JSON file")
+    args = p.parse_args(argv)
+    setup_logging()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.data
+        if root is None:
+            t = time.perf_counter()
+            root = write_synthetic_jpegs(Path(tmp), args.synthetic)
+            log.info("wrote %d synthetic JPEGs in %.1f s", args.synthetic, time.perf_counter() - t)
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+        print(f"# end to end on {name}: {args.arch}, {args.size} px, batch {args.batch}, {args.iters} steps after "
+              f"{args.warmup}, data {root}", flush=True)
+        print("| method | aug.batched | workers | images/s | loader wait | device busy | step ms | wait ms | "
+              "peak GiB |\n|---|---|---|---|---|---|---|---|---|", flush=True)
+        rows = []
+        for batched in (b == "on" for b in args.batched):
+            for m in args.methods:
+                r = run(m, root, args, batched, device)
+                rows.append(r)
+                print(f"| {m} | {str(batched).lower()} | {r['workers']} | {r['images_per_s']} | "
+                      f"{100 * r['loader_wait_share']:.1f} % | {100 * r['device_busy_share']:.1f} % | {r['step_ms']} | "
+                      f"{r['wait_ms']} | {r['peak_memory_gib'] if r['peak_memory_gib'] is not None else '-'} |",
+                      flush=True)
+    rat = ratios(rows)
+    if rat:
+        print("\n| ratio | aug.batched | time per image | paper (Table 9) |\n|---|---|---|---|")
+        for r in rat:
+            print(f"| {r['ratio']} | {str(r['batched']).lower()} | {r['time']} | {r['paper']} |")
+    starved = [r for r in rows if r["loader_wait_share"] > 0.05]
+    names = ", ".join(f"{r['method']} (aug.batched {str(r['batched']).lower()})" for r in starved)
+    print(f"\nloader wait over 5 % of the wall time: {names}" if starved
+          else "\nloader wait under 5 % of the wall time in every run")
+    if args.json:
+        atomic_write_json(args.json, {"setup": {"device": name, "arch": args.arch, "size": args.size,
+                                                "batch": args.batch, "iters": args.iters}, "rows": rows, "ratios": rat})
+
+
+if __name__ == "__main__":
+    main()
