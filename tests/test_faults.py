@@ -96,7 +96,9 @@ def test_detection_folders_follow_checkpoint_and_data_not_exp(mini_data: Path, t
                   str(mini_data / "VOCdevkit"), "--out", str(out), "--backend", "torchvision"])
     dry = subprocess.run(["make", "-n", "eval-voc-det", "CKPT=random:resnet18"], cwd=REPO_ROOT, capture_output=True,
                          text=True, check=True).stdout
-    assert "--ckpt random:resnet18" in dry and "--out" not in dry  # the stage derives the folder from the run
+    stage = [line for line in dry.splitlines() if "-- eval_detection" in line]
+    assert stage and all("--ckpt random:resnet18" in line and "--out" not in line for line in stage), dry
+    # the stage derives its folder from the run, never from EXP
 
 
 def _record(tmp: Path, top1: float, seed: int, fingerprint: str, group: str, **extra) -> None:
