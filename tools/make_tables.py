@@ -1,4 +1,5 @@
-"""Aggregate ``results/records/`` into CSV tables that mirror the LEWEL paper's Tables 1-8.
+"""Aggregate ``results/records/`` into CSV tables that mirror the LEWEL paper's Tables 1-8 and the CGH
+supplement's Tables 1-3.
 
     python -m tools.make_tables [--records results/records] [--paper results/paper] [--out results/tables] [--strict]
 
@@ -13,7 +14,11 @@ real-data rows). ``results/tables/README.md`` renders all tables in Markdown (``
 Records that cannot be placed (unknown eval / protocol, missing metric, IN-100 runs that fit no ablation
 row), failed runs (``status: failed``: a non-finite result, skipped with its reason) and malformed files are
 listed in ``unmatched.csv`` and logged; ``--strict`` makes them an error.
-Matching: Tables 1-4 and 8 by (method, pretrain_epochs[, arch]); Tables 5-7 (the ImageNet-100 ablations:
+Matching: Tables 1-4 and 8 by (method, pretrain_epochs[, arch]), CGH's tables by (method, pretrain_epochs[,
+feature | variant]) (:data:`RECORD_ATTRS`: a table with a ``feature`` column takes linear probes of that input,
+any other table only GAP probes; ``variant`` ``multi`` = a multi-crop pretraining, a ``pretrain_exp`` with the
+word ``multi``, e.g. ``cgh_multi``); the cost table's time column from ``tools.bench_pretrain --record``
+(eval ``cost``); Tables 5-7 (the ImageNet-100 ablations:
 records whose checkpoint was pretrained on data named ``imagenet100``, :mod:`lewel_bench.data.in100`) by
 pretrain_exp (``exp`` column). The ``weights`` column says what the evaluated models took from the
 checkpoint (``trunk``, or the trunk and transfer-bundle parts).
@@ -51,12 +56,13 @@ TABLES_DIR = REPO_ROOT / "results" / "tables"
 
 # Record vocabulary (docs/CONVENTIONS.md): eval -> known protocols and the metric keys it reports.
 KNOWN_PROTOCOLS: dict[str, set[str]] = {
-    "linear": {"lewel_b_sgd", "lewel_m_lars", "mini"},
+    "linear": {"lewel_b_sgd", "lewel_m_lars", "cgh_sgd", "mini"},
     "semisup": {"1pct", "10pct"},
     "knn": {"k20"},
     "voc_det": {"c4_24k"},
     "voc_seg": {"fcn_d8_20k"},
     "coco": {"c4_1x", "fpn_1x", "fpn_2x"},
+    "cost": {"step_time"},   # tools.bench_pretrain --record: a method's step time relative to supervised
 }
 NO_CITED = "cited"
 TYPES: dict[str, Callable[[str], Any]] = {
@@ -185,7 +191,35 @@ TABLES: list[TableSpec] = [
         "in100_top1": Cell("linear", "top1", label="IN-100 Acc"),
         "voc_mIoU": Cell("voc_seg", "mIoU", ("fcn_d8_20k",), label="VOC 12 Seg mIoU"),
     }, key="exp"),
+    # CGH supplement (results/paper/cgh_*.csv; their headers say how each column is filled)
+    TableSpec("cgh_table1_linear", "CGH Table 1: IN-1K linear classification, GAP and hypercolumn input (ResNet-50)", {
+        "in1k_top1": Cell("linear", "top1", ("cgh_sgd", "mini"), label="IN-1K Acc"),
+    }, row_attrs=("epochs", "feature")),
+    TableSpec("cgh_table2_coco_c4", "CGH Table 2: MS-COCO Mask R-CNN R50-C4, 1x schedule", {
+        m: Cell("coco", m, ("c4_1x",), label=lab) for m, lab in (
+            ("bbox_AP", "AP^bb"), ("bbox_AP50", "AP^bb_50"), ("bbox_AP75", "AP^bb_75"),
+            ("segm_AP", "AP^mk"), ("segm_AP50", "AP^mk_50"), ("segm_AP75", "AP^mk_75"))
+    }, row_attrs=("epochs", "variant")),
+    TableSpec("cgh_table3_cost", "CGH Table 3: pre-training time per epoch relative to supervised, IN-1K linear, "
+              "VOC07+12 detection", {
+        "time_rel": Cell("cost", "time_rel", ("step_time",), label="Time/Epoch"),
+        "linear_top1": Cell("linear", "top1", ("cgh_sgd", "mini"), label="Linear Acc"),
+        "voc_AP50": Cell("voc_det", "AP50", ("c4_24k",), label="VOC 07+12 AP50"),
+    }, row_attrs=("epochs",)),
 ]
+
+
+def _variant(rec: dict) -> str:
+    """``multi`` for a checkpoint of a multi-crop pretraining (an experiment named ``..._multi...``), else ''."""
+    return "multi" if "multi" in str(rec.get("pretrain_exp") or "").split("_") else ""
+
+
+#: What a row can ask of a record besides method / epochs / protocol: row column -> (the record's value, the
+#: value a table WITHOUT that column requires). ``feature``: the linear probe's input (eval_linear).
+RECORD_ATTRS: dict[str, tuple[Callable[[dict], str], str]] = {
+    "feature": (lambda rec: str(rec.get("feature") or "gap"), "gap"),
+    "variant": (_variant, ""),
+}
 
 
 # --------------------------------------------------------------------------- records
@@ -205,6 +239,7 @@ class Run:
     data: str = ""
     weights: str = "trunk"
     in100: bool = False
+    attrs: dict[str, str] = field(default_factory=dict)   # RECORD_ATTRS values
 
 
 IN100 = "imagenet100"
@@ -271,9 +306,10 @@ def flatten_records(records: list[dict], problems: list[str]) -> tuple[list[Run]
         dataset = str(rec.get("dataset") or ("mini" if proto == "mini" else "unknown"))
         group, data, weights = record_group(rec), record_data(rec), record_weights(rec)
         in100 = rec.get("pretrain_data") == IN100  # pretrained on ImageNet-100 (the checkpoint's data identity)
+        attrs = {name: get(rec) for name, (get, _) in RECORD_ATTRS.items()}
         for metric, value in rec["metrics"].items():
             runs.append(Run(str(rec["method"]), str(rec["pretrain_exp"]), epochs, ev, proto, metric,
-                            float(value), dataset, path, group, data, weights, in100))
+                            float(value), dataset, path, group, data, weights, in100, attrs))
     return runs, unmatched
 
 
@@ -303,13 +339,27 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
     cells = spec.cells
     value_cols = list(cells) + list(spec.extra_epoch_cells)
     id_cols = [c for c in paper.columns if c not in cells]
-    in_scope = [(i, r) for i, r in enumerate(runs) if r.in100 == (spec.key == "exp")]
+    row_attrs = [a for a in RECORD_ATTRS if a in paper.columns]   # matched on the row's value
+    fixed_attrs = {a: d for a, (_, d) in RECORD_ATTRS.items() if a not in paper.columns}  # only the default
+    in_scope = [(i, r) for i, r in enumerate(runs) if r.in100 == (spec.key == "exp")
+                and all(r.attrs.get(a, d) == d for a, d in fixed_attrs.items())]
+
+    def attrs_of(row: dict) -> dict[str, str]:
+        """The row's values of the record attributes (an empty cell: the attribute's default)."""
+        out = {}
+        for a in row_attrs:
+            v = row.get(a)
+            out[a] = RECORD_ATTRS[a][1] if v is None or (isinstance(v, float) and math.isnan(v)) or v == "" else str(v)
+        return out
 
     def matching(cell: Cell, row: dict, dataset_ok: Callable[[str], bool], epochs: int | None | str) -> list[int]:
         protos = _protocols(cell, row)
+        want = attrs_of(row)
         out = []
         for i, r in in_scope:
             if r.eval != cell.eval or r.metric != cell.metric or r.protocol not in protos or not dataset_ok(r.dataset):
+                continue
+            if any(r.attrs.get(a) != v for a, v in want.items()):
                 continue
             if spec.key == "exp":
                 if r.exp != row["exp"]:
@@ -391,13 +441,14 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
         for col, cell in all_cells.items():
             if r.eval != cell.eval or r.metric != cell.metric:
                 continue
+            attrs = {a: r.attrs.get(a, RECORD_ATTRS[a][1]) for a in row_attrs}
             if spec.key == "exp":
                 ident = (r.exp, r.dataset, r.group)
                 row_ctx = {"exp": r.exp}
             else:
                 arch = r.protocol.split("_")[0] if "arch" in spec.row_attrs else None
-                ident = (r.method, r.epochs, arch, r.dataset, r.group)
-                row_ctx = {"method": r.method, "epochs": r.epochs, "arch": arch}
+                ident = (r.method, r.epochs, arch, *attrs.values(), r.dataset, r.group)
+                row_ctx = {"method": r.method, "epochs": r.epochs, "arch": arch, **attrs}
             if r.protocol not in _protocols(cell, row_ctx):
                 continue
             if cell.epochs is not None and (r.epochs != cell.epochs or r.dataset == "mini"):
@@ -417,7 +468,8 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
         ep = (f", {ctx['epochs']} ep" if spec.key == "method" and ctx.get("epochs") is not None
               and ctx.get("method") != "random" else "")
         grp = f", group {ident[-1][:8]}" if same_row[ident[:-1]] > 1 or spec.key == "exp" else ""
-        o["label"] = f"{name} (ours{ep}{', ' + e['dataset'] if e['dataset'] != 'unknown' else ''}{grp})"
+        att = "".join(f", {ctx[a]}" for a in row_attrs if ctx.get(a) not in (None, "", RECORD_ATTRS[a][1]))
+        o["label"] = f"{name} (ours{ep}{', ' + e['dataset'] if e['dataset'] != 'unknown' else ''}{att}{grp})"
         o["source"] = "ours"
         o["dataset"] = e["dataset"]
         for col in value_cols:
