@@ -300,6 +300,10 @@ def test_cgh_tables_match_on_feature_variant_and_cost(tmp_path):
         (70.5, 82.0, -0.6)
     md = (tmp_path / "out" / "README.md").read_text()
     assert "### CGH Table 1" in md and "### CGH Table 2" in md and "### CGH Table 3" in md
+    # the paper's own "group" column (the table's sections) keeps its name; ours becomes run_group
+    assert t2.loc["CGH", "group"] == "asymmetric" and t2.loc["CGH", "run_group"] == "g-c"
+    assert "| CGH | cgh | asymmetric | - | 200 | paper | 39.0 | 38.0 | -1.0 |" in md
+    assert "| CGH | cgh | 200 | paper | 2.01 | 1.90 | -0.11 |" in md  # time ratios with two decimals
 
 
 def test_cgh_paper_files_parse_with_their_schema():

@@ -128,6 +128,7 @@ class Cell:
     protocols: tuple[str, ...] | None = None     # None = any known protocol of the eval
     epochs: int | None = None                    # fixed epochs (Table 1); None = the row's epochs column
     label: str = ""
+    decimals: int = 1                            # Markdown digits (a time ratio: 2)
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,7 @@ TABLES: list[TableSpec] = [
     }, row_attrs=("epochs", "variant")),
     TableSpec("cgh_table3_cost", "CGH Table 3: pre-training time per epoch relative to supervised, IN-1K linear, "
               "VOC07+12 detection", {
-        "time_rel": Cell("cost", "time_rel", ("step_time",), label="Time/Epoch"),
+        "time_rel": Cell("cost", "time_rel", ("step_time",), label="Time/Epoch", decimals=2),
         "linear_top1": Cell("linear", "top1", ("cgh_sgd", "mini"), label="Linear Acc"),
         "voc_AP50": Cell("voc_det", "AP50", ("c4_24k",), label="VOC 07+12 AP50"),
     }, row_attrs=("epochs",)),
@@ -476,12 +477,13 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
             fill(o, col, None, e["cols"].get(col, []), compare=False)
         out_rows.append(o)
 
+    meta = {m: meta_column(m, list(paper.columns)) for m in ("data", "group", "weights")}
     for o in out_rows:
-        o["data"] = " ".join(sorted(o.pop("_data", set()))) or None
-        o["group"] = " ".join(g[:12] for g in sorted(o.pop("_group", set()))) or None
-        o["weights"] = " ".join(sorted(o.pop("_weights", set()))) or None
+        o[meta["data"]] = " ".join(sorted(o.pop("_data", set()))) or None
+        o[meta["group"]] = " ".join(g[:12] for g in sorted(o.pop("_group", set()))) or None
+        o[meta["weights"]] = " ".join(sorted(o.pop("_weights", set()))) or None
     ordered = (id_cols + ["dataset"] + [f"{c}.{k}" for c in value_cols for k in ("paper", "ours", "std", "n", "diff")]
-               + ["data", "group", "weights"])
+               + list(meta.values()))
     df = pd.DataFrame(out_rows)
     for c in ordered:
         if c not in df.columns:
@@ -489,13 +491,24 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
     return df[ordered], used
 
 
+def meta_column(name: str, paper_cols: list[str]) -> str:
+    """Our column ``data`` / ``group`` / ``weights``, or ``run_<name>`` where the paper table has a column of that
+    name (the CGH COCO table's ``group``: its sections)."""
+    return f"run_{name}" if name in paper_cols else name
+
+
 # --------------------------------------------------------------------------- Markdown
-def _fmt(x: Any) -> str:
+def _fmt(x: Any, nd: int = 1) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     if isinstance(x, float):
-        return f"{x:.1f}"
+        return f"{x:.{nd}f}"
     return str(x)
+
+
+def _fmt_id(x: Any) -> str:
+    """An identifying cell: a whole number read as a float (epochs of a column with gaps) without decimals."""
+    return str(int(x)) if isinstance(x, float) and x.is_integer() else _fmt(x)
 
 
 def to_markdown(spec: TableSpec, df: pd.DataFrame, paper_cols: list[str]) -> str:
@@ -504,6 +517,8 @@ def to_markdown(spec: TableSpec, df: pd.DataFrame, paper_cols: list[str]) -> str
     id_cols = [c for c in paper_cols if c not in spec.cells and c not in ("method", "exp")]
     labels = {**{c: cell.label or c for c, cell in spec.cells.items()},
               **{c: cell.label or c for c, cell in spec.extra_epoch_cells.items()}}
+    nd = {c: cell.decimals for c, cell in {**spec.cells, **spec.extra_epoch_cells}.items()}
+    weights = meta_column("weights", paper_cols)
     has_ours = {c: bool(df[f"{c}.n"].fillna(0).astype(int).sum()) for c in value_cols}
     has_paper = {c: bool(df[f"{c}.paper"].notna().any()) for c in value_cols}
     head = id_cols + ["dataset"]
@@ -514,20 +529,21 @@ def to_markdown(spec: TableSpec, df: pd.DataFrame, paper_cols: list[str]) -> str
         head.append("weights")
     lines = [f"### {spec.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in df.iterrows():
-        cells = [_fmt(r.get(c)) for c in id_cols] + [str(r["dataset"])]
+        cells = [_fmt_id(r.get(c)) for c in id_cols] + [str(r["dataset"])]
         for c in value_cols:
             n = r.get(f"{c}.n")
             n = 0 if n is None or (isinstance(n, float) and math.isnan(n)) else int(n)
-            ours = _fmt(r[f"{c}.ours"])
+            ours = _fmt(r[f"{c}.ours"], nd[c])
             if n > 1:
-                ours = f"{ours} ± {_fmt(r[f'{c}.std'])} (n={n})"
+                ours = f"{ours} ± {_fmt(r[f'{c}.std'], nd[c])} (n={n})"
             diff = r[f"{c}.diff"]
             if has_paper[c]:
-                cells.append(_fmt(r[f"{c}.paper"]))
+                cells.append(_fmt(r[f"{c}.paper"], nd[c]))
             if has_ours[c]:
-                cells += [ours, "-" if diff is None or (isinstance(diff, float) and math.isnan(diff)) else f"{diff:+.1f}"]
+                cells += [ours, "-" if diff is None or (isinstance(diff, float) and math.isnan(diff))
+                          else f"{diff:+.{nd[c]}f}"]
         if any(has_ours.values()):
-            cells.append(_fmt(r.get("weights")))
+            cells.append(_fmt(r.get(weights)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
