@@ -77,7 +77,8 @@ class CGHHead(nn.Module):
     def global_embedding(self, res5: torch.Tensor) -> torch.Tensor:
         return self.glob(res5.mean((2, 3)))
 
-    def forward(self, f: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, f: dict[str, torch.Tensor] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = f if isinstance(f, dict) else {"res5": f}  # the encoder passes the map alone when it reads one stage
         return self.global_embedding(f["res5"]), self.hyper([f[s] for s in self.hyper_stages])
 
 
