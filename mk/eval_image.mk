@@ -25,8 +25,7 @@ _eval_says = @echo "make $(1): config $(2) on $(if $(DATA),DATA=$(DATA),the embe
 .PHONY: eval-linear eval-semisup eval-knn eval-image
 eval-linear: $(EVAL_DEPS) ## linear probe of CKPT (default runs/$(EXP)/backbone.pth); resumes if interrupted
 	$(call _eval_says,eval-linear,$(LINEAR_CFG))
-	$(RUN) eval_linear --config $(LINEAR_CFG) --ckpt $(EVAL_CKPT) --data $(EVAL_DATA) $(EVAL_OUT) \
-	  $(if $(LINEAR_FEATURE),feature=$(LINEAR_FEATURE)) $(ARGS)
+	$(RUN) eval_linear --config $(LINEAR_CFG) --ckpt $(EVAL_CKPT) --data $(EVAL_DATA) $(EVAL_OUT) $(if $(LINEAR_FEATURE),feature=$(LINEAR_FEATURE)) $(ARGS)
 
 eval-semisup: $(EVAL_DEPS) ## semi-supervised fine-tuning, PCT=1 or 10 (SUBSET=/path/1percent.txt for ImageNet)
 	@case "$(PCT)" in 1|10) ;; *) echo "PCT must be 1 or 10, got '$(PCT)'" >&2; exit 2;; esac

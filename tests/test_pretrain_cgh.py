@@ -333,3 +333,46 @@ def test_cgh_trains_through_the_loop_with_the_ema_before_each_key_pass(mini_data
     assert int(ck["queue"]["queue.ptr"]) == 24
     assert torch.equal(bb.parts["hypercolumn"]["reduce.0.weight"], ck["model"]["online.head.hyper.reduce.0.weight"])
     assert tuple(bb.parts["hypercolumn"]["reduce.0.weight"].shape) == (512, 768, 1, 1)  # ResNet-18: 256 + 512 -> 512
+
+
+def _ddp_worker(rank: int, port: int, out: str) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from lewel_bench import dist as ldist
+
+    ldist.init_distributed()
+    m = _cgh("model.queue_size=16", "model.dim=16", "model.hyper_dim=16")
+    m.target = _IdKeys(16, 16)
+    ddp = torch.nn.parallel.DistributedDataParallel(m, broadcast_buffers=False)
+    for step in range(2):
+        m.iteration = 100 + step
+        x_k = torch.zeros(4, 3, 32, 32)
+        x_k[:, 0, 0, 0] = torch.arange(4) + 4 * rank + 8 * step  # global image ids: rank 0 then rank 1
+        loss, _ = ddp([x_k, torch.randn(4, 3, 32, 32)])
+        loss.backward()
+    got = {"glob": ldist.all_gather_nograd(m.queue.glob.argmax(1)[None]),
+           "hyper": ldist.all_gather_nograd(m.queue.hyper.argmax(1)[None]), "loss": loss.detach()}
+    if rank == 0:
+        torch.save(got, out)
+    ldist.cleanup()
+
+
+@pytest.mark.slow
+def test_ddp_shufflebn_keeps_both_queues_aligned_and_equal_on_every_rank(tmp_path: Path) -> None:
+    """Two gloo processes: the key batch is shuffled across them and back; both ranks enqueue the gathered keys
+    of the global batch in its order, the global and hypercolumn queues column by column."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "ddp.pt")
+    mp.spawn(_ddp_worker, args=(port, out), nprocs=2, join=True)
+    got = torch.load(out, weights_only=False)
+    assert got["glob"][0].tolist() == got["glob"][1].tolist() == list(range(16))
+    assert torch.equal(got["glob"], got["hyper"]) and torch.isfinite(got["loss"])
