@@ -17,7 +17,7 @@ from lewel_bench.optim import optimizer_for, schedule_from_config
 from pretrain.augment import build_views, seeded, view_specs
 from pretrain.cli import CONFIG_DIR
 from pretrain.methods import METHODS
-from pretrain.methods.cgh import CGH, cross_context_ce, loss_weights
+from pretrain.methods.cgh import CGH, cross_context_ce, loss_weights, queue_similarities
 
 TINY = ["arch=resnet18", "model.dim=8", "model.hyper_dim=6", "model.hidden=16", "model.queue_size=20"]
 
@@ -108,6 +108,26 @@ def test_cross_context_ce_against_a_hand_computation() -> None:
     # a student equal to its teacher at the same temperature is at the teacher's entropy
     ent = -(p0 * np.log(p0)).sum()
     assert float(cross_context_ce(t(s_k[:1]), t(s_k[:1]), 0.04, 0.04)) == pytest.approx(ent, rel=1e-6)
+
+
+def test_queue_product_gradient_is_exact_after_the_enqueue_overwrites_its_rows() -> None:
+    """The product against the live queue: after the step's enqueue overwrites rows in place (wrapping around,
+    or more keys than rows), the student's gradient is still g . Q as it was in the forward pass."""
+    torch.manual_seed(0)
+    for K, ptr, n in ((8, 6, 4), (8, 0, 8), (8, 3, 20)):
+        Q = F.normalize(torch.randn(K, 3), dim=1)
+        before = Q.clone()
+        q, k = torch.randn(2, 3, requires_grad=True), torch.randn(5, 3)
+        written = (ptr + torch.arange(n)) % K
+        s_q, s_k = queue_similarities(q, k, Q, torch.unique(written))
+        torch.testing.assert_close(s_q, q @ before.t())
+        torch.testing.assert_close(s_k, k @ before.t())
+        assert not s_k.requires_grad
+        Q[written] = torch.randn(n, 3)  # the enqueue, in place, before the backward pass
+        w = torch.randn(2, K)
+        (s_q * w).sum().backward()
+        torch.testing.assert_close(q.grad, w @ before, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(q.grad, w @ Q)  # the queue did change
 
 
 def test_method_loss_pairs_each_student_with_the_other_context_teacher() -> None:

@@ -82,6 +82,36 @@ class CGHHead(nn.Module):
         return self.global_embedding(f["res5"]), self.hyper([f[s] for s in self.hyper_stages])
 
 
+class _QueueProduct(torch.autograd.Function):
+    """[student; teacher] @ Q^T against the live queue buffer Q (see :func:`queue_similarities`)."""
+
+    @staticmethod
+    def forward(ctx, student: torch.Tensor, teacher: torch.Tensor | None, queue: torch.Tensor,
+                rows: torch.Tensor) -> torch.Tensor:
+        ctx.queue, ctx.rows, ctx.n, ctx.dtype = queue, rows, student.shape[0], student.dtype
+        ctx.old = queue[rows].clone()  # the rows this step's enqueue overwrites before the backward pass
+        x = student if teacher is None else torch.cat([student, teacher.to(student.dtype)])
+        return x @ queue.t().to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        q_now, rows = ctx.queue, ctx.rows
+        g = g[: ctx.n].float()  # the student rows (no gradient to the teacher or the queue)
+        dx = g @ q_now.float() + g[:, rows] @ (ctx.old - q_now[rows]).float()  # = g @ Q as it was in forward
+        return dx.to(ctx.dtype), None, None, None
+
+
+def queue_similarities(student: torch.Tensor, teacher: torch.Tensor | None, queue: torch.Tensor,
+                       rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Similarity rows over the queue, s = e . Q^T, of the student (with gradient) and the teacher (without) in
+    ONE product, against the queue buffer itself: ``rows`` are the queue rows the step's enqueue will overwrite
+    before the backward pass; the product keeps their old values (B x d) instead of a copy of the queue (K x d),
+    and the student's gradient g . Q_old = g . Q_now + g[:, rows] . (Q_old - Q_now)[rows] is exact."""
+    s = _QueueProduct.apply(student, teacher, queue, rows)
+    n = student.shape[0]
+    return (s, None) if teacher is None else (s[:n], s[n:].detach())
+
+
 def cross_context_ce(student: torch.Tensor, teacher: torch.Tensor, tau_s: float, tau_t: float) -> torch.Tensor:
     """CE(student / tau_s, softmax(teacher / tau_t)): mean over rows of -sum_j p_j log softmax(student / tau_s)_j,
     p = softmax(teacher / tau_t) without gradient (similarity rows over the queue, (N, K))."""
@@ -147,6 +177,11 @@ class CGH(SSLMethod):
             raise RuntimeError("CGH: iters_per_epoch is not set (the training loop sets it before the first step)")
         return int(round(self.loss_warmup_epochs * self.iters_per_epoch))
 
+    def _rows_written(self, n_local: int, device: torch.device) -> torch.Tensor:
+        """The queue rows this step's enqueue (the gathered keys of every process) overwrites."""
+        n = n_local * ldist.get_world_size()
+        return torch.unique((self.queue.ptr + torch.arange(n, device=device)) % self.queue.size)
+
     def _global(self, x: torch.Tensor) -> torch.Tensor:
         """Online global embedding of a local view (res5 only, no hypercolumn)."""
         return self.online.head.global_embedding(backbone_features(self.online.backbone, x, ("res5",))["res5"])
@@ -156,17 +191,18 @@ class CGH(SSLMethod):
         z, z_h = self.online_split(x_q)
         q, q_h = F.normalize(z, dim=1), F.normalize(z_h, dim=1)
         k, k_h = (F.normalize(t, dim=1) for t in self.target_shuffled(x_k))
-        Q, Q_h = self.queue.glob.clone().detach(), self.queue.hyper.clone().detach()
-        s_q, s_k = q @ Q.t(), k @ Q.t()
-        s_qh, s_kh = q_h @ Q_h.t(), k_h @ Q_h.t()
+        Q, Q_h = self.queue.glob, self.queue.hyper  # before this step's enqueue (see queue_similarities)
+        rows = self._rows_written(k.shape[0], k.device)
+        s_q, s_k = queue_similarities(q, k, Q, rows)
+        s_qh, s_kh = queue_similarities(q_h, k_h, Q_h, rows)
         w_cl, w_hyper, w_csist = loss_weights(self.iteration, self.warmup_iters())
         l_hyper = cross_context_ce(s_qh, s_k, self.tau_hs, self.tau_gt)
         l_csist = cross_context_ce(s_q, s_kh, self.tau_gs, self.tau_ht)
         logs = {}
         if local:
             net: Callable[[torch.Tensor], torch.Tensor] = self._global
-            terms = [cross_context_ce(F.normalize(self.online_split(x, net), dim=1) @ Q.t(), s_kh, self.tau_gs,
-                                      self.tau_ht) for x in local]
+            terms = [cross_context_ce(queue_similarities(F.normalize(self.online_split(x, net), dim=1), None, Q, rows)[0],
+                                      s_kh, self.tau_gs, self.tau_ht) for x in local]
             logs["loss_csist_global"] = l_csist.detach()
             l_csist = (l_csist + sum(terms)) / (len(terms) + 1)
         loss = w_hyper * l_hyper + w_csist * l_csist
