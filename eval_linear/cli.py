@@ -10,7 +10,11 @@ first scaled to the embedded mini data, on cached features (``cached_views``). T
 mode without gradient; the train view is RandomResizedCrop + flip (re-drawn every epoch, as in the paper,
 or with ``cached_views: K`` the centre crop and K - 1 draws extracted once), the val view resize + center
 crop. The run keeps ``<out>/checkpoint.pth`` every ``save_every`` epochs and resumes from it when run again.
-Writes one record: eval ``linear``, protocol from the config, metrics top1 / top5 (percent).
+``feature`` picks the classifier's input (``lewel_bench.classification.PROBE_FEATURES``): ``gap`` (GAP of the
+last stage, the paper's probe), ``hypercolumn`` (CGH's hypercolumn of res4 and res5, pooled; backbone only) or
+``hypercolumn_learned`` (CGH's pretrained 1x1 conv + BN + ReLU on it, from the checkpoint's ``hypercolumn``
+part); ``cgh_sgd`` is CGH's own recipe. Writes one record: eval ``linear``, protocol from the config, metrics
+top1 / top5 (percent), ``feature`` and ``feature_dim``.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lewel_bench import classification as C
+from lewel_bench.checkpoint import resolve_backbone
 from lewel_bench.dist import cleanup
 from lewel_bench.stage import cli_entry, parse_stage_args, stage_parser
 from lewel_bench.optim import build_optimizer, param_groups
@@ -82,7 +87,11 @@ def main(argv: list[str] | None = None) -> None:
     val_set = C.build_imagenet(st.data_root, "val", val_tf)
     amp = bool(cfg.get("amp", True)) and dev.type == "cuda"
 
-    model = C.LinearProbe(st.bb, C.num_classes_of(train_set), cfg.get("head_norm", "none")).to(dev)
+    feature = cfg.get("feature", "gap")
+    needed = [p for p in C.PROBE_FEATURES.get(feature).parts if p not in st.bb.parts]
+    if needed:  # e.g. CGH's learned hypercolumn reduction, read from the same checkpoint (the record lists it)
+        st.bb.parts.update(resolve_backbone(st.bb.path, arch=st.bb.arch, parts=needed).parts)
+    model = C.LinearProbe(st.bb, C.num_classes_of(train_set), cfg.get("head_norm", "none"), feature).to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     net: torch.nn.Module = model
@@ -102,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     res = C.evaluate(net, val_loader, dev, amp)
     metrics = {"top1": res["top1"], "top5": res["top5"]}
     st.finish("linear", cfg["protocol"], metrics, args.records_dir, epochs=epochs, n_val=res["n"],
-              n_train=len(train_set), wall_time_s=round(time.time() - t0, 1), history=history)
+              n_train=len(train_set), wall_time_s=round(time.time() - t0, 1), history=history, feature=feature,
+              feature_dim=model.fc.in_features)
     cleanup()
 
 

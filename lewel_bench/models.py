@@ -5,12 +5,14 @@ is exactly torchvision's minus ``fc.*``). ``backbone_features(model, x, stages)`
 feature maps of the stages asked for, as detectron2's ``Backbone.forward`` does: ``res2``..``res5`` are
 torchvision's ``layer1``..``layer4`` (strides 4, 8, 16, 32); ``res5`` is the map ``F`` (B, D, H, W) that
 LEWEL aggregates with its alignment maps. Only the layers up to the deepest stage asked for run.
+``hypercolumn(maps)`` is CGH's hypercolumn of such maps (shared by the pretraining head and the linear probe).
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -54,6 +56,16 @@ def backbone_features(model: nn.Module, x: torch.Tensor, stages: Sequence[str] =
         if name in stages:
             out[name] = x
     return out
+
+
+def hypercolumn(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """CGH's hypercolumn: every map resized bilinearly (``align_corners=False``) to the spatial size of the LAST
+    one and all concatenated along the channels in the given order: [res4, res5] of a ResNet-50 at 224 px is
+    (B, 1024 + 2048, 7, 7). For an exact factor of 2 (14 -> 7) the resize is a 2 x 2 average pool, so the
+    hypercolumn's global average pool is the concatenation of the maps' own pools."""
+    size = maps[-1].shape[-2:]
+    return torch.cat([m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+                      for m in maps], dim=1)
 
 
 def infer_arch(state_dict: dict) -> str | None:

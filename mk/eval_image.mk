@@ -6,6 +6,7 @@
 # recipes (linear: `auto` = the recipe of the checkpoint's method, see eval_linear/configs/_recipes.yaml),
 # empty = the mini data with the mini configs; each target says which config it runs. LINEAR_CFG /
 # SEMISUP_CFG / KNN_CFG pick another config, SUBSET=/path/1percent.txt the official SimCLR split file,
+# LINEAR_FEATURE=hypercolumn|hypercolumn_learned the linear probe's input (CGH; default the config's: GAP),
 # ARGS adds key=value config overrides, OUT the output folder. Results: one folder per run identity
 # (runs/<checkpoint>/<stage>/...) and one record under results/records/.
 PCT        ?= 1
@@ -15,6 +16,7 @@ EVAL_DATA   = $(if $(DATA),$(DATA),$(MINI)/imagenet)
 EVAL_DEPS   = $(STAMP) $(if $(DATA),,$(MINI_STAMP))
 EVAL_OUT    = $(if $(OUT),--out $(OUT))
 LINEAR_CFG  ?= $(if $(DATA),auto,mini)
+LINEAR_FEATURE ?=
 SEMISUP_CFG ?= $(if $(DATA),,mini_)$(PCT)pct
 KNN_CFG     ?= $(if $(DATA),k20,mini)
 # $(call _eval_says,<target>,<config>): one line saying which recipe runs on which data
@@ -23,7 +25,7 @@ _eval_says = @echo "make $(1): config $(2) on $(if $(DATA),DATA=$(DATA),the embe
 .PHONY: eval-linear eval-semisup eval-knn eval-image
 eval-linear: $(EVAL_DEPS) ## linear probe of CKPT (default runs/$(EXP)/backbone.pth); resumes if interrupted
 	$(call _eval_says,eval-linear,$(LINEAR_CFG))
-	$(RUN) eval_linear --config $(LINEAR_CFG) --ckpt $(EVAL_CKPT) --data $(EVAL_DATA) $(EVAL_OUT) $(ARGS)
+	$(RUN) eval_linear --config $(LINEAR_CFG) --ckpt $(EVAL_CKPT) --data $(EVAL_DATA) $(EVAL_OUT) $(if $(LINEAR_FEATURE),feature=$(LINEAR_FEATURE)) $(ARGS)
 
 eval-semisup: $(EVAL_DEPS) ## semi-supervised fine-tuning, PCT=1 or 10 (SUBSET=/path/1percent.txt for ImageNet)
 	@case "$(PCT)" in 1|10) ;; *) echo "PCT must be 1 or 10, got '$(PCT)'" >&2; exit 2;; esac

@@ -336,6 +336,7 @@ def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo, records
 
     method = METHODS.get(cfg["method"])(cfg)
     method.check_views(len(specs))
+    method.iters_per_epoch = ipe
     if cfg.get("sync_bn"):
         if cuda and world > 1:
             method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)

@@ -38,3 +38,30 @@ def test_bench_e2e_rows_and_ratios(capsys, tmp_path):
     doc = json.loads((tmp_path / "e2e.json").read_text())
     assert [r["method"] for r in doc["rows"]] == ["byol", "lewel_b"]
     assert all(0 <= r["loader_wait_share"] <= 1 and r["images_per_s"] > 0 for r in doc["rows"])
+
+
+def test_bench_pretrain_times_cgh_against_mocov2_and_records_the_ratios(capsys, tmp_path):
+    """CGH's ratios to supervised and to MoCo v2 come from one run; --record writes cost records that make_tables
+    puts into the CGH cost table (time_rel = step time / supervised step time)."""
+    import json
+
+    from tools import make_tables as mt
+    from tools.bench_pretrain import main
+
+    main(["--arch", "resnet18", "--size", "32", "--batch", "2", "--reps", "1", "--warmup", "0",
+          "--methods", "mocov2", "cgh", "--record", str(tmp_path / "records")])
+    out = capsys.readouterr().out
+    rows = dict(re.findall(r"^\| (\w+ / \w+) \| ([0-9.]+) \|", out, re.M))
+    assert set(rows) == {"cgh / mocov2", "cgh / supervised"} and all(float(v) > 0 for v in rows.values())
+    flops = dict(re.findall(r"^\| (\w+) \| [0-9.]+ \| [0-9.]+ \| ([0-9.]+) \|", out, re.M))
+    assert float(flops["cgh"]) > float(flops["mocov2"]) > float(flops["supervised"])  # hypercolumn branch, 4 products
+    recs = {r["method"]: r for r in (json.loads(p.read_text()) for p in (tmp_path / "records").glob("*.json"))}
+    assert set(recs) == {"supervised", "mocov2", "cgh"}
+    assert recs["supervised"]["metrics"]["time_rel"] == 1.0 and recs["supervised"]["pretrain_epochs"] is None
+    assert (recs["cgh"]["eval"], recs["cgh"]["protocol"], recs["cgh"]["pretrain_epochs"]) == ("cost", "step_time", 200)
+    assert recs["cgh"]["config"]["overrides"] == ["model.loss_warmup_epochs=0"]  # timed after its loss warm-up
+    ratio = recs["cgh"]["metrics"]["time_rel"] / recs["mocov2"]["metrics"]["time_rel"]
+    assert abs(ratio - float(rows["cgh / mocov2"])) < 1e-3
+    tables, unmatched = mt.make_tables(tmp_path / "records", mt.PAPER_DIR, tmp_path / "tables")
+    t3 = tables["cgh_table3_cost"].set_index("label")
+    assert unmatched.empty and t3.loc["CGH", "time_rel.ours"] == round(recs["cgh"]["metrics"]["time_rel"], 2)

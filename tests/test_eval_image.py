@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -383,3 +384,83 @@ def test_finetune_model_groups_backbone_and_classifier_lrs(norm: str) -> None:
     assert {id(p) for p in cls["params"]} == {id(p) for n, p in net.named_parameters() if n.startswith("fc.")}
     assert len(cls["params"]) == 2 and len(back["params"]) == len(list(net.parameters())) - 2
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+
+
+# --------------------------------------------------------------------------------------------------
+# the probe's input: GAP or CGH's hypercolumn
+# --------------------------------------------------------------------------------------------------
+def _hyper_part(seed: int = 3) -> dict[str, torch.Tensor]:
+    """A 'hypercolumn' transfer part for a ResNet-18 (res4 256 + res5 512 channels -> 512), BN with statistics."""
+    g = torch.Generator().manual_seed(seed)
+    return {"reduce.0.weight": torch.randn(512, 768, 1, 1, generator=g) * 0.05,
+            "reduce.1.weight": torch.rand(512, generator=g) + 0.5, "reduce.1.bias": torch.randn(512, generator=g),
+            "reduce.1.running_mean": torch.randn(512, generator=g), "reduce.1.running_var": torch.rand(512, generator=g) + 0.5,
+            "reduce.1.num_batches_tracked": torch.tensor(7)}
+
+
+def test_hypercolumn_probe_features_are_the_pooled_hypercolumn() -> None:
+    """``hypercolumn``: concat(GAP(res4), GAP(res5)) at a factor-2 size (64 px: res4 4x4, res5 2x2), 256 + 512 = 768-d;
+    ``hypercolumn_learned``: GAP(ReLU(BN(1x1 conv(hypercolumn)))) with the checkpoint part's weights and statistics."""
+    from lewel_bench.checkpoint import BackboneError
+    from lewel_bench.models import backbone_features
+
+    bb = random_backbone("resnet18", seed=4)
+    x = torch.randn(3, 3, 64, 64)
+    net = build_backbone("resnet18").eval()
+    net.load_state_dict(bb.state_dict)
+    with torch.no_grad():
+        f = backbone_features(net, x, ("res4", "res5"))
+        want = torch.cat([f["res4"].mean((2, 3)), f["res5"].mean((2, 3))], 1)
+        probe = C.LinearProbe(bb, 5, feature="hypercolumn").eval()
+        assert probe.fc.in_features == 768 and probe.backbone.dim == 768
+        torch.testing.assert_close(probe.backbone(x), want, rtol=1e-5, atol=1e-6)
+        assert [n for n, p in probe.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
+        part = _hyper_part()
+        bb.parts = {"hypercolumn": part}
+        learned = C.LinearProbe(bb, 5, feature="hypercolumn_learned").eval()
+        h = torch.cat([F.interpolate(f["res4"], size=(2, 2), mode="bilinear", align_corners=False), f["res5"]], 1)
+        y = F.conv2d(h, part["reduce.0.weight"])
+        y = (y - part["reduce.1.running_mean"][:, None, None]) / torch.sqrt(part["reduce.1.running_var"][:, None, None] + 1e-5)
+        y = torch.relu(y * part["reduce.1.weight"][:, None, None] + part["reduce.1.bias"][:, None, None])
+        assert learned.fc.in_features == 512
+        torch.testing.assert_close(learned.backbone(x), y.mean((2, 3)), rtol=1e-4, atol=1e-5)
+        gap = C.LinearProbe(bb, 5).eval()
+        torch.testing.assert_close(gap.backbone(x), f["res5"].mean((2, 3)), rtol=1e-5, atol=1e-6)
+    bb.parts = {}
+    with pytest.raises(BackboneError, match="needs the checkpoint's 'hypercolumn' part"):
+        C.LinearProbe(bb, 5, feature="hypercolumn_learned")
+    bb.parts = {"hypercolumn": {**part, "reduce.0.weight": torch.zeros(512, 100, 1, 1)}}
+    with pytest.raises(BackboneError, match="reduces 100 channels"):
+        C.LinearProbe(bb, 5, feature="hypercolumn_learned")
+
+
+def test_linear_cli_hypercolumn_features_are_recorded(tiny_imagenet: Path, tmp_path: Path) -> None:
+    """The record says which input the probe read; the learned variant takes the part from the checkpoint file
+    (and says so in ``transfer``); a checkpoint without it, or a random init, is refused in one line."""
+    _run(linear_cli, "mini", "random:resnet18", tiny_imagenet, tmp_path, *TINY, "feature=hypercolumn")
+    (rec,) = _records(tmp_path / "records")
+    assert (rec["feature"], rec["feature_dim"], rec["config"]["feature"]) == ("hypercolumn", 768, "hypercolumn")
+    ckpt = tmp_path / "cgh_x" / "backbone.pth"
+    save_backbone(ckpt, build_backbone("resnet18").state_dict(),
+                  {"arch": "resnet18", "method": "cgh", "exp": "cgh_x", "epochs": 2}, {"hypercolumn": _hyper_part()})
+    out = tmp_path / "learned"
+    _run(linear_cli, "cgh_sgd", str(ckpt), tiny_imagenet, out, *TINY, "feature=hypercolumn_learned")
+    (rec,) = _records(out / "records")
+    assert (rec["protocol"], rec["feature"], rec["feature_dim"], rec["method"]) == ("cgh_sgd", "hypercolumn_learned", 512, "cgh")
+    assert rec["transfer"] == {"trunk": len(build_backbone("resnet18").state_dict()), "hypercolumn": 6}
+    assert rec["config"]["optim"]["lr"] == 0.3 and rec["config"]["schedule"]["name"] == "cosine"
+    plain = tmp_path / "plain" / "backbone.pth"
+    save_backbone(plain, build_backbone("resnet18").state_dict(), {"arch": "resnet18", "method": "mocov2", "exp": "p"})
+    for i, (ck, msg) in enumerate(((str(plain), "no transfer part 'hypercolumn'"),
+                                   ("random:resnet18", "has no transfer parts"))):
+        with pytest.raises(SystemExit, match=msg):
+            _run(linear_cli, "mini", ck, tiny_imagenet, tmp_path / f"bad{i}", *TINY, "feature=hypercolumn_learned")
+    with pytest.raises(SystemExit, match="feature must be gap | hypercolumn | hypercolumn_learned"):
+        _run(linear_cli, "mini", "random:resnet18", tiny_imagenet, tmp_path / "bad2", *TINY, "feature=hyper")
+
+
+def test_auto_recipe_of_a_cgh_checkpoint_is_its_own() -> None:
+    from lewel_bench.checkpoint import Backbone
+
+    assert linear_cli.recipe_for(Backbone({}, "resnet50", meta={"method": "cgh"})) == "cgh_sgd"
+    assert linear_cli.recipe_for(Backbone({}, "resnet50", meta={"method": "mocov2"})) == "lewel_m_lars"

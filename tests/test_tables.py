@@ -239,3 +239,89 @@ def test_local_nproc_spawns_ranks(tmp_path, monkeypatch):
     seen = [json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1)]
     assert [s["RANK"] for s in seen] == ["0", "1"] and {s["WORLD_SIZE"] for s in seen} == {"2"}
     assert seen[0]["MASTER_PORT"] == seen[1]["MASTER_PORT"]
+
+
+# ----------------------------------------------------------------------------- the CGH supplement's tables
+def _rec(d: Path, name: str, **kw) -> None:
+    from lewel_bench.records import make_record, write_record
+
+    base = dict(method="cgh", pretrain_exp="cgh", pretrain_epochs=200, seed=0, checkpoint_sha256="x", config={},
+                start_time="2026-01-01T00:00:00+00:00", dataset="imagenet", status="ok")
+    rec = make_record(**{**base, **kw})
+    path = write_record(rec, d)
+    path.rename(d / f"{name}.json")
+
+
+def test_cgh_tables_match_on_feature_variant_and_cost(tmp_path):
+    """Hand-made records: two GAP seeds and a hypercolumn probe of CGH, a multi-crop COCO run, cost records and a
+    VOC run fill the CGH rows; a mini hypercolumn probe gets an extra row in CGH Table 1 and none in LEWEL's."""
+    d = tmp_path / "records"
+    d.mkdir()
+    lin = dict(eval="linear", protocol="cgh_sgd")
+    _rec(d, "gap0", **lin, metrics={"top1": 70.0, "top5": 89.0}, feature="gap", group="g-gap")
+    _rec(d, "gap1", **lin, metrics={"top1": 71.0, "top5": 90.0}, feature="gap", group="g-gap", seed=1)
+    _rec(d, "hyper", **lin, metrics={"top1": 70.2, "top5": 90.0}, feature="hypercolumn", group="g-hyp")
+    _rec(d, "mini-hyper", eval="linear", protocol="mini", metrics={"top1": 50.0, "top5": 95.0}, feature="hypercolumn",
+         group="g-mh", dataset="mini", pretrain_exp="cgh_mini", pretrain_epochs=12)
+    coco = {"bbox_AP": 38.0, "bbox_AP50": 58.0, "bbox_AP75": 41.0, "segm_AP": 33.0, "segm_AP50": 55.0, "segm_AP75": 35.0}
+    _rec(d, "coco", eval="coco", protocol="c4_1x", metrics=coco, group="g-c")
+    _rec(d, "coco-multi", eval="coco", protocol="c4_1x", metrics={k: v + 1 for k, v in coco.items()}, group="g-cm",
+         pretrain_exp="cgh_multi")
+    _rec(d, "voc", eval="voc_det", protocol="c4_24k", metrics={"AP": 55.0, "AP50": 82.0, "AP75": 60.0}, group="g-v")
+    for m, ep, t in (("cgh", 200, 1.9), ("mocov2", 200, 1.5), ("supervised", None, 1.0)):
+        _rec(d, f"cost-{m}", eval="cost", protocol="step_time", method=m, pretrain_exp=m, pretrain_epochs=ep,
+             metrics={"time_rel": t, "step_s": 0.1 * t}, group=f"g-t-{m}", dataset="synthetic")
+    tables, unmatched = mt.make_tables(d, REPO_ROOT / "results" / "paper", tmp_path / "out")
+    assert unmatched.empty, unmatched
+
+    t1 = tables["cgh_table1_linear"]
+    paper = t1[t1["dataset"] == "paper"].set_index("label")
+    assert list(paper.index) == ["MoCo-v2", "ReSSL", "CGH", "CGH (hyper)"]
+    assert (paper.loc["CGH", "in1k_top1.ours"], paper.loc["CGH", "in1k_top1.n"], paper.loc["CGH", "in1k_top1.diff"]) == \
+        (70.5, 2, 0.0)
+    assert paper.loc["CGH", "in1k_top1.std"] == pytest.approx(0.71)
+    assert (paper.loc["CGH (hyper)", "in1k_top1.ours"], paper.loc["CGH (hyper)", "in1k_top1.diff"]) == (70.2, -0.6)
+    extra = t1[t1["dataset"] == "mini"]
+    assert list(extra["label"]) == ["cgh (ours, 12 ep, mini, hypercolumn)"] and list(extra["feature"]) == ["hypercolumn"]
+    assert extra["in1k_top1.ours"].iloc[0] == 50.0
+    # the LEWEL table takes GAP probes only: the hypercolumn probes are in none of its rows
+    lewel_t1 = tables["table1_linear"]
+    assert not lewel_t1["label"].str.startswith("cgh").any()
+
+    t2 = tables["cgh_table2_coco_c4"].set_index("label")
+    assert (t2.loc["CGH", "bbox_AP.ours"], t2.loc["CGH", "bbox_AP.diff"]) == (38.0, -1.0)
+    assert (t2.loc["CGH (Multi)", "segm_AP75.ours"], t2.loc["CGH (Multi)", "segm_AP75.diff"]) == (36.0, -0.6)
+    assert math.isnan(t2.loc["MoCo-v2 [4]", "bbox_AP.ours"])
+
+    t3 = tables["cgh_table3_cost"].set_index("label")
+    assert (t3.loc["CGH", "time_rel.ours"], t3.loc["CGH", "time_rel.diff"]) == (1.9, -0.11)
+    assert (t3.loc["MoCo-v2 [4]", "time_rel.ours"], t3.loc["Supervised", "time_rel.ours"]) == (1.5, 1.0)
+    assert (t3.loc["CGH", "linear_top1.ours"], t3.loc["CGH", "voc_AP50.ours"], t3.loc["CGH", "voc_AP50.diff"]) == \
+        (70.5, 82.0, -0.6)
+    md = (tmp_path / "out" / "README.md").read_text()
+    assert "### CGH Table 1" in md and "### CGH Table 2" in md and "### CGH Table 3" in md
+    # the paper's own "group" column (the table's sections) keeps its name; ours becomes run_group
+    assert t2.loc["CGH", "group"] == "asymmetric" and t2.loc["CGH", "run_group"] == "g-c"
+    assert "| CGH | cgh | asymmetric | - | 200 | paper | 39.0 | 38.0 | -1.0 |" in md
+    assert "| CGH | cgh | 200 | paper | 2.01 | 1.90 | -0.11 |" in md  # time ratios with two decimals
+
+
+def test_cgh_paper_files_parse_with_their_schema():
+    for p in sorted((REPO_ROOT / "results" / "paper").glob("cgh_*.csv")):
+        df, schema = mt.read_paper_csv(p)
+        assert {"label", "method", "source"} <= set(schema) and len(df) > 0, p
+        assert set(df["source"]) <= {"cgh", "reproduced", "cited", "original"}, p
+        assert any(spec.name == p.stem for spec in mt.TABLES), p
+
+
+def test_make_all_cgh_dry_run_runs_its_own_chain():
+    lines = _make_n("all", "EXP=cgh")
+    chain = [r"-- pretrain cgh_mini\b|-- pretrain \$cfg", r"-- tools\.convert_to_detectron2", r"-- eval_linear\b",
+             r"feature=hypercolumn", r"-- eval_detection\b.*coco_c4_1x", r"-- eval_detection\b.*voc_c4_24k",
+             r"-- tools\.make_tables"]
+    pos = [_first(lines, p) for p in chain]
+    assert pos == sorted(pos), list(zip(chain, pos))
+    assert not any(re.search(r"eval_semisup|eval_segmentation|coco_fpn", ln) for ln in lines)
+    assert any("make pretrain" in ln and "EXP=cgh" in ln for ln in lines)
+    # the other experiments keep the LEWEL chain
+    assert any(re.search(r"-- eval_segmentation\b", ln) for ln in _make_n("all", "EXP=mocov2"))

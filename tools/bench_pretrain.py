@@ -3,6 +3,7 @@
     python -m tools.bench_pretrain [--arch resnet50] [--size 224] [--batch 8] [--threads 1] [--reps 5]
     make bench-pretrain BENCH_ARGS="--size 160 --reps 7"
     make bench-pretrain BENCH_ARGS="--batch 128 --steps 10"      # on a GPU: AMP + channels_last
+    python -m tools.bench_pretrain --methods mocov2 cgh --record results/records   # + a cost record per method
 
 One step = forward + backward + optimiser step (+ EMA update for the self-supervised methods), on
 random images, with each method's IN-1K config (paper head sizes), in the training loop's precision:
@@ -10,14 +11,24 @@ AMP (fp16 autocast, GradScaler) and channels_last on CUDA, fp32 on CPU (``--amp`
 Methods are interleaved round by round and the median is reported, so a load change on a shared
 machine hits every method alike.
 The FLOPs of one step (torch's FlopCounterMode) give the floor each time ratio would reach if every
-operation ran at the same speed. Targets (issue 3; the paper measured 1.044 and 1.007 on 8 V100 with
-AMP): LEWEL_B / BYOL <= 1.03, LEWEL_M / MoCo v2 <= 1.01, BYOL / supervised <= 2.8.
+operation ran at the same speed. Targets: LEWEL_B / BYOL <= 1.03, LEWEL_M / MoCo v2 <= 1.01 (the LEWEL paper
+measured 1.044 and 1.007 on 8 V100 with AMP), BYOL / supervised <= 2.8; CGH / MoCo v2 <= 1.24 and CGH /
+supervised 2.01 (the CGH supplement's Table 3 on 2 A100: CGH 2.01, MoCo v2 1.62 times supervised).
+CGH is timed after its loss warm-up (``model.loss_warmup_epochs=0``: the step of 195 of its 200 epochs; the
+warm-up's InfoNCE reuses the queue products and adds no further one).
+
+``--record DIR`` writes one result record per method (eval ``cost``, protocol ``step_time``, metrics
+``time_rel`` = step time / supervised step time, ``flops_rel``, ``step_s``, ``images_per_s``; ``pretrain_epochs``
+= the method config's epochs, so ``make tables`` puts ``time_rel`` beside the CGH supplement's Table 3 "Time/
+Epoch" of the same method; the benchmark's settings and device are the record's config and group).
 """
 from __future__ import annotations
 
 import argparse
+import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -29,13 +40,19 @@ from pretrain.cli import CONFIG_DIR
 from pretrain.methods import METHODS
 from lewel_bench.optim import optimizer_for
 
-METHOD_NAMES = ("mocov2", "lewel_m", "byol", "lewel_b")
-TARGETS = (("lewel_b", "byol", 1.03), ("lewel_m", "mocov2", 1.01), ("byol", "supervised", 2.8))
+METHOD_NAMES = ("mocov2", "lewel_m", "byol", "lewel_b", "cgh")
+TARGETS = (("lewel_b", "byol", 1.03), ("lewel_m", "mocov2", 1.01), ("byol", "supervised", 2.8),
+           ("cgh", "mocov2", 1.24), ("cgh", "supervised", 2.01))
+#: Overrides every run applies before ``--set``: CGH's steady-state step (after its loss warm-up).
+DEFAULT_SET: dict[str, list[str]] = {"cgh": ["model.loss_warmup_epochs=0"]}
+#: Iterations per "epoch" the methods' own per-iteration schedules see (as ``momentum_at``'s total of 1000).
+STEPS_PER_EPOCH = 1000
 
 
 def make_steps(arch: str, size: int, batch: int, device: torch.device, channels_last: bool, amp: bool = False,
                overrides: dict[str, list[str]] | None = None, methods: tuple[str, ...] = METHOD_NAMES):
-    """name -> zero-argument callable running one training step (as the pretraining loop runs it).
+    """name -> zero-argument callable running one training step (as the pretraining loop runs it), and
+    name -> the method's config (None for supervised).
 
     ``overrides``: config overrides per method name (e.g. {"lewel_b": ["model.reassociate=never"]})."""
     g = torch.Generator().manual_seed(0)
@@ -44,7 +61,7 @@ def make_steps(arch: str, size: int, batch: int, device: torch.device, channels_
     y = torch.randint(0, 1000, (batch,), generator=g).to(device)
     if channels_last:
         x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
-    steps = {}
+    steps, configs = {}, {}
     sup = build_torchvision_resnet(arch, 1000).to(device)
     if channels_last:
         sup.to(memory_format=torch.channels_last)
@@ -56,9 +73,13 @@ def make_steps(arch: str, size: int, batch: int, device: torch.device, channels_
         amp_step(loss, sup_opt, scaler)
 
     steps["supervised"] = sup_step
+    configs["supervised"] = None
     for name in methods:
-        cfg = load_config(name, CONFIG_DIR, [f"arch={arch}", *(overrides or {}).get(name, [])])
+        cfg = load_config(name, CONFIG_DIR, [f"arch={arch}", *DEFAULT_SET.get(name, []),
+                                             *(overrides or {}).get(name, [])])
+        configs[name] = cfg
         m = METHODS.get(name)(cfg).to(device).train()
+        m.iters_per_epoch = STEPS_PER_EPOCH
         if channels_last:
             m.to(memory_format=torch.channels_last)
         opt = optimizer_for(m, cfg["optim"])
@@ -71,7 +92,29 @@ def make_steps(arch: str, size: int, batch: int, device: torch.device, channels_
             m.update_target(m.momentum_at(m.iteration, 1000))
 
         steps[name] = step
-    return steps
+    return steps, configs
+
+
+def write_records(out: str | Path, med: dict[str, float], flops: dict[str, float], configs: dict, settings: dict,
+                  batch: int, start: str) -> list[Path]:
+    """One ``cost`` record per method: its step time relative to supervised (see the module docstring)."""
+    from lewel_bench.records import make_record, write_record
+    from lewel_bench.stage import digest
+
+    paths = []
+    sup, sup_flops = med["supervised"], flops["supervised"]
+    for name, t in med.items():
+        cfg = configs.get(name)
+        conf = {**settings, "overrides": [*DEFAULT_SET.get(name, []), *settings["set"].get(name, [])]}
+        rec = make_record(method=name, pretrain_exp=name, pretrain_epochs=cfg["epochs"] if cfg else None, eval="cost",
+                          protocol="step_time", metrics={"time_rel": t / sup, "flops_rel": flops[name] / sup_flops,
+                                                         "step_s": t, "images_per_s": batch / t},
+                          seed=0, checkpoint_sha256="none (random init, random images)", config=conf,
+                          start_time=start, dataset="synthetic", status="ok",
+                          group=digest({"eval": "cost", "method": name,  # what changes the ratio (not reps)
+                                        **{k: v for k, v in conf.items() if k not in ("reps", "steps", "set")}}))
+        paths.append(write_record(rec, out))
+    return paths
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,7 +133,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", action="append", default=[], metavar="METHOD:KEY=VALUE",
                    help="config override for one method, e.g. lewel_b:model.reassociate=never (repeatable)")
     p.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=METHOD_NAMES)
+    p.add_argument("--record", metavar="DIR", default=None,
+                   help="write one cost record per method into DIR (e.g. results/records) for make tables")
     args = p.parse_args(argv)
+    from lewel_bench.records import now_iso
+
+    start = now_iso()
     overrides: dict[str, list[str]] = {}
     for item in args.set:
         name, sep, kv = item.partition(":")
@@ -105,7 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     if cuda:
         torch.backends.cudnn.benchmark = True
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    steps = make_steps(args.arch, args.size, args.batch, device, channels_last, amp, overrides, tuple(args.methods))
+    steps, configs = make_steps(args.arch, args.size, args.batch, device, channels_last, amp, overrides,
+                                tuple(args.methods))
     print(f"# {args.arch}, {args.size} px, batch {args.batch} (two views for SSL), {args.threads} thread(s), "
           f"{torch.cuda.get_device_name(device) if cuda else device}, {'AMP fp16' if amp else 'fp32'}"
           f"{', channels_last' if channels_last else ''}, {args.reps} interleaved rounds of {args.steps} "
@@ -141,6 +190,13 @@ def main(argv: list[str] | None = None) -> None:
             continue
         r = med[a] / med[b]
         print(f"| {a} / {b} | {r:.3f} | {flops[a] / flops[b]:.3f} | <= {tgt} | {'yes' if r <= tgt else 'NO'} |")
+    if args.record:
+        dev_name = torch.cuda.get_device_name(device) if cuda else f"cpu ({platform.processor() or platform.machine()})"
+        settings = {"arch": args.arch, "size": args.size, "batch": args.batch, "threads": args.threads,
+                    "steps": args.steps, "reps": args.reps, "device": dev_name, "amp": amp,
+                    "channels_last": channels_last, "set": overrides}
+        for path in write_records(args.record, med, flops, configs, settings, args.batch, start):
+            print(f"record: {path}")
 
 
 if __name__ == "__main__":

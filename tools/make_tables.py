@@ -1,4 +1,5 @@
-"""Aggregate ``results/records/`` into CSV tables that mirror the LEWEL paper's Tables 1-8.
+"""Aggregate ``results/records/`` into CSV tables that mirror the LEWEL paper's Tables 1-8 and the CGH
+supplement's Tables 1-3.
 
     python -m tools.make_tables [--records results/records] [--paper results/paper] [--out results/tables] [--strict]
 
@@ -13,7 +14,11 @@ real-data rows). ``results/tables/README.md`` renders all tables in Markdown (``
 Records that cannot be placed (unknown eval / protocol, missing metric, IN-100 runs that fit no ablation
 row), failed runs (``status: failed``: a non-finite result, skipped with its reason) and malformed files are
 listed in ``unmatched.csv`` and logged; ``--strict`` makes them an error.
-Matching: Tables 1-4, 8 and 9 by (method, pretrain_epochs[, arch]); Tables 5-7 and Fig. 3 (the ImageNet-100
+Matching: Tables 1-4, 8 and 9 by (method, pretrain_epochs[, arch]), CGH's tables by (method, pretrain_epochs[,
+feature | variant]) (:data:`RECORD_ATTRS`: a table with a ``feature`` column takes linear probes of that input,
+any other table only GAP probes; ``variant`` ``multi`` = a multi-crop pretraining, a ``pretrain_exp`` with the
+word ``multi``, e.g. ``cgh_multi``); the cost table's time column from ``tools.bench_pretrain --record``
+(eval ``cost``); Tables 5-7 and Fig. 3 (the ImageNet-100
 ablations: records whose checkpoint was pretrained on data named ``imagenet100``,
 :mod:`lewel_bench.data.in100`) by pretrain_exp (``exp`` column) and, for Fig. 3, the pretraining sweep point
 (``pretrain_sweep`` column, e.g. ``model.beta=0.3``: checkpoints pretrained with ``--sweep``). The same
@@ -57,13 +62,14 @@ TABLES_DIR = REPO_ROOT / "results" / "tables"
 
 # Record vocabulary (docs/CONVENTIONS.md): eval -> known protocols and the metric keys it reports.
 KNOWN_PROTOCOLS: dict[str, set[str]] = {
-    "linear": {"lewel_b_sgd", "lewel_m_lars", "mini"},
+    "linear": {"lewel_b_sgd", "lewel_m_lars", "cgh_sgd", "mini"},
     "semisup": {"1pct", "10pct"},
     "knn": {"k20"},
     "voc_det": {"c4_24k"},
     "voc_seg": {"fcn_d8_20k"},
     "coco": {"c4_1x", "fpn_1x", "fpn_2x"},
     "pretrain": {"time_per_epoch"},
+    "cost": {"step_time"},   # tools.bench_pretrain --record: a method's step time relative to supervised
 }
 NO_CITED = "cited"
 TYPES: dict[str, Callable[[str], Any]] = {
@@ -130,6 +136,7 @@ class Cell:
     epochs: int | None = None                    # fixed epochs (Table 1); None = the row's epochs column
     label: str = ""
     compare: bool = True                         # False: no ours - paper (e.g. seconds on other hardware)
+    decimals: int = 1                            # Markdown digits (a time ratio: 2)
 
 
 @dataclass(frozen=True)
@@ -208,7 +215,35 @@ TABLES: list[TableSpec] = [
         "in100_top1": Cell("linear", "top1", label="IN-100 Acc"),
         "voc_mIoU": Cell("voc_seg", "mIoU", ("fcn_d8_20k",), label="VOC 12 Seg mIoU"),
     }, key="exp"),
+    # CGH supplement (results/paper/cgh_*.csv; their headers say how each column is filled)
+    TableSpec("cgh_table1_linear", "CGH Table 1: IN-1K linear classification, GAP and hypercolumn input (ResNet-50)", {
+        "in1k_top1": Cell("linear", "top1", ("cgh_sgd", "mini"), label="IN-1K Acc"),
+    }, row_attrs=("epochs", "feature")),
+    TableSpec("cgh_table2_coco_c4", "CGH Table 2: MS-COCO Mask R-CNN R50-C4, 1x schedule", {
+        m: Cell("coco", m, ("c4_1x",), label=lab) for m, lab in (
+            ("bbox_AP", "AP^bb"), ("bbox_AP50", "AP^bb_50"), ("bbox_AP75", "AP^bb_75"),
+            ("segm_AP", "AP^mk"), ("segm_AP50", "AP^mk_50"), ("segm_AP75", "AP^mk_75"))
+    }, row_attrs=("epochs", "variant")),
+    TableSpec("cgh_table3_cost", "CGH Table 3: pre-training time per epoch relative to supervised, IN-1K linear, "
+              "VOC07+12 detection", {
+        "time_rel": Cell("cost", "time_rel", ("step_time",), label="Time/Epoch", decimals=2),
+        "linear_top1": Cell("linear", "top1", ("cgh_sgd", "mini"), label="Linear Acc"),
+        "voc_AP50": Cell("voc_det", "AP50", ("c4_24k",), label="VOC 07+12 AP50"),
+    }, row_attrs=("epochs",)),
 ]
+
+
+def _variant(rec: dict) -> str:
+    """``multi`` for a checkpoint of a multi-crop pretraining (an experiment named ``..._multi...``), else ''."""
+    return "multi" if "multi" in str(rec.get("pretrain_exp") or "").split("_") else ""
+
+
+#: What a row can ask of a record besides method / epochs / protocol: row column -> (the record's value, the
+#: value a table WITHOUT that column requires). ``feature``: the linear probe's input (eval_linear).
+RECORD_ATTRS: dict[str, tuple[Callable[[dict], str], str]] = {
+    "feature": (lambda rec: str(rec.get("feature") or "gap"), "gap"),
+    "variant": (_variant, ""),
+}
 
 
 # --------------------------------------------------------------------------- records
@@ -235,6 +270,7 @@ class Run:
     pretrain_sweep: str = ""  # "<key>=<value>": the checkpoint is one point of a pretraining sweep
     ablation: bool = False   # belongs to the ablation tables (mark_ablations), never to Tables 1-4 / 8 / 9
     pretrain_group: str = ""  # the pretraining recipe (one row of ours per recipe; "" for old records)
+    attrs: dict[str, str] = field(default_factory=dict)   # RECORD_ATTRS values
 
 
 IN100 = "imagenet100"
@@ -314,12 +350,13 @@ def flatten_records(records: list[dict], problems: list[str]) -> tuple[list[Run]
         sw = rec.get("sweep") if isinstance(rec.get("sweep"), dict) else {}
         sweep = (str(sw.get("group", "")), f"{sw.get('key')}={sw.get('value')}" if sw else "")
         psw = rec.get("pretrain_sweep") if isinstance(rec.get("pretrain_sweep"), dict) else {}
+        attrs = {name: get(rec) for name, (get, _) in RECORD_ATTRS.items()}
         for metric, value in rec["metrics"].items():
             runs.append(Run(str(rec["method"]), str(rec["pretrain_exp"]), epochs, ev, proto, metric,
                             float(value), dataset, path, group, data, weights, in100, str(rec.get("hardware") or ""),
                             *sweep, str(rec.get("pretrain_data") or ""),
                             sweep_label(psw.get("key"), psw.get("value")) if psw else "",
-                            pretrain_group=str(rec.get("pretrain_group") or "")))
+                            pretrain_group=str(rec.get("pretrain_group") or ""), attrs=attrs))
     return runs, unmatched
 
 
@@ -358,14 +395,28 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
     id_cols = [c for c in paper.columns if c not in cells]
     # ablation tables (key "exp"): IN-100 pretraining fills the paper's rows; the same experiments' mini runs
     # (the smoke chain of `make ablations`) become rows of their own. The other tables: no IN-100 pretraining.
-    in_scope = [(i, r) for i, r in enumerate(runs) if r.ablation == (spec.key == "exp")]
+    row_attrs = [a for a in RECORD_ATTRS if a in paper.columns]   # matched on the row's value
+    fixed_attrs = {a: d for a, (_, d) in RECORD_ATTRS.items() if a not in paper.columns}  # only the default
+    in_scope = [(i, r) for i, r in enumerate(runs) if r.ablation == (spec.key == "exp")
+                and all(r.attrs.get(a, d) == d for a, d in fixed_attrs.items())]
     sweep_of = lambda row: row.get("pretrain_sweep") or ""  # noqa: E731  (Fig. 3 rows: one point of a sweep)
+
+    def attrs_of(row: dict) -> dict[str, str]:
+        """The row's values of the record attributes (an empty cell: the attribute's default)."""
+        out = {}
+        for a in row_attrs:
+            v = row.get(a)
+            out[a] = RECORD_ATTRS[a][1] if v is None or (isinstance(v, float) and math.isnan(v)) or v == "" else str(v)
+        return out
 
     def matching(cell: Cell, row: dict, dataset_ok: Callable[[str], bool], epochs: int | None | str) -> list[int]:
         protos = _protocols(cell, row)
+        want = attrs_of(row)
         out = []
         for i, r in in_scope:
             if r.eval != cell.eval or r.metric != cell.metric or r.protocol not in protos or not dataset_ok(r.dataset):
+                continue
+            if any(r.attrs.get(a) != v for a, v in want.items()):
                 continue
             if spec.key == "exp":
                 if r.exp != row["exp"] or r.pretrain_sweep != sweep_of(row) or not r.in100:
@@ -468,13 +519,14 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
             if r.eval != cell.eval or r.metric != cell.metric:
                 continue
             recipe = r.pretrain_group or r.group  # one row per pretraining recipe (records before it: per group)
+            attrs = {a: r.attrs.get(a, RECORD_ATTRS[a][1]) for a in row_attrs}
             if spec.key == "exp":
                 ident = (r.exp, r.pretrain_sweep, r.dataset, recipe)
                 row_ctx = {"exp": r.exp, **({"pretrain_sweep": r.pretrain_sweep} if r.pretrain_sweep else {})}
             else:
                 arch = r.protocol.split("_")[0] if "arch" in spec.row_attrs else None
-                ident = (r.method, r.epochs, arch, r.dataset, recipe)
-                row_ctx = {"method": r.method, "epochs": r.epochs, "arch": arch}
+                ident = (r.method, r.epochs, arch, *attrs.values(), r.dataset, recipe)
+                row_ctx = {"method": r.method, "epochs": r.epochs, "arch": arch, **attrs}
             if r.protocol not in _protocols(cell, row_ctx):
                 continue
             if cell.epochs is not None and (r.epochs != cell.epochs or r.dataset == "mini"):
@@ -510,23 +562,25 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
         grp = f", group {recipe[:8]}" if same_row[base(ident, e)] > 1 or spec.key == "exp" else ""
         if e.get("eval_group"):
             grp += f", evaluation group {e['eval_group'][:8]}"
+        att = "".join(f", {ctx[a]}" for a in row_attrs if ctx.get(a) not in (None, "", RECORD_ATTRS[a][1]))
         hw = sorted({runs[i].hardware for idx in e["cols"].values() for i in idx if runs[i].hardware})
         hw_label = f", {' '.join(hw)}" if hw else ""
-        o["label"] = f"{name} (ours{ep}{', ' + e['dataset'] if e['dataset'] != 'unknown' else ''}{hw_label}{grp})"
+        o["label"] = f"{name} (ours{ep}{', ' + e['dataset'] if e['dataset'] != 'unknown' else ''}{att}{hw_label}{grp})"
         o["source"] = "ours"
         o["dataset"] = e["dataset"]
         for col in value_cols:
             fill(o, col, None, e["cols"].get(col, []), compare=False)
         out_rows.append(o)
 
+    meta = {m: meta_column(m, list(paper.columns)) for m in ("data", "group", "weights")}
     for o in out_rows:
-        o["data"] = " ".join(sorted(o.pop("_data", set()))) or None
-        o["group"] = " ".join(g[:12] for g in sorted(o.pop("_group", set()))) or None
-        o["weights"] = " ".join(sorted(o.pop("_weights", set()))) or None
+        o[meta["data"]] = " ".join(sorted(o.pop("_data", set()))) or None
+        o[meta["group"]] = " ".join(g[:12] for g in sorted(o.pop("_group", set()))) or None
+        o[meta["weights"]] = " ".join(sorted(o.pop("_weights", set()))) or None
         o["hardware"] = " ".join(sorted(o.pop("_hardware", set()))) or None
         o["sweep"] = "; ".join(sorted(o.pop("_sweep", set()))) or None
     ordered = (id_cols + ["dataset"] + [f"{c}.{k}" for c in value_cols for k in ("paper", "ours", "std", "n", "diff")]
-               + ["data", "group", "weights", "hardware", "sweep"])
+               + list(meta.values()) + ["hardware", "sweep"])
     df = pd.DataFrame(out_rows)
     for c in ordered:
         if c not in df.columns:
@@ -534,13 +588,24 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
     return df[ordered], used
 
 
+def meta_column(name: str, paper_cols: list[str]) -> str:
+    """Our column ``data`` / ``group`` / ``weights``, or ``run_<name>`` where the paper table has a column of that
+    name (the CGH COCO table's ``group``: its sections)."""
+    return f"run_{name}" if name in paper_cols else name
+
+
 # --------------------------------------------------------------------------- Markdown
-def _fmt(x: Any) -> str:
+def _fmt(x: Any, nd: int = 1) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     if isinstance(x, float):
-        return f"{x:.1f}"
+        return f"{x:.{nd}f}"
     return str(x)
+
+
+def _fmt_id(x: Any) -> str:
+    """An identifying cell: a whole number read as a float (epochs of a column with gaps) without decimals."""
+    return str(int(x)) if isinstance(x, float) and x.is_integer() else _fmt(x)
 
 
 def to_markdown(spec: TableSpec, df: pd.DataFrame, paper_cols: list[str]) -> str:
@@ -549,6 +614,8 @@ def to_markdown(spec: TableSpec, df: pd.DataFrame, paper_cols: list[str]) -> str
     id_cols = [c for c in paper_cols if c not in spec.cells and c not in ("method", "exp")]
     labels = {**{c: cell.label or c for c, cell in spec.cells.items()},
               **{c: cell.label or c for c, cell in spec.extra_epoch_cells.items()}}
+    nd = {c: cell.decimals for c, cell in {**spec.cells, **spec.extra_epoch_cells}.items()}
+    weights = meta_column("weights", paper_cols)
     has_ours = {c: bool(df[f"{c}.n"].fillna(0).astype(int).sum()) for c in value_cols}
     has_paper = {c: bool(df[f"{c}.paper"].notna().any()) for c in value_cols}
     head = id_cols + ["dataset"]
@@ -559,20 +626,21 @@ def to_markdown(spec: TableSpec, df: pd.DataFrame, paper_cols: list[str]) -> str
         head.append("weights")
     lines = [f"### {spec.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in df.iterrows():
-        cells = [_fmt(r.get(c)) for c in id_cols] + [str(r["dataset"])]
+        cells = [_fmt_id(r.get(c)) for c in id_cols] + [str(r["dataset"])]
         for c in value_cols:
             n = r.get(f"{c}.n")
             n = 0 if n is None or (isinstance(n, float) and math.isnan(n)) else int(n)
-            ours = _fmt(r[f"{c}.ours"])
+            ours = _fmt(r[f"{c}.ours"], nd[c])
             if n > 1:
-                ours = f"{ours} ± {_fmt(r[f'{c}.std'])} (n={n})"
+                ours = f"{ours} ± {_fmt(r[f'{c}.std'], nd[c])} (n={n})"
             diff = r[f"{c}.diff"]
             if has_paper[c]:
-                cells.append(_fmt(r[f"{c}.paper"]))
+                cells.append(_fmt(r[f"{c}.paper"], nd[c]))
             if has_ours[c]:
-                cells += [ours, "-" if diff is None or (isinstance(diff, float) and math.isnan(diff)) else f"{diff:+.1f}"]
+                cells += [ours, "-" if diff is None or (isinstance(diff, float) and math.isnan(diff))
+                          else f"{diff:+.{nd[c]}f}"]
         if any(has_ours.values()):
-            cells.append(_fmt(r.get("weights")))
+            cells.append(_fmt(r.get(weights)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

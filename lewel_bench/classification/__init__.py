@@ -5,7 +5,8 @@ re-exported here (``from lewel_bench import classification as C``).
 
 One copy of every piece the three stages share:
 
-* models: :class:`LinearProbe` (frozen backbone in eval mode + a linear classifier, Sec. 4.1) and
+* models: :class:`LinearProbe` (frozen backbone in eval mode + a linear classifier, Sec. 4.1, on the
+  features of :data:`PROBE_FEATURES`: GAP, or CGH's hypercolumn) and
   :func:`build_finetune_model` (the whole torchvision ResNet trained, Sec. 4.2), both built from a
   validated :class:`lewel_bench.checkpoint.Backbone`;
 * transforms: RandomResizedCrop + flip (train) and resize + center crop (val), sizes from the config;
@@ -25,7 +26,8 @@ from ..stage import Stage
 from .loaders import ShardSampler, build_imagenet, make_loader, num_classes_of, per_rank_batch
 from .loops import (evaluate, extract_features_all_ranks, gather_variable, topk_accuracy, topk_correct,
                     train_one_epoch)
-from .models import LinearProbe, ProbeHead, build_feature_extractor, build_finetune_model, wrap_ddp
+from .models import (PROBE_FEATURES, LinearProbe, ProbeFeature, ProbeHead, build_feature_extractor,
+                     build_finetune_model, wrap_ddp)
 from .run import CHECKPOINT, IMAGENET_PARTS, RunState, fit, restore, setup_stage
 from .transforms import train_transform, transforms_from_config, val_transform
 
@@ -33,7 +35,7 @@ __all__ = [
     "Backbone", "Stage", "build_optimizer", "param_groups", "schedule_from_config", "set_lr",
     "ShardSampler", "build_imagenet", "make_loader", "num_classes_of", "per_rank_batch",
     "evaluate", "extract_features_all_ranks", "gather_variable", "topk_accuracy", "topk_correct", "train_one_epoch",
-    "LinearProbe", "ProbeHead", "build_feature_extractor", "build_finetune_model", "wrap_ddp",
+    "PROBE_FEATURES", "LinearProbe", "ProbeFeature", "ProbeHead", "build_feature_extractor", "build_finetune_model", "wrap_ddp",
     "CHECKPOINT", "IMAGENET_PARTS", "RunState", "fit", "restore", "setup_stage",
     "train_transform", "transforms_from_config", "val_transform",
 ]

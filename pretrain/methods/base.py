@@ -85,8 +85,10 @@ class SSLMethod(nn.Module):
     """Online encoder ``online`` (+ predictors), momentum ``target``; subclasses define ``forward(views)``.
 
     ``n_views``: how many views the method takes (checked against the config before training; None: any).
-    ``transfer_parts()``: pretrained modules besides the trunk that detectors may load (the transfer bundle,
-    default none): ``{part: {<key in this method's state dict>: <part key>}}`` with the part keys of
+    ``iteration`` / ``iters_per_epoch``: set by the loop (each step / before training), for a method's own
+    per-iteration schedules (CGH's loss weights).
+    ``transfer_parts()``: pretrained modules besides the trunk that detectors (or a probe) may load (the transfer
+    bundle, default none): ``{part: {<key in this method's state dict>: <part key>}}`` with the part keys of
     :mod:`lewel_bench.transfer` (detectron2's names inside the part, e.g. ``fpn_lateral3.weight``).
     """
 
@@ -103,6 +105,7 @@ class SSLMethod(nn.Module):
         self.m0 = float(mc["momentum"])
         self.momentum_schedule = mc.get("momentum_schedule", "cosine")
         self.iteration = 0  # set by the loop each step (ShuffleBN permutation seed)
+        self.iters_per_epoch = 0  # set by the loop before training (a method's own per-iteration schedules)
         self.seed = int(cfg.get("seed", 0))
         self.bn_splits = int(mc.get("shuffle_bn_splits", 1))
 
