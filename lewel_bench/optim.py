@@ -12,7 +12,8 @@
   with the lr folded into the momentum buffer (the two differ in the norm and whenever the lr changes).
 * :class:`Schedule`: one family of lr multipliers, per iteration or per epoch: ``cosine`` (to ``min_lr``),
   ``step`` (x ``gamma`` at each milestone), ``poly`` and ``constant``, each after an optional linear
-  warm-up from ``warmup_start``; :func:`set_lr` sets every group's lr from its base lr.
+  warm-up from ``warmup_start`` (for ``cosine``, ``cosine_from="start"`` is mmcv's form: the cosine runs over
+  all steps and the warm-up multiplies it); :func:`set_lr` sets every group's lr from its base lr.
 * gradient-norm clipping (``optim.clip_grad_norm``) is part of :func:`lewel_bench.utils.amp_step`.
 """
 from __future__ import annotations
@@ -189,9 +190,11 @@ class Schedule:
     Warm-up (``warmup`` steps): ``warmup_start + (1 - warmup_start) * (t + warmup_offset) / warmup``;
     ``warmup_offset`` 0 starts exactly at ``warmup_start`` (detectron2, mmcv), 1 reaches the full lr on the
     last warm-up step (this suite's pretraining). Then ``cosine``: from 1 to ``min_ratio`` over the steps
-    after the warm-up; ``step``: ``gamma`` ** (milestones passed) (the warm-up multiplies it, as
-    detectron2's WarmupMultiStepLR); ``poly``: ``(1 - t / total) ** power`` (to ``min_ratio``);
-    ``constant``.
+    after the warm-up (``cosine_from="warmup_end"``), or over all ``total`` steps with the warm-up ramp
+    multiplying it (``cosine_from="start"``: mmcv's ``CosineAnnealing`` with a linear warm-up, lr(t) =
+    cos(t) * (warmup_start + (1 - warmup_start) t / warmup) for t < warmup, as the MCL code); ``step``:
+    ``gamma`` ** (milestones passed) (the warm-up multiplies it, as detectron2's WarmupMultiStepLR);
+    ``poly``: ``(1 - t / total) ** power`` (to ``min_ratio``); ``constant``.
     """
 
     name: str
@@ -203,12 +206,16 @@ class Schedule:
     milestones: tuple[int, ...] = field(default_factory=tuple)
     gamma: float = 0.1
     power: float = 0.9
+    cosine_from: str = "warmup_end"
 
     KINDS = ("cosine", "step", "poly", "constant")
+    COSINE_FROM = ("warmup_end", "start")
 
     def __post_init__(self) -> None:
         if self.name not in self.KINDS:
             raise ConfigError(f"lr schedule {self.name!r}: expected one of {', '.join(self.KINDS)}")
+        if self.cosine_from not in self.COSINE_FROM:
+            raise ConfigError(f"schedule.cosine_from {self.cosine_from!r}: expected one of {', '.join(self.COSINE_FROM)}")
 
     def main_factor(self, t: int) -> float:
         if self.name == "step":
@@ -217,9 +224,12 @@ class Schedule:
             return 1.0
         if self.name == "poly":
             return self.min_ratio + (1.0 - self.min_ratio) * (1.0 - min(t, self.total) / max(self.total, 1)) ** self.power
-        if t < self.warmup:
+        if self.cosine_from == "start":
+            x = t / max(self.total, 1)
+        elif t < self.warmup:
             return 1.0
-        x = (t - self.warmup) / max(self.total - self.warmup, 1)
+        else:
+            x = (t - self.warmup) / max(self.total - self.warmup, 1)
         return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(x, 1.0)))
 
     def lr(self, base: float, t: int) -> float:
@@ -244,4 +254,5 @@ def schedule_from_config(sched: Mapping[str, Any], total: int, steps_per_epoch: 
                     warmup_start=float(sched.get("warmup_start", 0.0)), warmup_offset=int(sched.get("warmup_offset", 0)),
                     min_ratio=float(sched.get("min_lr", 0.0)) / base_lr if base_lr else 0.0,
                     milestones=tuple(int(round(m * steps_per_epoch)) for m in sched.get("milestones", ())),
-                    gamma=float(sched.get("gamma", 0.1)), power=float(sched.get("power", 0.9)))
+                    gamma=float(sched.get("gamma", 0.1)), power=float(sched.get("power", 0.9)),
+                    cosine_from=str(sched.get("cosine_from", "warmup_end")))

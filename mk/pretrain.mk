@@ -1,4 +1,4 @@
-# Self-supervised pretraining (pretrain/): MoCo v2, BYOL, LEWEL_M, LEWEL_B.
+# Self-supervised pretraining (pretrain/): MoCo v2, BYOL, LEWEL_M, LEWEL_B, CGH, MCL.
 #   make pretrain EXP=lewel_m                       mini data (config lewel_m_mini), runs/lewel_m/
 #   make pretrain EXP=lewel_b DATA=/path/imagenet   IN-1K config lewel_b (also lewel_b_400ep, lewel_m_in100, ...)
 #   make pretrain EXP=lewel_b OUT=runs/x ARGS="epochs=100 optim.name=lars" NPROC=2
@@ -21,7 +21,7 @@ pretrain: $(STAMP) $(if $(DATA),,$(MINI_STAMP)) ## pretrain EXP (mini data unles
 	echo "make pretrain: EXP=$(EXP) $(if $(DATA),with DATA=$(DATA): the full-data config $$cfg,on the embedded mini data: config $$cfg (with DATA=/path: the full-data config $(EXP)))"; \
 	set -x; $(RUN) pretrain $$cfg --exp $(EXP) --data $(PRETRAIN_DATA) --out $(PRETRAIN_OUT) $(ARGS)
 
-bench-pretrain: $(STAMP) ## step time of supervised / MoCo v2 / LEWEL_M / BYOL / LEWEL_B and their ratios
+bench-pretrain: $(STAMP) ## step time of supervised / MoCo v2 / LEWEL_M / BYOL / LEWEL_B / CGH / MCL and their ratios
 	$(PY) -m tools.bench_pretrain $(BENCH_ARGS)
 
 bench-loader: $(STAMP) ## images/s of the pretraining loader: PIL pipeline vs batched photometric ops

@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     names = textwrap.fill(" ".join(configs()), width=100, initial_indent="  ", subsequent_indent="  ")
     p = argparse.ArgumentParser(
         prog="python -m pretrain", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Self-supervised pretraining (MoCo v2, BYOL, LEWEL_M, LEWEL_B): resumable, DDP under "
+        description="Self-supervised pretraining (MoCo v2, BYOL, LEWEL_M, LEWEL_B, CGH, MCL): resumable, DDP under "
                     "torchrun or SLURM.",
         epilog=f"experiments (pretrain/configs/<name>.yaml; *_mini: the embedded mini data):\n{names}\n\n"
                "example: python -m pretrain lewel_m_mini --data data/mini/imagenet --out runs/lewel_m epochs=2")

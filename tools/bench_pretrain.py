@@ -1,19 +1,24 @@
 """Per-method pretraining step time on one backbone, batch and thread count, and the cost ratios.
 
-    python -m tools.bench_pretrain [--arch resnet50] [--size 224] [--batch 8] [--threads 1] [--reps 5]
+    python -m tools.bench_pretrain [--arch resnet50] [--size 224] [--batch 16] [--threads 1] [--reps 5]
     make bench-pretrain BENCH_ARGS="--size 160 --reps 7"
     make bench-pretrain BENCH_ARGS="--batch 128 --steps 10"      # on a GPU: AMP + channels_last
     python -m tools.bench_pretrain --methods mocov2 cgh --record results/records   # + a cost record per method
 
 One step = forward + backward + optimiser step (+ EMA update for the self-supervised methods), on
-random images, with each method's IN-1K config (paper head sizes), in the training loop's precision:
+random images (as many views as the method's config lists: two, MCL's 2 x 3), with each method's IN-1K
+config (paper head sizes), in the training loop's precision:
 AMP (fp16 autocast, GradScaler) and channels_last on CUDA, fp32 on CPU (``--amp``, ``--channels-last``).
 Methods are interleaved round by round and the median is reported, so a load change on a shared
 machine hits every method alike.
 The FLOPs of one step (torch's FlopCounterMode) give the floor each time ratio would reach if every
-operation ran at the same speed. Targets: LEWEL_B / BYOL <= 1.03, LEWEL_M / MoCo v2 <= 1.01 (the LEWEL paper
-measured 1.044 and 1.007 on 8 V100 with AMP), BYOL / supervised <= 2.8; CGH / MoCo v2 <= 1.24 and CGH /
-supervised 2.01 (the CGH supplement's Table 3 on 2 A100: CGH 2.01, MoCo v2 1.62 times supervised).
+operation ran at the same speed; the pixels that enter the online and the target trunk in one step are
+counted at the trunks' first conv (MCL's montage levels B, B/4, B/16: 1.3125 x BYOL's on the online side).
+Targets: LEWEL_B / BYOL <= 1.03, LEWEL_M / MoCo v2 <= 1.01 (the LEWEL paper measured 1.044 and 1.007 on 8 V100
+with AMP), BYOL / supervised <= 2.8; CGH / MoCo v2 <= 1.24 and CGH / supervised 2.01 (the CGH supplement's
+Table 3 on 2 A100: CGH 2.01, MoCo v2 1.62 times supervised); MCL / BYOL <= 1.35 (the MCL appendix states
+1.3125 x the online cost of standard training). The default batch (16) is a multiple of 16, as MCL's B/16
+level needs.
 CGH is timed after its loss warm-up (``model.loss_warmup_epochs=0``: the step of 195 of its 200 epochs; the
 warm-up's InfoNCE reuses the queue products and adds no further one).
 
@@ -36,33 +41,49 @@ from torch.utils.flop_counter import FlopCounterMode
 from lewel_bench.config import load_config
 from lewel_bench.models import build_torchvision_resnet
 from lewel_bench.utils import amp_autocast, amp_step
+from pretrain.augment import view_specs
 from pretrain.cli import CONFIG_DIR
 from pretrain.methods import METHODS
 from lewel_bench.optim import optimizer_for
 
-METHOD_NAMES = ("mocov2", "lewel_m", "byol", "lewel_b", "cgh")
+METHOD_NAMES = ("mocov2", "lewel_m", "byol", "lewel_b", "cgh", "mcl")
 TARGETS = (("lewel_b", "byol", 1.03), ("lewel_m", "mocov2", 1.01), ("byol", "supervised", 2.8),
-           ("cgh", "mocov2", 1.24), ("cgh", "supervised", 2.01))
+           ("cgh", "mocov2", 1.24), ("cgh", "supervised", 2.01), ("mcl", "byol", 1.35))
 #: Overrides every run applies before ``--set``: CGH's steady-state step (after its loss warm-up).
 DEFAULT_SET: dict[str, list[str]] = {"cgh": ["model.loss_warmup_epochs=0"]}
 #: Iterations per "epoch" the methods' own per-iteration schedules see (as ``momentum_at``'s total of 1000).
 STEPS_PER_EPOCH = 1000
 
 
+def count_pixels(trunk: torch.nn.Module, counter: dict, key: str) -> None:
+    """Add the pixels (images x height x width) entering ``trunk``'s first conv to ``counter[key]``."""
+    counter.setdefault(key, 0)
+    trunk.conv1.register_forward_pre_hook(
+        lambda mod, args: counter.__setitem__(key, counter[key] + args[0][:, 0].numel()))
+
+
 def make_steps(arch: str, size: int, batch: int, device: torch.device, channels_last: bool, amp: bool = False,
-               overrides: dict[str, list[str]] | None = None, methods: tuple[str, ...] = METHOD_NAMES):
+               overrides: dict[str, list[str]] | None = None, methods: tuple[str, ...] = METHOD_NAMES,
+               pixels: dict | None = None):
     """name -> zero-argument callable running one training step (as the pretraining loop runs it), and
     name -> the method's config (None for supervised).
 
-    ``overrides``: config overrides per method name (e.g. {"lewel_b": ["model.reassociate=never"]})."""
+    ``overrides``: config overrides per method name (e.g. {"lewel_b": ["model.reassociate=never"]});
+    ``pixels``: filled with the pixels each step's online / target trunk take (``<name>`` / ``<name>:target``)."""
     g = torch.Generator().manual_seed(0)
-    x1 = torch.randn(batch, 3, size, size, generator=g).to(device)
-    x2 = torch.randn(batch, 3, size, size, generator=g).to(device)
+    cfgs = {name: load_config(name, CONFIG_DIR, [f"arch={arch}", f"aug.size={size}", *DEFAULT_SET.get(name, []),
+                                                 *(overrides or {}).get(name, [])])
+            for name in methods}
+    n_views = max([2, *(len(view_specs(c["aug"])) for c in cfgs.values())])
+    xs = [torch.randn(batch, 3, size, size, generator=g).to(device) for _ in range(n_views)]
     y = torch.randint(0, 1000, (batch,), generator=g).to(device)
     if channels_last:
-        x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
+        xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
+    x1 = xs[0]
+    pixels = {} if pixels is None else pixels
     steps, configs = {}, {}
     sup = build_torchvision_resnet(arch, 1000).to(device)
+    count_pixels(sup, pixels, "supervised")
     if channels_last:
         sup.to(memory_format=torch.channels_last)
     sup_opt = torch.optim.SGD(sup.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
@@ -75,20 +96,23 @@ def make_steps(arch: str, size: int, batch: int, device: torch.device, channels_
     steps["supervised"] = sup_step
     configs["supervised"] = None
     for name in methods:
-        cfg = load_config(name, CONFIG_DIR, [f"arch={arch}", *DEFAULT_SET.get(name, []),
-                                             *(overrides or {}).get(name, [])])
+        cfg = cfgs[name]
         configs[name] = cfg
         m = METHODS.get(name)(cfg).to(device).train()
         m.iters_per_epoch = STEPS_PER_EPOCH
         if channels_last:
             m.to(memory_format=torch.channels_last)
+        m.check_views(len(view_specs(cfg["aug"])))
+        views = xs[:len(view_specs(cfg["aug"]))]
         opt = optimizer_for(m, cfg["optim"])
+        count_pixels(m.online.backbone, pixels, name)
+        count_pixels(m.target.backbone, pixels, f"{name}:target")
 
-        def step(m=m, opt=opt, scaler=torch.amp.GradScaler("cuda", enabled=amp)):
+        def step(m=m, opt=opt, views=views, cfg=cfg, scaler=torch.amp.GradScaler("cuda", enabled=amp)):
             m.iteration += 1
             with amp_autocast(device, amp):
-                loss, _ = m([x1, x2])
-            amp_step(loss, opt, scaler)
+                loss, _ = m(views)
+            amp_step(loss, opt, scaler, cfg["optim"].get("clip_grad_norm"))
             m.update_target(m.momentum_at(m.iteration, 1000))
 
         steps[name] = step
@@ -121,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="resnet50")
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, default=16, help="images per step (MCL: a multiple of 16)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscribing a shared CPU)")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--steps", type=int, default=1, help="steps per timed round (use ~10 on a GPU)")
@@ -153,17 +177,21 @@ def main(argv: list[str] | None = None) -> None:
     if cuda:
         torch.backends.cudnn.benchmark = True
     sync = torch.cuda.synchronize if cuda else (lambda: None)
+    pixels: dict[str, int] = {}
     steps, configs = make_steps(args.arch, args.size, args.batch, device, channels_last, amp, overrides,
-                                tuple(args.methods))
-    print(f"# {args.arch}, {args.size} px, batch {args.batch} (two views for SSL), {args.threads} thread(s), "
+                                tuple(args.methods), pixels)
+    print(f"# {args.arch}, {args.size} px, batch {args.batch} (each method's views), {args.threads} thread(s), "
           f"{torch.cuda.get_device_name(device) if cuda else device}, {'AMP fp16' if amp else 'fp32'}"
           f"{', channels_last' if channels_last else ''}, {args.reps} interleaved rounds of {args.steps} "
           f"step(s) (median){'; ' + ' '.join(args.set) if args.set else ''}", flush=True)
-    flops = {}
+    flops, px = {}, {}
     for name, fn in steps.items():
+        before = dict(pixels)
         with FlopCounterMode(display=False) as fc:
             fn()
         flops[name] = fc.get_total_flops()
+        px[name] = {k: (pixels[k] - before.get(k, 0)) / (args.batch * args.size ** 2)
+                    for k in (name, f"{name}:target") if k in pixels}
         for _ in range(args.warmup):
             fn()
     times: dict[str, list[float]] = {n: [] for n in steps}
@@ -178,18 +206,21 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  round {r + 1}/{args.reps}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in steps), flush=True)
     med = {n: statistics.median(v) for n, v in times.items()}
     sup = med["supervised"]
-    print("\n| method | step (s, median) | images/s | GFLOP/step | time / supervised | FLOPs / supervised |")
-    print("|---|---|---|---|---|---|")
+    print(f"\n| method | step (s, median) | images/s | GFLOP/step | time / supervised | FLOPs / supervised | "
+          f"online px | target px |")
+    print("|---|---|---|---|---|---|---|---|")
     for n in steps:
         print(f"| {n} | {med[n]:.3f} | {args.batch / med[n]:.1f} | {flops[n] / 1e9:.1f} | {med[n] / sup:.3f} | "
-              f"{flops[n] / flops['supervised']:.3f} |")
-    print("\n| ratio | time | FLOP floor | target | met |")
-    print("|---|---|---|---|---|")
+              f"{flops[n] / flops['supervised']:.3f} | {px[n][n]:.4g} | {px[n].get(f'{n}:target', 0):.4g} |")
+    print("(px: pixels entering the trunk per step / (batch x size^2))")
+    print("\n| ratio | time | FLOP floor | online px | target | met |")
+    print("|---|---|---|---|---|---|")
     for a, b, tgt in TARGETS:
         if a not in med or b not in med:
             continue
         r = med[a] / med[b]
-        print(f"| {a} / {b} | {r:.3f} | {flops[a] / flops[b]:.3f} | <= {tgt} | {'yes' if r <= tgt else 'NO'} |")
+        print(f"| {a} / {b} | {r:.3f} | {flops[a] / flops[b]:.3f} | {px[a][a] / px[b][b]:.4f} | <= {tgt} | "
+              f"{'yes' if r <= tgt else 'NO'} |")
     if args.record:
         dev_name = torch.cuda.get_device_name(device) if cuda else f"cpu ({platform.processor() or platform.machine()})"
         settings = {"arch": args.arch, "size": args.size, "batch": args.batch, "threads": args.threads,
