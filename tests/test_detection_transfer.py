@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import subprocess
 from pathlib import Path
 
@@ -254,8 +255,19 @@ def _exported(path: Path, parts: tuple[str, ...]) -> tuple[dict, dict]:
 def test_bundle_export_matches_detectron2_module_names(bundle_file, tmp_path: Path) -> None:
     from eval_detection.detectron2_backend import d2_transfer_report
 
-    path, trunk, _, _ = bundle_file
+    from lewel_bench.transfer.detectron2 import convert
+
+    path, trunk, fpn, head = bundle_file
     n_trunk = len(trunk)
+    # the converted file holds the parts' tensors as they are, under detectron2's names (box head: its prefix)
+    with open(convert(path, tmp_path / "bundle.pkl", parts=("fpn", "box_head")), "rb") as f:
+        model = pickle.load(f)["model"]
+    for k, v in fpn.state_dict().items():
+        assert np.array_equal(model[_d2_name("fpn", k)], v.numpy()), k
+    for k, v in head.state_dict().items():
+        if not k.startswith("5."):
+            assert np.array_equal(model["box_head." + _d2_name("box_head", k)], v.numpy()), k
+    assert len(model) == n_trunk + 48 + 24
     ckpt, part_of = _exported(path, ("fpn",))
     ret = {k: None for k in _d2_retinanet_names("resnet18")}
     # the FPN levels 3-5 (12 tensors each), not level 2 (detectron2 leaves it unused, as MCL's protocol)
