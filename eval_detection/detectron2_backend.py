@@ -174,11 +174,13 @@ def d2_metrics(res: dict, eval_name: str) -> dict[str, float]:
 @dataclass(frozen=True)
 class D2Arch:
     """How a protocol config's ``arch`` maps onto detectron2's keys: where the class count goes, the norms a
-    CPU smoke run turns from SyncBN into BN, and the model sizes of the mini protocol."""
+    CPU smoke run turns from SyncBN into BN, the model sizes of the mini protocol, and the model keys every
+    run passes on (``model``)."""
 
     num_classes: str
     norm_keys: tuple[str, ...]
     mini: Callable[[dict], list[str]]
+    model: Callable[[dict], list[str]] = lambda m: []
 
 
 def _mini_rcnn(m: dict) -> list[str]:
@@ -212,20 +214,24 @@ def _mini_retinanet(m: dict) -> list[str]:
             "MODEL.RETINANET.TOPK_CANDIDATES_TEST", str(m["retinanet_topk_candidates"])]
 
 
+def _retinanet(m: dict) -> list[str]:
+    return ["MODEL.RETINANET.NORM", {"none": "", "gn": "GN"}[m["retinanet_head_norm"]]]
+
+
 _RESNET_NORM, _FPN_NORM = "MODEL.RESNETS.NORM", "MODEL.FPN.NORM"
 #: protocol config ``arch`` -> its detectron2 keys
 D2_ARCHS: dict[str, D2Arch] = {
     "c4": D2Arch("MODEL.ROI_HEADS.NUM_CLASSES", (_RESNET_NORM,), _mini_c4),
     "fpn": D2Arch("MODEL.ROI_HEADS.NUM_CLASSES",
                   (_RESNET_NORM, _FPN_NORM, "MODEL.ROI_BOX_HEAD.NORM", "MODEL.ROI_MASK_HEAD.NORM"), _mini_fpn),
-    "retinanet": D2Arch("MODEL.RETINANET.NUM_CLASSES", (_RESNET_NORM, _FPN_NORM), _mini_retinanet),
+    "retinanet": D2Arch("MODEL.RETINANET.NUM_CLASSES", (_RESNET_NORM, _FPN_NORM), _mini_retinanet, _retinanet),
 }
 
 
 def d2_opts_for(tv_cfg: dict, class_names: Sequence[str], weights: Path, out: Path, seed: int) -> list[str]:
     """Overrides that bind a protocol config to this run: weights, output, seed, classes; the schedule (the
     protocol config's ``max_iter`` and resolved ``steps``: the detectron2 file's unless overridden); MCL's
-    ``INPUT.MAX_SIZE_TRAIN`` (``model.max_size_train``); the mini protocol's sizes."""
+    ``INPUT.MAX_SIZE_TRAIN`` (``model.max_size_train``); RetinaNet's head norm; the mini protocol's sizes."""
     import torch
 
     arch = D2_ARCHS[tv_cfg["arch"]]
@@ -247,7 +253,7 @@ def d2_opts_for(tv_cfg: dict, class_names: Sequence[str], weights: Path, out: Pa
                  "DATALOADER.NUM_WORKERS", "0"] + arch.mini(m)
     if m.get("max_size_train"):
         opts += ["INPUT.MAX_SIZE_TRAIN", str(m["max_size_train"])]
-    return opts
+    return opts + arch.model(m)
 
 
 #: torchvision ResNet -> detectron2's RESNETS.DEPTH (the protocol configs say 50; a mini run may bring a ResNet-18)

@@ -44,6 +44,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Mapping
 
 import torch
@@ -77,7 +78,7 @@ MODEL_DEFAULTS: dict[str, Any] = dict(
     max_size_train=None, fpn_norm="bn",
     retinanet_anchor_sizes=[32, 64, 128, 256, 512], retinanet_scales_per_octave=3,
     retinanet_iou_thresholds=[0.4, 0.5], retinanet_topk_candidates=1000, retinanet_prior_prob=0.01,
-    retinanet_box_loss="l1",
+    retinanet_box_loss="l1", retinanet_head_norm="none",
 )
 
 
@@ -287,6 +288,9 @@ class D2RetinaNet(RetinaNet):
 #: ``model.retinanet_box_loss``: torchvision's regression losses (detectron2's Base-RetinaNet: L1, its
 #: ``SMOOTH_L1_LOSS_BETA 0``)
 RETINANET_BOX_LOSSES = ("l1", "smooth_l1", "giou")
+#: ``model.retinanet_head_norm``: detectron2's ``RETINANET.NORM`` in the subnets' convs: none (its default, MCL's
+#: protocol) or GroupNorm with 32 groups ("GN")
+RETINANET_HEAD_NORMS: dict[str, Callable[..., nn.Module] | None] = {"none": None, "gn": partial(nn.GroupNorm, 32)}
 
 
 def retinanet_anchor_sizes(m: Mapping[str, Any]) -> tuple[tuple[float, ...], ...]:
@@ -305,6 +309,9 @@ def build_retinanet(bb: Backbone, num_classes: int, mask: bool = False, **cfg: A
     if m["retinanet_box_loss"] not in RETINANET_BOX_LOSSES:
         raise ConfigError(f"model.retinanet_box_loss {m['retinanet_box_loss']!r}: expected one of "
                           f"{', '.join(RETINANET_BOX_LOSSES)}")
+    if m["retinanet_head_norm"] not in RETINANET_HEAD_NORMS:
+        raise ConfigError(f"model.retinanet_head_norm {m['retinanet_head_norm']!r}: expected one of "
+                          f"{', '.join(RETINANET_HEAD_NORMS)}")
     _check_arch(bb)
     c5 = feature_dim(bb.arch, "res5")
     # LastLevelP6P7 takes C5 when its input channels differ from the FPN's (detectron2: "res5");
@@ -312,7 +319,8 @@ def build_retinanet(bb: Backbone, num_classes: int, mask: bool = False, **cfg: A
     backbone, n = _fpn_backbone(bb, (3, 4, 5), LastLevelP6P7(c5, FPN_CHANNELS), m["fpn_norm"])
     sizes = retinanet_anchor_sizes(m)
     anchors = AnchorGenerator(sizes=sizes, aspect_ratios=(tuple(m["aspect_ratios"]),) * len(sizes))
-    head = RetinaNetHead(backbone.out_channels, anchors.num_anchors_per_location()[0], num_classes)
+    head = RetinaNetHead(backbone.out_channels, anchors.num_anchors_per_location()[0], num_classes,
+                         norm_layer=RETINANET_HEAD_NORMS[m["retinanet_head_norm"]])
     p = float(m["retinanet_prior_prob"])
     nn.init.constant_(head.classification_head.cls_logits.bias, -math.log((1 - p) / p))
     head.regression_head._loss_type = m["retinanet_box_loss"]

@@ -348,6 +348,7 @@ def test_new_protocols_build_from_converted_checkpoint_and_train_one_step(conver
         bias = model.head.classification_head.cls_logits.bias
         assert torch.allclose(torch.sigmoid(bias), torch.full_like(bias, 0.01))
         assert model.head.regression_head._loss_type == "l1"
+        assert not any(isinstance(x, (nn.GroupNorm, nn.BatchNorm2d)) for x in model.head.modules())  # NORM ""
         assert (model.proposal_matcher.low_threshold, model.proposal_matcher.high_threshold) == (0.4, 0.5)
         assert model.detections_per_img == 5 and model.topk_candidates == 50
     imgs, targets = _tiny_batch(cfg["mask"])
@@ -378,6 +379,20 @@ def test_retinanet_anchor_sizes_are_detectron2s() -> None:
     assert np.allclose(np.array(sizes), np.array(want))
     d2 = _d2_cfg("coco_RetinaNet_R_50_FPN_1x.yaml")["MODEL"]["ANCHOR_GENERATOR"]["SIZES"]
     assert np.allclose(np.array(d2), np.array(want))
+
+
+def test_retinanet_head_norm_option() -> None:
+    from eval_detection.tv_models import build_model
+    from lewel_bench.checkpoint import Backbone
+
+    bb = Backbone(state_dict=build_backbone("resnet18").state_dict(), arch="resnet18", path="x")
+    model = build_model("retinanet", bb, 3, False, **{**TINY, "retinanet_head_norm": "gn"})
+    norms = [x for x in model.head.classification_head.conv.modules() if isinstance(x, nn.GroupNorm)]
+    assert len(norms) == 4 and all(n.num_groups == 32 for n in norms)  # detectron2's RETINANET.NORM "GN"
+    with pytest.raises(ConfigError, match="model.retinanet_head_norm 'bn'"):
+        build_model("retinanet", bb, 3, False, **{**TINY, "retinanet_head_norm": "bn"})
+    with pytest.raises(ConfigError, match="RetinaNet has no mask head"):
+        build_model("retinanet", bb, 3, True, **TINY)
 
 
 def test_max_size_train_applies_to_training_only() -> None:
