@@ -34,8 +34,12 @@ import argparse
 import json
 import logging
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
+
+from lewel_bench.checkpoint import BackboneError
 
 log = logging.getLogger(__name__)
 
@@ -167,48 +171,174 @@ def d2_metrics(res: dict, eval_name: str) -> dict[str, float]:
     return out
 
 
+@dataclass(frozen=True)
+class D2Arch:
+    """How a protocol config's ``arch`` maps onto detectron2's keys: where the class count goes, the norms a
+    CPU smoke run turns from SyncBN into BN, the model sizes of the mini protocol, and the model keys every
+    run passes on (``model``)."""
+
+    num_classes: str
+    norm_keys: tuple[str, ...]
+    mini: Callable[[dict], list[str]]
+    model: Callable[[dict], list[str]] = lambda m: []
+
+
+def _mini_rcnn(m: dict) -> list[str]:
+    return ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", str(m["roi_batch_per_image"]),
+            "MODEL.RPN.BATCH_SIZE_PER_IMAGE", str(m["rpn_batch_per_image"])]
+
+
+def _mini_c4(m: dict) -> list[str]:
+    return _mini_rcnn(m) + [
+        "MODEL.ANCHOR_GENERATOR.SIZES", str([list(m["anchor_sizes"])]),
+        "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", str(m["pooler_resolution"]),
+        "MODEL.RPN.PRE_NMS_TOPK_TRAIN", str(m["rpn_pre_nms_train"]),
+        "MODEL.RPN.POST_NMS_TOPK_TRAIN", str(m["rpn_post_nms_train"]),
+        "MODEL.RPN.PRE_NMS_TOPK_TEST", str(m["rpn_pre_nms_test"]),
+        "MODEL.RPN.POST_NMS_TOPK_TEST", str(m["rpn_post_nms_test"])]
+
+
+def _mini_fpn(m: dict) -> list[str]:
+    return _mini_rcnn(m) + [
+        "MODEL.ANCHOR_GENERATOR.SIZES", str([[a] for a in m["fpn_anchor_sizes"]]),
+        "MODEL.RPN.PRE_NMS_TOPK_TRAIN", str(m["fpn_rpn_pre_nms_train"]),
+        "MODEL.RPN.POST_NMS_TOPK_TRAIN", str(m["fpn_rpn_post_nms_train"]),
+        "MODEL.RPN.PRE_NMS_TOPK_TEST", str(m["fpn_rpn_pre_nms_test"]),
+        "MODEL.RPN.POST_NMS_TOPK_TEST", str(m["fpn_rpn_post_nms_test"])]
+
+
+def _mini_retinanet(m: dict) -> list[str]:
+    n = int(m["retinanet_scales_per_octave"])
+    sizes = [[float(x) * 2 ** (i / n) for i in range(n)] for x in m["retinanet_anchor_sizes"]]
+    return ["MODEL.ANCHOR_GENERATOR.SIZES", str(sizes),
+            "MODEL.RETINANET.TOPK_CANDIDATES_TEST", str(m["retinanet_topk_candidates"])]
+
+
+def _retinanet(m: dict) -> list[str]:
+    return ["MODEL.RETINANET.NORM", {"none": "", "gn": "GN"}[m["retinanet_head_norm"]]]
+
+
+_RESNET_NORM, _FPN_NORM = "MODEL.RESNETS.NORM", "MODEL.FPN.NORM"
+#: protocol config ``arch`` -> its detectron2 keys
+D2_ARCHS: dict[str, D2Arch] = {
+    "c4": D2Arch("MODEL.ROI_HEADS.NUM_CLASSES", (_RESNET_NORM,), _mini_c4),
+    "fpn": D2Arch("MODEL.ROI_HEADS.NUM_CLASSES",
+                  (_RESNET_NORM, _FPN_NORM, "MODEL.ROI_BOX_HEAD.NORM", "MODEL.ROI_MASK_HEAD.NORM"), _mini_fpn),
+    "retinanet": D2Arch("MODEL.RETINANET.NUM_CLASSES", (_RESNET_NORM, _FPN_NORM), _mini_retinanet, _retinanet),
+}
+
+
 def d2_opts_for(tv_cfg: dict, class_names: Sequence[str], weights: Path, out: Path, seed: int) -> list[str]:
-    """Overrides that bind a protocol config to this run (weights, output, seed, classes; mini sizes)."""
+    """Overrides that bind a protocol config to this run: weights, output, seed, classes; the schedule (the
+    protocol config's ``max_iter`` and resolved ``steps``: the detectron2 file's unless overridden); MCL's
+    ``INPUT.MAX_SIZE_TRAIN`` (``model.max_size_train``); RetinaNet's head norm; the mini protocol's sizes."""
     import torch
 
+    arch = D2_ARCHS[tv_cfg["arch"]]
+    m, s = tv_cfg["model"], tv_cfg["solver"]
     opts = ["MODEL.WEIGHTS", str(weights), "OUTPUT_DIR", str(out), "SEED", str(seed),
-            "MODEL.ROI_HEADS.NUM_CLASSES", str(len(class_names))]
+            arch.num_classes, str(len(class_names)),
+            "SOLVER.MAX_ITER", str(s["max_iter"]), "SOLVER.STEPS", str(tuple(s["steps"]))]
     if not torch.cuda.is_available():  # a CPU smoke run: SyncBN needs GPUs, plain BN instead
-        opts += ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.NORM", "BN"]
-        if str(tv_cfg["protocol"]).startswith("fpn"):
-            opts += ["MODEL.FPN.NORM", "BN", "MODEL.ROI_BOX_HEAD.NORM", "BN", "MODEL.ROI_MASK_HEAD.NORM", "BN"]
+        opts += ["MODEL.DEVICE", "cpu"]
+        for key in arch.norm_keys:
+            opts += [key, "BN"]
     if tv_cfg.get("dataset") == "mini":  # the mini protocol's sizes and schedule
-        m, s = tv_cfg["model"], tv_cfg["solver"]
         opts += ["INPUT.MIN_SIZE_TRAIN", str(tuple(m["min_size_train"])), "INPUT.MIN_SIZE_TEST", str(m["min_size_test"]),
                  "INPUT.MAX_SIZE_TRAIN", str(m["max_size"]), "INPUT.MAX_SIZE_TEST", str(m["max_size"]),
                  "SOLVER.IMS_PER_BATCH", str(s["ims_per_batch"]), "SOLVER.BASE_LR", str(s["base_lr"]),
-                 "SOLVER.MAX_ITER", str(s["max_iter"]), "SOLVER.STEPS", str(tuple(s["steps"])),
                  "SOLVER.WARMUP_ITERS", str(s["warmup_iters"]), "SOLVER.CHECKPOINT_PERIOD", str(s["checkpoint_period"]),
-                 "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", str(m["roi_batch_per_image"]),
-                 "MODEL.RPN.BATCH_SIZE_PER_IMAGE", str(m["rpn_batch_per_image"]),
                  "TEST.DETECTIONS_PER_IMAGE", str(m["detections_per_img"]),
                  "TEST.PRECISE_BN.NUM_ITER", str(tv_cfg.get("test", {}).get("precise_bn_iters", 20) or 1),
-                 "DATALOADER.NUM_WORKERS", "0"]
-        if str(tv_cfg["protocol"]).startswith("fpn"):
-            opts += ["MODEL.ANCHOR_GENERATOR.SIZES", str([[a] for a in m["fpn_anchor_sizes"]]),
-                     "MODEL.RPN.PRE_NMS_TOPK_TRAIN", str(m["fpn_rpn_pre_nms_train"]),
-                     "MODEL.RPN.POST_NMS_TOPK_TRAIN", str(m["fpn_rpn_post_nms_train"]),
-                     "MODEL.RPN.PRE_NMS_TOPK_TEST", str(m["fpn_rpn_pre_nms_test"]),
-                     "MODEL.RPN.POST_NMS_TOPK_TEST", str(m["fpn_rpn_post_nms_test"])]
-        else:
-            opts += ["MODEL.ANCHOR_GENERATOR.SIZES", str([list(m["anchor_sizes"])]),
-                     "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", str(m["pooler_resolution"]),
-                     "MODEL.RPN.PRE_NMS_TOPK_TRAIN", str(m["rpn_pre_nms_train"]),
-                     "MODEL.RPN.POST_NMS_TOPK_TRAIN", str(m["rpn_post_nms_train"]),
-                     "MODEL.RPN.PRE_NMS_TOPK_TEST", str(m["rpn_pre_nms_test"]),
-                     "MODEL.RPN.POST_NMS_TOPK_TEST", str(m["rpn_post_nms_test"])]
-    return opts
+                 "DATALOADER.NUM_WORKERS", "0"] + arch.mini(m)
+    if m.get("max_size_train"):
+        opts += ["INPUT.MAX_SIZE_TRAIN", str(m["max_size_train"])]
+    return opts + arch.model(m)
+
+
+#: torchvision ResNet -> detectron2's RESNETS.DEPTH (the protocol configs say 50; a mini run may bring a ResNet-18)
+D2_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101, "resnet152": 152}
+
+
+def depth_opts(arch: str) -> list[str]:
+    """detectron2's ResNet of the checkpoint's depth (ResNet-18 / 34: basic blocks, res2 with 64 channels; the C4
+    protocols' res5 head needs bottleneck blocks, so those take a ResNet-50 or deeper)."""
+    opts = ["MODEL.RESNETS.DEPTH", str(D2_DEPTHS[arch])]
+    return opts + (["MODEL.RESNETS.RES2_OUT_CHANNELS", "64"] if D2_DEPTHS[arch] < 50 else [])
+
+
+# ------------------------------------------------------------------------------------------------
+# what detectron2 loads from the converted file (its DetectionCheckpointer's name matching)
+# ------------------------------------------------------------------------------------------------
+#: transfer part -> the detectron2 modules it fills (a model tensor whose name has ``<module><digits>.``)
+D2_PART_MODULES: dict[str, tuple[str, ...]] = {"fpn": ("fpn_lateral", "fpn_output"), "box_head": ("box_head.conv",)}
+
+
+def _matches(model_key: str, ckpt_key: str) -> bool:
+    return model_key == ckpt_key or model_key.endswith("." + ckpt_key)
+
+
+def d2_transfer_report(model: Mapping[str, tuple[int, ...] | None], ckpt: Mapping[str, tuple[int, ...] | None],
+                       part_of: Mapping[str, str], parts: Sequence[str], where: str = "<checkpoint>") -> dict[str, int]:
+    """How many tensors of each part (``trunk`` and the transfer parts) detectron2 loads into ``model``.
+
+    ``model`` / ``ckpt``: tensor name -> shape (``None``: not checked) of detectron2's model and of the converted
+    file; ``part_of``: ckpt name -> ``trunk`` or its part. Matching as detectron2's ``DetectionCheckpointer``
+    (``matching_heuristics``): each model tensor takes the longest checkpoint name that is a dot-separated suffix
+    of its own. Refused (:class:`BackboneError` naming the part): a trunk tensor with no match, a part of
+    ``parts`` that fills none of its detector modules (:data:`D2_PART_MODULES`) or only some of them, a shape
+    mismatch, one checkpoint name matching two model tensors.
+    """
+    taken: dict[str, str] = {}
+    for mk in sorted(model):
+        best = max((ck for ck in ckpt if _matches(mk, ck)), key=len, default=None)
+        if best is None:
+            continue
+        if best in taken:
+            raise BackboneError(f"{where}: {best} matches two detectron2 tensors ({taken[best]}, {mk})")
+        if model[mk] is not None and ckpt[best] is not None and tuple(model[mk]) != tuple(ckpt[best]):
+            raise BackboneError(f"{where}: {part_of.get(best, 'trunk')} tensor {best} has shape {tuple(ckpt[best])}, "
+                                f"detectron2's {mk} {tuple(model[mk])}")
+        taken[best] = mk
+    trunk = [k for k, p in part_of.items() if p == "trunk" and not k.endswith("num_batches_tracked")]
+    lost = [k for k in trunk if k not in taken]
+    if lost:
+        raise BackboneError(f"{where}: {len(lost)} of {len(trunk)} trunk tensors match no detectron2 tensor "
+                            f"(first: {', '.join(lost[:3])})")
+    counts = {"trunk": sum(1 for k, p in part_of.items() if p == "trunk" and k in taken)}
+    for part in parts:
+        mods = D2_PART_MODULES[part]
+        targets = [mk for mk in model if any(re.search(rf"(^|\.){re.escape(mod)}\d+\.", mk) for mod in mods)
+                   and not mk.endswith("num_batches_tracked")]
+        filled = {mk for ck, mk in taken.items() if part_of.get(ck) == part}
+        missing = [mk for mk in targets if mk not in filled]
+        if not filled or missing:
+            raise BackboneError(f"{where}: transfer part {part!r} does not match the detectron2 model: "
+                                f"{len(missing)} of its {len(targets)} tensors ({', '.join(mods)}*) not in the part "
+                                f"(first: {', '.join(missing[:3]) or '-'})")
+        counts[part] = sum(1 for k, p in part_of.items() if p == part and k in taken)
+        unused = sum(1 for k, p in part_of.items() if p == part and k not in taken)
+        log.info("detectron2 transfer: part %s: %d tensors loaded%s", part, counts[part],
+                 f", {unused} not used by this model" if unused else "")
+    return counts
+
+
+def d2_model_shapes(cfg_file: str | Path, opts: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of the model ``cfg_file`` + ``opts`` builds (on the CPU, never trained)."""
+    from detectron2.modeling import build_model
+
+    cfg = setup_cfg(cfg_file, opts)
+    cfg.MODEL.DEVICE = "cpu"
+    return {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
 
 
 def run_detectron2(tv_cfg: dict, args: argparse.Namespace, bb: Any, root: Path, out: Path,
-                   extra_opts: Sequence[str] = ()) -> tuple[dict[str, float], dict]:
-    """Convert ``bb``, run detectron2 on the protocol's config (all local GPUs); returns our metrics and the
-    config detectron2 ran (its ``cfg.dump()`` as a dict, with the overrides it was given)."""
+                   extra_opts: Sequence[str] = (),
+                   parts: Sequence[str] = ()) -> tuple[dict[str, float], dict, dict[str, int]]:
+    """Convert ``bb`` (with the transfer ``parts``), run detectron2 on the protocol's config (all local GPUs);
+    returns our metrics, the config detectron2 ran (its ``cfg.dump()`` as a dict, with the overrides it was
+    given) and the tensors its model takes from the file per part (:func:`d2_transfer_report`, checked before
+    training starts)."""
     require_detectron2()
     import pickle
 
@@ -217,7 +347,8 @@ def run_detectron2(tv_cfg: dict, args: argparse.Namespace, bb: Any, root: Path, 
 
     from eval_detection.datasets import resolve_class_names
     from lewel_bench.io import atomic_write_bytes
-    from lewel_bench.transfer.detectron2 import to_detectron2
+    from lewel_bench.transfer import PARTS
+    from lewel_bench.transfer.detectron2 import to_detectron2, tv_to_d2_name
 
     fmt = tv_cfg["data"]["format"]
     if fmt == "voc":
@@ -225,9 +356,15 @@ def run_detectron2(tv_cfg: dict, args: argparse.Namespace, bb: Any, root: Path, 
     else:
         doc = json.loads((root / tv_cfg["data"]["train"]["ann"]).read_text())
         class_names = [c["name"] for c in sorted(doc["categories"], key=lambda c: c["id"])]
-    weights = atomic_write_bytes(out / "backbone_d2.pkl", pickle.dumps(to_detectron2(bb)))
+    obj = to_detectron2(bb, parts)
+    weights = atomic_write_bytes(out / "backbone_d2.pkl", pickle.dumps(obj))
     cfg_file = str(D2_CONFIG_DIR / tv_cfg["detectron2_config"])
-    opts = d2_opts_for(tv_cfg, class_names, weights, out, args.seed) + list(extra_opts)
+    opts = d2_opts_for(tv_cfg, class_names, weights, out, args.seed) + depth_opts(bb.arch) + list(extra_opts)
+    part_of = {tv_to_d2_name(k): "trunk" for k in bb.state_dict if not k.startswith("fc.")}
+    part_of.update({PARTS[p] + k: p for p in parts for k in bb.parts[p]})
+    transfer = d2_transfer_report(d2_model_shapes(cfg_file, opts), {k: tuple(v.shape) for k, v in obj["model"].items()},
+                                  part_of, parts, str(weights))
+    log.info("detectron2 takes from %s: %s", weights, ", ".join(f"{k} {v} tensors" for k, v in transfer.items()))
     gpus = max(1, torch.cuda.device_count())
     log.info("detectron2: %s on %d %s, opts %s", cfg_file, gpus, "GPU(s)" if torch.cuda.is_available() else "CPU", opts)
     launch(_worker, gpus, num_machines=1, machine_rank=0, dist_url="auto",
@@ -236,4 +373,4 @@ def run_detectron2(tv_cfg: dict, args: argparse.Namespace, bb: Any, root: Path, 
 
     res = json.loads((out / "d2_results.json").read_text())
     ran = {"detectron2": yaml.safe_load(res["config"]), "detectron2_config_file": cfg_file, "detectron2_opts": opts}
-    return d2_metrics(res["results"], tv_cfg["eval"]), ran
+    return d2_metrics(res["results"], tv_cfg["eval"]), ran, transfer

@@ -19,7 +19,8 @@ from lewel_bench.records import now_iso
 from lewel_bench.stage import identity_config, open_stage
 from lewel_bench.utils import REPO_ROOT, default_num_workers, resolve_auto, seed_everything, setup_logging
 
-from .protocol import CONFIG_DIR, METRIC_KEYS, PROTOCOL_VERSION, STATE_FILES, choose_backend, d2_pairs, data_parts
+from .protocol import (CONFIG_DIR, METRIC_KEYS, PROTOCOL_VERSION, STATE_FILES, choose_backend, d2_pairs, data_parts,
+                       resolve_steps, transfer_parts)
 
 log = logging.getLogger("eval_detection")
 
@@ -100,7 +101,10 @@ def evaluate(cfg: dict, model: torch.nn.Module, test_ds: Any, names: tuple[str, 
     return evaluate_coco(gt, results, types, image_ids=[s.image_id for s in test_ds.samples])
 
 
-def run_torchvision(cfg: dict, bb: Backbone, root: Path, out: Path, seed: int) -> dict[str, Any] | None:
+def run_torchvision(cfg: dict, bb: Backbone, root: Path, out: Path,
+                    seed: int) -> tuple[dict[str, Any] | None, dict[str, int]]:
+    """Train and evaluate with the torchvision backend: (metrics, None on the other ranks; the tensors the model
+    took from the checkpoint per part)."""
     from .tv_models import build_model, convert_sync_bn
 
     info = init_distributed()
@@ -109,6 +113,7 @@ def run_torchvision(cfg: dict, bb: Backbone, root: Path, out: Path, seed: int) -
     nw = default_num_workers() if cfg.get("num_workers", "auto") == "auto" else int(cfg["num_workers"])
     train_ds, test_ds, names, gt = build_datasets(cfg, root)
     model = build_model(cfg["arch"], bb, len(names), bool(cfg["mask"]), **cfg["model"])
+    transfer = dict(model.transfer)
     model = convert_sync_bn(model).to(info.device)
     net: torch.nn.Module = model
     if info.world_size > 1:
@@ -120,7 +125,7 @@ def run_torchvision(cfg: dict, bb: Backbone, root: Path, out: Path, seed: int) -
     batch = int(cfg["solver"]["ims_per_batch"]) // info.world_size
     precise_bn(net, train_ds, int(cfg.get("test", {}).get("precise_bn_iters", 0)), batch, info.device, seed,
                info.rank, info.world_size, amp)
-    return evaluate(cfg, net, test_ds, names, gt, info.device, info.rank, info.world_size, amp)
+    return evaluate(cfg, net, test_ds, names, gt, info.device, info.rank, info.world_size, amp), transfer
 
 
 def run(args: argparse.Namespace) -> None:
@@ -129,25 +134,34 @@ def run(args: argparse.Namespace) -> None:
     setup_logging(rank=info.rank)
     start = now_iso()
     cfg = load_config(args.config, CONFIG_DIR, args.overrides)
+    cfg["solver"]["steps"] = resolve_steps(cfg["solver"], f"config {args.config}")
     backend = choose_backend(args.backend)
     d2_opts = d2_pairs(args.d2_opt)
     if d2_opts and backend != "detectron2":
         raise ConfigError(f"--d2-opt is for the detectron2 backend; this run uses {backend}")
-    bb = resolve_backbone(args.ckpt, seed=args.seed)
+    transfer = args.transfer
+    parts = transfer_parts(cfg, transfer, f"config {args.config}")
+    bb = resolve_backbone(args.ckpt, seed=args.seed, parts=parts)
     root = Path(args.data) if args.data else default_data_root(cfg)
+    # the transfer choice changes the result: part of the identity (absent for the default, trunk)
+    ident_extra = {"backend": backend, **({"d2_opts": d2_opts} if d2_opts else {}),
+                   **({"transfer": transfer} if transfer != "trunk" else {})}
     st = open_stage("eval_detection", args, cfg, bb, info, root, data_parts(cfg), PROTOCOL_VERSION, start,
-                    extra={"backend": backend, **({"d2_opts": d2_opts} if d2_opts else {})}, state_files=STATE_FILES)
+                    extra=ident_extra, state_files=STATE_FILES)
     if st.finished():
         return
-    log.info("detection transfer: config %s, backend %s, protocol %s, data %s, checkpoint %s (%s), out %s",
-             args.config, backend, cfg["protocol"], root, args.ckpt, bb.meta.get("method", "?"), st.out)
+    log.info("detection transfer: config %s, backend %s, protocol %s, transfer %s%s, data %s, checkpoint %s (%s), "
+             "out %s", args.config, backend, cfg["protocol"], transfer, f" ({', '.join(parts)})" if parts else "",
+             root, args.ckpt, bb.meta.get("method", "?"), st.out)
     if backend == "detectron2":
         from .detectron2_backend import run_detectron2
 
-        metrics, ran = run_detectron2(cfg, args, bb, root, st.out, d2_opts)
+        metrics, ran, taken = run_detectron2(cfg, args, bb, root, st.out, d2_opts, parts)
     else:
-        metrics = run_torchvision(cfg, bb, root, st.out, args.seed)
+        metrics, taken = run_torchvision(cfg, bb, root, st.out, args.seed)
         ran = identity_config(cfg)
+    log.info("weights taken from the checkpoint (tensors per part): %s",
+             ", ".join(f"{k} {v}" for k, v in taken.items()))
     if metrics is None:  # not the main process
         return
     keys = METRIC_KEYS[cfg["eval"]]
@@ -155,10 +169,11 @@ def run(args: argparse.Namespace) -> None:
     main_metrics = {k: (round(v, 3) if math.isfinite(v) else v) for k, v in main_metrics.items()}
     extra = {k: v for k, v in metrics.items() if k not in keys}
     log.info("%s %s (%s, %s): %s", cfg["eval"], cfg["protocol"], backend, st.data["name"], main_metrics)
-    result = {"metrics": main_metrics, **extra, "backend": backend, "config": args.config, "seed": args.seed}
+    result = {"metrics": main_metrics, **extra, "backend": backend, "config": args.config, "seed": args.seed,
+              "transfer": taken}
     if args.no_record:
         atomic_write_json(st.out / "metrics.json", result)
         return
     path = st.finish(cfg["eval"], cfg["protocol"], main_metrics, args.records_dir,
-                     config={**ran, "config_name": args.config}, backend=backend, **extra)
+                     config={**ran, "config_name": args.config}, backend=backend, transfer=taken, **extra)
     atomic_write_json(st.out / "metrics.json", {**result, "record": str(path)})

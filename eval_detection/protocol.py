@@ -1,10 +1,12 @@
 """What the detection stage's pieces share (no heavy imports): config folder, record vocabulary, backend
-choice, detectron2 overrides, the data parts of a run's identity."""
+choice, detectron2 overrides, the data parts of a run's identity, the transfer choice and the schedule's
+step rules."""
 from __future__ import annotations
 
 import importlib.util
 import logging
 from pathlib import Path
+from typing import Callable
 
 from lewel_bench.config import ConfigError
 
@@ -49,3 +51,66 @@ def data_parts(cfg: dict) -> list[str]:
     if d["format"] == "voc":
         return sorted({f"VOC{y}" for y, _ in d["train"]} | {f"VOC{d['test'][0]}"})
     return sorted({str(Path(d[s]["ann"]).parent) for s in ("train", "test")} | {d[s]["images"] for s in ("train", "test")})
+
+
+# --------------------------------------------------------------------------------------------------
+# transfer: what the detector takes from the checkpoint
+# --------------------------------------------------------------------------------------------------
+#: ``--transfer`` choices: ``trunk`` (the ResNet alone: the LEWEL / MoCo protocol) or ``bundle`` (the trunk and
+#: the checkpoint's transfer-bundle parts the detector has modules for, as MCL's converter loads them).
+TRANSFERS = ("trunk", "bundle")
+#: detector (config ``arch``) -> the transfer-bundle parts (:data:`lewel_bench.transfer.PARTS`) it loads with
+#: ``--transfer bundle``: RetinaNet takes the FPN (levels 3-5; its P6 / P7 and heads stay random), Mask R-CNN
+#: FPN the FPN (levels 2-5) and the 4-conv box head; the C4 detectors have no module for any part.
+TRANSFER_PARTS: dict[str, tuple[str, ...]] = {"c4": (), "fpn": ("fpn", "box_head"), "retinanet": ("fpn",)}
+
+
+def transfer_parts(cfg: dict, transfer: str, where: str) -> tuple[str, ...]:
+    """The bundle parts a run reads from its checkpoint (none for ``trunk``); ``where`` names the config."""
+    if transfer not in TRANSFERS:
+        raise ConfigError(f"--transfer {transfer!r}: expected one of {', '.join(TRANSFERS)}")
+    if transfer == "trunk":
+        return ()
+    parts = TRANSFER_PARTS[cfg["arch"]]
+    if not parts:
+        raise ConfigError(f"--transfer bundle with {where} (arch {cfg['arch']}): this detector has no module for any "
+                          f"transfer-bundle part (the FPN and the box head load into arch fpn or retinanet); "
+                          f"use --transfer trunk")
+    return parts
+
+
+# --------------------------------------------------------------------------------------------------
+# schedule: where the learning rate decays
+# --------------------------------------------------------------------------------------------------
+def _scale_1x(max_iter: int) -> list[int]:
+    """1x's decays (60k and 80k of 90k) at the same fractions of any run: 2/3 and 8/9 (6x: 360k / 480k)."""
+    return [round(max_iter * 2 / 3), round(max_iter * 8 / 9)]
+
+
+def _last_60k_20k(max_iter: int) -> list[int]:
+    """detectron2's model-zoo 3x rule (210k / 250k of 270k): 60k and 20k iterations before the end."""
+    if max_iter <= 60000:
+        raise ConfigError(f"solver.steps_rule last_60k_20k needs solver.max_iter > 60000, got {max_iter}")
+    return [max_iter - 60000, max_iter - 20000]
+
+
+#: ``solver.steps_rule`` -> steps from ``solver.max_iter`` (``explicit``: ``solver.steps`` as written).
+STEP_RULES: dict[str, Callable[[int], list[int]]] = {"scale_1x": _scale_1x, "last_60k_20k": _last_60k_20k}
+
+
+def resolve_steps(solver: dict, where: str) -> list[int]:
+    """``solver.steps`` as the run uses them: written out (``steps_rule: explicit``, the default) or from a rule
+    of :data:`STEP_RULES` with ``steps: null``; ``where`` names the config in errors."""
+    rule = solver.get("steps_rule", "explicit")
+    steps = solver.get("steps")
+    if rule == "explicit":
+        if steps is None:
+            raise ConfigError(f"{where}: solver.steps is null and solver.steps_rule is explicit; give the steps or "
+                              f"a rule ({', '.join(STEP_RULES)})")
+        return [int(s) for s in steps]
+    if rule not in STEP_RULES:
+        raise ConfigError(f"{where}: solver.steps_rule {rule!r}: expected explicit or one of {', '.join(STEP_RULES)}")
+    if steps is not None:
+        raise ConfigError(f"{where}: solver.steps {steps} and solver.steps_rule {rule}: give one of them "
+                          f"(solver.steps=null to use the rule)")
+    return STEP_RULES[rule](int(solver["max_iter"]))

@@ -20,7 +20,7 @@ from lewel_bench.config import ConfigError, load_config
 from lewel_bench.stage import cli_entry
 
 from .cli import main as cli_main
-from .protocol import CONFIG_DIR
+from .protocol import CONFIG_DIR, TRANSFERS
 
 
 def protocol_for(config_file: str | Path) -> str:
@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--records-dir", default=None)
     p.add_argument("--fresh", action="store_true")
+    p.add_argument("--transfer", choices=list(TRANSFERS), default="trunk",
+                   help="trunk, or bundle: also the checkpoint's FPN / box head (see python -m eval_detection --help)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="detectron2 KEY VALUE overrides")
     a = p.parse_args(argv)
     if len(a.opts) % 2:
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     config = a.config or protocol_for(a.config_file)
     argv = ["--config", config, "--ckpt", a.ckpt, "--data", a.data, "--seed", str(a.seed), "--backend", "detectron2",
             *(["--out", a.out] if a.out else []), *(["--records-dir", a.records_dir] if a.records_dir else []),
-            *(["--fresh"] if a.fresh else []), *[f"--d2-opt={k}={v}" for k, v in zip(a.opts[::2], a.opts[1::2])]]
+            *(["--fresh"] if a.fresh else []), "--transfer", a.transfer,
+            *[f"--d2-opt={k}={v}" for k, v in zip(a.opts[::2], a.opts[1::2])]]
     cli_main(argv)
 
 

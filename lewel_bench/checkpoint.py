@@ -17,6 +17,10 @@ mismatches and non-finite (NaN / inf) values raise :class:`BackboneError` naming
 first keys. Transfer-bundle parts (:mod:`lewel_bench.transfer`) are read only when asked for
 (``parts=``; the default transfer is the trunk alone, the LEWEL / MoCo protocol); a part asked for that
 the checkpoint does not carry is an error naming it.
+
+Baselines by spec (:func:`resolve_backbone`): ``random:<arch>`` (an explicit random init, method ``random``)
+and ``supervised:<file>`` (a torchvision ImageNet classifier's weights the user provides, method
+``supervised``; nothing is downloaded).
 """
 from __future__ import annotations
 
@@ -256,12 +260,54 @@ def random_backbone(arch: str = "resnet50", seed: int = 0) -> Backbone:
                     source_format="random", path=f"{RANDOM_SPEC}{arch}", sha256=f"random-init-seed{seed}")
 
 
+SUPERVISED_SPEC = "supervised:"
+#: classes of the ImageNet-1k classifier a ``supervised:`` weights file must hold (its ``fc``)
+IMAGENET_CLASSES = 1000
+
+
+def supervised_backbone(path: str | Path, arch: str | None = None) -> Backbone:
+    """The supervised ImageNet baseline (``--ckpt supervised:/path/resnet50.pth``), labelled ``supervised``.
+
+    ``path`` is a torchvision ImageNet classifier's state dict that the user provides (e.g. torchvision's
+    ``resnet50-0676ba61.pth``; nothing is downloaded): the trunk is validated as every checkpoint is, and its
+    ``fc`` must be a 1000-class ImageNet classifier, the evidence that the file is a supervised model. A
+    lewel-bench pretraining output is refused (it is not supervised). The record's method is ``supervised``,
+    its pretraining epochs unknown (``None``: the file does not say; the tables' Supervised rows take it).
+    """
+    obj = torch_load(path, "supervised ImageNet weights")
+    meta = obj.get("meta") if isinstance(obj, Mapping) else None
+    fmt = meta.get("format") if isinstance(meta, Mapping) else None
+    if fmt in (BACKBONE_FORMAT, PRETRAIN_FORMAT):
+        raise BackboneError(f"{SUPERVISED_SPEC}{path}: this is a lewel-bench {fmt.split('/')[-1]} checkpoint "
+                            f"(method {meta.get('method', '?')!r}), not supervised ImageNet weights; pass it "
+                            f"without the {SUPERVISED_SPEC} prefix")
+    bb = extract_backbone(obj, arch=arch, path=str(path))
+    sd, _, _ = _unwrap(obj, str(path))
+    w = sd.get(f"{bb.prefix}fc.weight")
+    if w is None or w.ndim != 2 or w.shape[0] != IMAGENET_CLASSES:
+        got = "no fc.weight" if w is None else f"fc.weight of shape {tuple(w.shape)}"
+        raise BackboneError(f"{SUPERVISED_SPEC}{path}: expected a torchvision ImageNet classifier ({bb.arch} with a "
+                            f"{IMAGENET_CLASSES}-class fc), found {got}; a backbone without its classifier is not "
+                            f"evidence of supervised training: pass it without the {SUPERVISED_SPEC} prefix")
+    bb.meta = {"method": "supervised", "exp": "supervised", "epochs": None, "arch": bb.arch,
+               "source": "torchvision ImageNet classifier"}
+    bb.source_format = "supervised"
+    bb.sha256 = sha256_file(path)
+    log.info("supervised ImageNet baseline: %s weights from %s (fc %s, dropped)", bb.arch, path, tuple(w.shape))
+    return bb
+
+
 def resolve_backbone(spec: str | Path, prefix: str | None = None, arch: str | None = None, seed: int = 0,
                      parts: Sequence[str] = ()) -> Backbone:
-    """``random:<arch>`` gives :func:`random_backbone`; anything else is a file for :func:`load_backbone`."""
+    """``random:<arch>`` gives :func:`random_backbone`, ``supervised:<file>`` :func:`supervised_backbone`;
+    anything else is a file for :func:`load_backbone`."""
     s = str(spec)
+    for tag in (RANDOM_SPEC, SUPERVISED_SPEC):
+        if s.startswith(tag) and parts:
+            raise BackboneError(f"{s}: a {'random-init' if tag == RANDOM_SPEC else 'supervised'} baseline has no "
+                                f"transfer parts ({', '.join(parts)} asked for); transfer the trunk alone")
     if s.startswith(RANDOM_SPEC):
-        if parts:
-            raise BackboneError(f"{s}: a random-init baseline has no transfer parts ({', '.join(parts)} asked for)")
         return random_backbone(s[len(RANDOM_SPEC):] or arch or "resnet50", seed=seed)
+    if s.startswith(SUPERVISED_SPEC):
+        return supervised_backbone(s[len(SUPERVISED_SPEC):], arch=arch)
     return load_backbone(spec, prefix=prefix, arch=arch, parts=parts)

@@ -61,8 +61,9 @@ def stage_parser(prog: str, description: str, default_config: str | None) -> arg
                    help="config name in the stage's configs/ folder or a file path"
                         + (f" (default {default_config})" if default_config else ""))
     p.add_argument("--ckpt", required=True,
-                   help="backbone.pth, a full pretraining checkpoint, a torchvision state dict, or random:<arch> "
-                        "for an explicit random-init baseline")
+                   help="backbone.pth, a full pretraining checkpoint, a torchvision state dict, random:<arch> "
+                        "for an explicit random-init baseline, or supervised:<file> for the supervised ImageNet "
+                        "baseline (a torchvision classifier's weights you provide)")
     p.add_argument("--data", default=None, help="dataset root (default: the config's data root)")
     p.add_argument("--out", default=None,
                    help="output folder (default runs/<checkpoint>/<stage>/<config>-<data>-s<seed>-<run id>)")

@@ -1,10 +1,10 @@
-"""Aggregate ``results/records/`` into CSV tables that mirror the LEWEL paper's Tables 1-8 and the CGH
-supplement's Tables 1-3.
+"""Aggregate ``results/records/`` into CSV tables that mirror the LEWEL paper's Tables 1-9, the CGH
+supplement's Tables 1-3 and MCL's Tables 11-13.
 
     python -m tools.make_tables [--records results/records] [--paper results/paper] [--out results/tables] [--strict]
 
-For every paper table (``results/paper/table*.csv``: typed CSV files with a ``# schema:`` line) the output
-``results/tables/<name>.csv`` has the paper's rows and value columns; for each value column ``c``:
+For every paper table of :data:`TABLES` (``results/paper/<name>.csv``: typed CSV files with a ``# schema:``
+line) the output ``results/tables/<name>.csv`` has the paper's rows and value columns; for each value column ``c``:
 ``c.paper``, ``c.ours`` (mean over runs), ``c.std`` (sample std, ddof=1, when >= 2 runs), ``c.n`` (runs) and
 ``c.diff`` (ours - paper). Records that fit a table but no paper row (other epochs, ``random`` init, mini
 data) become extra rows below the paper's (``source`` = ``ours``). Every row carries a ``dataset`` column:
@@ -14,7 +14,9 @@ real-data rows). ``results/tables/README.md`` renders all tables in Markdown (``
 Records that cannot be placed (unknown eval / protocol, missing metric, IN-100 runs that fit no ablation
 row), failed runs (``status: failed``: a non-finite result, skipped with its reason) and malformed files are
 listed in ``unmatched.csv`` and logged; ``--strict`` makes them an error.
-Matching: Tables 1-4, 8 and 9 by (method, pretrain_epochs[, arch]), CGH's tables by (method, pretrain_epochs[,
+Matching: Tables 1-4, 8, 9 and MCL's 11-13 by (method, pretrain_epochs[, arch]): a row without epochs takes
+records without pretraining (``random`` init), a record without epochs (e.g. supervised weights) fills its
+method's only row; CGH's tables by (method, pretrain_epochs[,
 feature | variant]) (:data:`RECORD_ATTRS`: a table with a ``feature`` column takes linear probes of that input,
 any other table only GAP probes; ``variant`` ``multi`` = a multi-crop pretraining, a ``pretrain_exp`` with the
 word ``multi``, e.g. ``cgh_multi``); the cost table's time column from ``tools.bench_pretrain --record``
@@ -62,12 +64,12 @@ TABLES_DIR = REPO_ROOT / "results" / "tables"
 
 # Record vocabulary (docs/CONVENTIONS.md): eval -> known protocols and the metric keys it reports.
 KNOWN_PROTOCOLS: dict[str, set[str]] = {
-    "linear": {"lewel_b_sgd", "lewel_m_lars", "cgh_sgd", "mini"},
+    "linear": {"lewel_b_sgd", "lewel_m_lars", "cgh_sgd", "mcl_sgd", "mini"},
     "semisup": {"1pct", "10pct"},
     "knn": {"k20"},
     "voc_det": {"c4_24k"},
     "voc_seg": {"fcn_d8_20k"},
-    "coco": {"c4_1x", "fpn_1x", "fpn_2x"},
+    "coco": {"c4_1x", "c4_2x", "fpn_1x", "fpn_2x", "retinanet_1x", "retinanet_2x", "retinanet_6x"},
     "pretrain": {"time_per_epoch"},
     "cost": {"step_time"},   # tools.bench_pretrain --record: a method's step time relative to supervised
 }
@@ -230,6 +232,21 @@ TABLES: list[TableSpec] = [
         "linear_top1": Cell("linear", "top1", ("cgh_sgd", "mini"), label="Linear Acc"),
         "voc_AP50": Cell("voc_det", "AP50", ("c4_24k",), label="VOC 07+12 AP50"),
     }, row_attrs=("epochs",)),
+    # MCL's appendix (Tables 11-13): its detection protocols and linear recipe, its baselines' rows
+    TableSpec("mcl_table11_retinanet", "MCL Table 11 (appendix): COCO RetinaNet R50-FPN, 1x / 2x / 6x (box AP)", {
+        f"x{s}_{m}": Cell("coco", m, (f"retinanet_{s}x",), label=f"{s}x {m}")
+        for s in (1, 2, 6) for m in ("bbox_AP", "bbox_AP50", "bbox_AP75")
+    }, row_attrs=("epochs",)),
+    TableSpec("mcl_table12_coco_c4", "MCL Table 12 (appendix): COCO Mask R-CNN R50-C4, 1x / 2x", {
+        f"x{s}_{m}": Cell("coco", m, (f"c4_{s}x",), label=f"{s}x {m}")
+        for s in (1, 2) for m in ("bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP", "segm_AP50", "segm_AP75")
+    }, row_attrs=("epochs",)),
+    TableSpec("mcl_table13_linear", "MCL Table 13 (appendix): IN-1K linear classification (ResNet-50, MCL's recipe)", {
+        "ep100_top1": Cell("linear", "top1", ("mcl_sgd",), 100, "100ep Acc@1"),
+        "ep400_top1": Cell("linear", "top1", ("mcl_sgd",), 400, "400ep Acc@1"),
+    }, extra_epoch_cells={
+        "other_top1": Cell("linear", "top1", ("mcl_sgd",), None, "other-ep Acc@1"),
+    }),
 ]
 
 
@@ -383,6 +400,11 @@ def _protocols(cell: Cell, row: dict) -> set[str]:
     return {p.format(**{k: v for k, v in row.items() if v is not None}) for p in cell.protocols}
 
 
+def _missing(v: Any) -> bool:
+    """An empty paper cell (``None``, or NaN once pandas has read the column)."""
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
 def _round(x: float | None, nd: int = 2) -> float | None:
     return None if x is None else round(x, nd)
 
@@ -424,7 +446,8 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
             else:
                 if r.method != row["method"]:
                     continue
-                if epochs != "any" and r.epochs != epochs:
+                # a row without epochs (Rand Init's "-") takes the runs without pretraining (random init: 0)
+                if epochs != "any" and r.epochs != epochs and not (_missing(epochs) and r.epochs == 0):
                     continue
             out.append(i)
         return out
@@ -494,9 +517,10 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
             if j in owners:
                 ep: int | None | str = cell.epochs if spec.key == "method" and cell.epochs is not None else row.get("epochs")
                 idx = matching(cell, row, real, ep)
-                if spec.key == "method" and not idx and n_rows_of.get(row["method"]) == 1:
+                if (spec.key == "method" and not idx and n_rows_of.get(row["method"]) == 1
+                        and (cell.epochs is None or not _missing(row[col]))):
                     # a record without pretrain_epochs (e.g. torchvision supervised weights) fills the
-                    # method's only row
+                    # method's only row (in a table of fixed-epoch columns: those the paper filled)
                     idx = [i for i in matching(cell, row, real, "any") if runs[i].epochs is None]
                 idx = largest_group([i for i in idx if runs[i].protocol != "mini"])
             fill(o, col, row[col], idx, compare=cell.compare)
@@ -512,6 +536,8 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
         in_scope = [(i, r) for i, r in in_scope if (r.exp, r.pretrain_sweep) in paper_exps]
     all_cells = {**cells, **spec.extra_epoch_cells}
     fixed_epochs = {c.epochs for c in cells.values() if c.epochs is not None}
+    # an arch taken from the protocol (Table 4: c4 / fpn) must be one of the paper's (a RetinaNet is not)
+    paper_archs = {r.get("arch") for r in rows} if "arch" in spec.row_attrs else None
     for i, r in in_scope:
         if i in used:
             continue
@@ -525,6 +551,8 @@ def build_table(spec: TableSpec, paper: pd.DataFrame, runs: list[Run]) -> tuple[
                 row_ctx = {"exp": r.exp, **({"pretrain_sweep": r.pretrain_sweep} if r.pretrain_sweep else {})}
             else:
                 arch = r.protocol.split("_")[0] if "arch" in spec.row_attrs else None
+                if paper_archs is not None and arch not in paper_archs:
+                    continue
                 ident = (r.method, r.epochs, arch, *attrs.values(), r.dataset, recipe)
                 row_ctx = {"method": r.method, "epochs": r.epochs, "arch": arch, **attrs}
             if r.protocol not in _protocols(cell, row_ctx):
@@ -663,8 +691,10 @@ def make_tables(records_dir: Path, paper_dir: Path, out_dir: Path) -> tuple[dict
           f"Generated by `make tables` (`python -m tools.make_tables`) from {len(records)} records in "
           f"`{records_dir}`. Each cell group: the paper's value, ours (mean ± sample std over n runs), and "
           "ours - paper. Rows with dataset `mini` come from the embedded mini benchmark and are not comparable "
-          "to the paper. Source: `lewel` = LEWEL's own numbers, `reproduced` = the paper's `*`, `cited` = `†`, "
-          "`original` = other papers' own numbers, `ours` = a row only we have.", ""]
+          "to the paper. Source: `lewel` = LEWEL's own numbers (`mcl` = MCL's in MCL's tables), `reproduced` = the "
+          "paper's `*` (MCL: the authors' own fine-tuning), `cited` = `†` (MCL: cited from the source papers), "
+          "`original` = other papers' own numbers, `ours` = a row only we have. `weights`: what the evaluated "
+          "models took from the checkpoint (`trunk`, or the trunk and transfer-bundle parts such as `fpn`).", ""]
     for spec in TABLES:
         if spec.name not in papers:
             log.warning("no paper data %s; skipping %s", paper_dir / f"{spec.name}.csv", spec.name)
