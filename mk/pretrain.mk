@@ -9,13 +9,15 @@
 #   make bench-loader                               two-view loader images/s, PIL vs batched (BENCH_LOADER_ARGS=...)
 #   make bench-e2e                                  the real loader feeding the real step per method (GPU node;
 #                                                   BENCH_E2E_ARGS="--iters 300 --workers 15 --json bench.json")
+#   make bench-threads                              mini run alone vs beside a competing process, per thread policy
 PRETRAIN_OUT  = $(or $(OUT),$(RUNS)/$(EXP))
 PRETRAIN_DATA = $(if $(DATA),$(DATA),$(MINI)/imagenet)
 BENCH_ARGS ?=
 BENCH_LOADER_ARGS ?= --synthetic 1024 --workers 1 2
 BENCH_E2E_ARGS ?= --synthetic 4096
+BENCH_THREADS_ARGS ?=
 
-.PHONY: pretrain bench-pretrain bench-loader bench-e2e
+.PHONY: pretrain bench-pretrain bench-loader bench-e2e bench-threads
 pretrain: $(STAMP) $(if $(DATA),,$(MINI_STAMP)) ## pretrain EXP (mini data unless DATA=...) into OUT (default runs/EXP)
 	@cfg=$$($(PY) -m pretrain.experiments resolve '$(EXP)' $(if $(DATA),--full)) || exit 2; \
 	echo "make pretrain: EXP=$(EXP) $(if $(DATA),with DATA=$(DATA): the full-data config $$cfg,on the embedded mini data: config $$cfg (with DATA=/path: the full-data config $(EXP)))"; \
@@ -29,3 +31,6 @@ bench-loader: $(STAMP) ## images/s of the pretraining loader: PIL pipeline vs ba
 
 bench-e2e: $(STAMP) ## images/s, loader wait, device busy, peak memory of loader + step per method (GPU node)
 	$(PY) -m tools.bench_e2e $(BENCH_E2E_ARGS)
+
+bench-threads: $(STAMP) $(MINI_STAMP) ## images/s of a mini run alone and beside a competing process, per thread policy
+	$(PY) -m tools.bench_threads $(BENCH_THREADS_ARGS)

@@ -15,6 +15,33 @@ def test_bench_pretrain_prints_ratios(capsys):
     assert float(flops["lewel_b"]) > float(flops["byol"]) > float(flops["supervised"])  # coupled head, two views
 
 
+def test_bench_pretrain_judges_each_ratio_against_its_target_and_skips_missing_externals(capsys, tmp_path,
+                                                                                         monkeypatch):
+    """On a CPU the LEWEL ratios are judged against their FLOP floor; PASS / MISS follows the numbers in the
+    JSON; an external implementation that is not available is skipped with the reason, not faked."""
+    import json
+
+    from tools.bench_pretrain import main
+
+    monkeypatch.delenv("LEWEL_OFFICIAL_ROOT", raising=False)
+    main(["--arch", "resnet18", "--size", "32", "--batch", "2", "--reps", "1", "--warmup", "0",
+          "--methods", "mocov2", "lewel_m", "--external", "official_lewel_b", "--json", str(tmp_path / "b.json")])
+    out = capsys.readouterr().out
+    assert "# skipped official_lewel_b: official_lewel_b: no checkout of the official LEWEL code" in out
+    doc = json.loads((tmp_path / "b.json").read_text())
+    (r,) = doc["ratios"]
+    assert r["ratio"] == "lewel_m / mocov2" and r["target"] == r["flop_floor"]  # CPU: the FLOP floor
+    assert r["pass"] == (r["time"] <= r["flop_floor"])
+    row = re.search(r"^\| lewel_m / mocov2 \| ([0-9.]+) \| ([0-9.]+) \| [0-9.]+ \| <= [0-9.]+ \(FLOP floor\) \| "
+                    r"(PASS|MISS) \|$", out, re.M)
+    assert row and row.group(3) == ("PASS" if r["pass"] else "MISS"), out
+    assert set(doc["methods"]) == {"supervised", "mocov2", "lewel_m"}
+    (tmp_path / "fake" / "models").mkdir(parents=True)
+    main(["--arch", "resnet18", "--size", "32", "--batch", "2", "--reps", "1", "--warmup", "0", "--methods", "byol",
+          "--external", "official_lewel_b", "--official-root", str(tmp_path / "fake")])
+    assert "has no models/lewel.py" in capsys.readouterr().out
+
+
 def test_bench_loader_modes(capsys):
     from tools.bench_loader import main
 

@@ -1,4 +1,4 @@
-"""Image-level evaluations (issue 4): kNN, linear probe, semi-supervised fine-tuning, records, intake.
+"""Image-level evaluations: kNN, linear probe, semi-supervised fine-tuning, records, intake.
 
 Everything runs on tiny data on CPU: hand-made feature extractors with a known answer, a tiny
 ImageNet-layout folder (3 classes, 32 px JPEGs) for the command lines, random-init ResNet-18s.

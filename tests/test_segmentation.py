@@ -1,4 +1,4 @@
-"""Segmentation transfer (issue 6): the mmseg converter and FCN runs through mmseg's real Runner.
+"""Segmentation transfer: the mmseg converter and FCN runs through mmseg's real Runner.
 
 Everything here is real mmsegmentation / mmengine code on a tiny VOC2012-layout set rendered with the
 mini generator (no mocks, no downloads): the converted checkpoint loads into the model built from our
