@@ -1,6 +1,8 @@
 """The benchmark scripts run end to end on a tiny setting and print their tables (timings are not asserted)."""
 import re
 
+import pytest
+
 
 def test_bench_pretrain_prints_ratios(capsys):
     from tools.bench_pretrain import main
@@ -92,3 +94,19 @@ def test_bench_pretrain_times_cgh_against_mocov2_and_records_the_ratios(capsys, 
     tables, unmatched = mt.make_tables(tmp_path / "records", mt.PAPER_DIR, tmp_path / "tables")
     t3 = tables["cgh_table3_cost"].set_index("label")
     assert unmatched.empty and t3.loc["CGH", "time_rel.ours"] == round(recs["cgh"]["metrics"]["time_rel"], 2)
+
+
+def test_bench_threads_policies_and_metrics(tmp_path):
+    from tools.bench_threads import images_per_s, policy_env
+
+    assert policy_env("passive-2") == ({"OMP_WAIT_POLICY": "PASSIVE"}, ["num_threads=2"])
+    assert policy_env("active-4") == ({"OMP_WAIT_POLICY": "ACTIVE"}, ["num_threads=4"])
+    assert policy_env("threads-1") == ({}, ["num_threads=1"]) and policy_env("auto") == ({}, [])
+    with pytest.raises(SystemExit, match="expected auto, threads-1, active-N or passive-N"):
+        policy_env("lazy-2")
+    m = tmp_path / "metrics.jsonl"
+    m.write_text("".join(f'{{"iter": {i}, "images_per_s": {v}}}\n' for i, v in enumerate([5.0, 80.0, 100.0, 90.0])))
+    assert images_per_s(m) == 90.0  # the first (warm-up) iteration is left out
+    m.write_text('{"iter": 0, "images_per_s": 5.0}\n')
+    with pytest.raises(SystemExit, match="fewer than two logged iterations"):
+        images_per_s(m)

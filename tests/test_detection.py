@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
+from helpers import d2_cfg
 from lewel_bench.checkpoint import BackboneError, save_backbone
 from lewel_bench.models import build_backbone, build_torchvision_resnet
 
@@ -242,28 +242,12 @@ def test_voc_eval_matches_detectron2_conventions() -> None:
 # ------------------------------------------------------------------------------------------------
 # configs
 # ------------------------------------------------------------------------------------------------
-def _d2_cfg(name: str) -> dict:
-    """A detectron2 YAML with its _BASE_ chain merged (plain YAML, no detectron2 needed)."""
-    data = yaml.safe_load((D2_CONFIGS / name).read_text())
-    base = data.pop("_BASE_", None)
-    if base is None:
-        return data
-
-    def merge(a: dict, b: dict) -> dict:
-        out = dict(a)
-        for k, v in b.items():
-            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-        return out
-
-    return merge(_d2_cfg(base), data)
-
-
 def test_detectron2_configs_follow_the_protocol() -> None:
     common = lambda c: (c["MODEL"]["PIXEL_MEAN"] == [123.675, 116.28, 103.53]  # noqa: E731
                         and c["MODEL"]["PIXEL_STD"] == [58.395, 57.12, 57.375] and c["INPUT"]["FORMAT"] == "RGB"
                         and c["MODEL"]["RESNETS"]["STRIDE_IN_1X1"] is False and c["MODEL"]["BACKBONE"]["FREEZE_AT"] == 0
                         and c["MODEL"]["RESNETS"]["DEPTH"] == 50 and c["SOLVER"]["IMS_PER_BATCH"] == 16)
-    voc = _d2_cfg("voc_R_50_C4_24k.yaml")
+    voc = d2_cfg("voc_R_50_C4_24k.yaml")
     assert common(voc)
     assert voc["MODEL"]["ROI_HEADS"]["NAME"] == "Res5ROIHeadsExtraNorm" and voc["MODEL"]["MASK_ON"] is False
     assert voc["MODEL"]["RESNETS"]["NORM"] in ("SyncBN", "naiveSyncBN") and voc["TEST"]["PRECISE_BN"]["ENABLED"]
@@ -272,13 +256,13 @@ def test_detectron2_configs_follow_the_protocol() -> None:
     assert list(voc["DATASETS"]["TRAIN"]) == ["voc_2007_trainval", "voc_2012_trainval"]
     assert list(voc["DATASETS"]["TEST"]) == ["voc_2007_test"]
     assert min(voc["INPUT"]["MIN_SIZE_TRAIN"]) == 480 and max(voc["INPUT"]["MIN_SIZE_TRAIN"]) == 800
-    c4 = _d2_cfg("coco_R_50_C4_1x.yaml")
+    c4 = d2_cfg("coco_R_50_C4_1x.yaml")
     assert common(c4) and c4["MODEL"]["MASK_ON"] is True
     assert c4["MODEL"]["ROI_HEADS"]["NAME"] == "Res5ROIHeadsExtraNorm"
     assert c4["SOLVER"]["MAX_ITER"] == 90000 and list(c4["SOLVER"]["STEPS"]) == [60000, 80000]
     for name, iters, steps in (("coco_R_50_FPN_1x.yaml", 90000, [60000, 80000]),
                                ("coco_R_50_FPN_2x.yaml", 180000, [120000, 160000])):
-        c = _d2_cfg(name)
+        c = d2_cfg(name)
         assert common(c) and c["MODEL"]["MASK_ON"] is True
         assert c["MODEL"]["BACKBONE"]["NAME"] == "build_resnet_fpn_backbone"
         assert c["MODEL"]["RESNETS"]["NORM"] == "SyncBN" and c["MODEL"]["FPN"]["NORM"] == "SyncBN"
@@ -302,7 +286,7 @@ def test_torchvision_configs_mirror_detectron2() -> None:
     pairs = {"voc_c4_24k": "voc_R_50_C4_24k.yaml", "coco_c4_1x": "coco_R_50_C4_1x.yaml",
              "coco_fpn_1x": "coco_R_50_FPN_1x.yaml", "coco_fpn_2x": "coco_R_50_FPN_2x.yaml"}
     for tv, d2 in pairs.items():
-        c, d = load_config(tv, CONFIG_DIR), _d2_cfg(d2)
+        c, d = load_config(tv, CONFIG_DIR), d2_cfg(d2)
         assert c["solver"]["max_iter"] == d["SOLVER"]["MAX_ITER"] and c["solver"]["steps"] == list(d["SOLVER"]["STEPS"])
         assert c["solver"]["ims_per_batch"] == d["SOLVER"]["IMS_PER_BATCH"] and c["solver"]["base_lr"] == d["SOLVER"]["BASE_LR"]
         assert c["model"]["min_size_train"] == list(d["INPUT"]["MIN_SIZE_TRAIN"])

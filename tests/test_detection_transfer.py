@@ -16,6 +16,7 @@ import torch
 import yaml
 from torch import nn
 
+from helpers import d2_cfg
 from lewel_bench.checkpoint import BackboneError, resolve_backbone, save_backbone
 from lewel_bench.config import ConfigError, load_config
 from lewel_bench.models import build_backbone, build_torchvision_resnet
@@ -377,7 +378,7 @@ def test_retinanet_anchor_sizes_are_detectron2s() -> None:
     sizes = retinanet_anchor_sizes(MODEL_DEFAULTS)
     want = [[x, x * 2 ** (1 / 3), x * 2 ** (2 / 3)] for x in (32, 64, 128, 256, 512)]
     assert np.allclose(np.array(sizes), np.array(want))
-    d2 = _d2_cfg("coco_RetinaNet_R_50_FPN_1x.yaml")["MODEL"]["ANCHOR_GENERATOR"]["SIZES"]
+    d2 = d2_cfg("coco_RetinaNet_R_50_FPN_1x.yaml")["MODEL"]["ANCHOR_GENERATOR"]["SIZES"]
     assert np.allclose(np.array(d2), np.array(want))
 
 
@@ -410,27 +411,11 @@ def test_max_size_train_applies_to_training_only() -> None:
 # ------------------------------------------------------------------------------------------------
 # configs: detectron2 files, their torchvision mirrors, schedules
 # ------------------------------------------------------------------------------------------------
-def _d2_cfg(name: str) -> dict:
-    """A detectron2 YAML with its _BASE_ chain merged (plain YAML, no detectron2 needed)."""
-    data = yaml.safe_load((D2_CONFIGS / name).read_text())
-    base = data.pop("_BASE_", None)
-    if base is None:
-        return data
-
-    def merge(a: dict, b: dict) -> dict:
-        out = dict(a)
-        for k, v in b.items():
-            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-        return out
-
-    return merge(_d2_cfg(base), data)
-
-
 def test_retinanet_detectron2_configs_follow_mcl() -> None:
     for name, iters, steps in (("coco_RetinaNet_R_50_FPN_1x.yaml", 90000, [60000, 80000]),
                                ("coco_RetinaNet_R_50_FPN_2x.yaml", 180000, [120000, 160000]),
                                ("coco_RetinaNet_R_50_FPN_6x.yaml", 540000, [360000, 480000])):
-        c = _d2_cfg(name)
+        c = d2_cfg(name)
         m = c["MODEL"]
         assert m["META_ARCHITECTURE"] == "RetinaNet" and m["BACKBONE"]["NAME"] == "build_retinanet_resnet_fpn_backbone"
         assert m["RESNETS"]["OUT_FEATURES"] == ["res3", "res4", "res5"] == m["FPN"]["IN_FEATURES"]
@@ -444,7 +429,7 @@ def test_retinanet_detectron2_configs_follow_mcl() -> None:
         assert c["SOLVER"]["IMS_PER_BATCH"] == 16 and c["SOLVER"]["BASE_LR"] == 0.01
         assert c["SOLVER"]["MAX_ITER"] == iters and c["SOLVER"]["STEPS"] == steps
         assert c["INPUT"]["MIN_SIZE_TRAIN"] == [640, 672, 704, 736, 768, 800]
-    c4 = _d2_cfg("coco_R_50_C4_2x.yaml")
+    c4 = d2_cfg("coco_R_50_C4_2x.yaml")
     assert c4["MODEL"]["ROI_HEADS"]["NAME"] == "Res5ROIHeadsExtraNorm" and c4["MODEL"]["MASK_ON"] is True
     assert c4["SOLVER"]["MAX_ITER"] == 180000 and c4["SOLVER"]["STEPS"] == [120000, 160000]
 
@@ -469,7 +454,7 @@ def test_new_torchvision_configs_mirror_detectron2_and_schedules_resolve() -> No
     pairs = {"coco_c4_2x": "coco_R_50_C4_2x.yaml", "coco_retinanet_1x": "coco_RetinaNet_R_50_FPN_1x.yaml",
              "coco_retinanet_2x": "coco_RetinaNet_R_50_FPN_2x.yaml", "coco_retinanet_6x": "coco_RetinaNet_R_50_FPN_6x.yaml"}
     for tv, d2 in pairs.items():
-        c, d = load_config(tv, CONFIG_DIR), _d2_cfg(d2)
+        c, d = load_config(tv, CONFIG_DIR), d2_cfg(d2)
         assert c["detectron2_config"] == d2
         assert c["solver"]["max_iter"] == d["SOLVER"]["MAX_ITER"]
         assert resolve_steps(c["solver"], tv) == list(d["SOLVER"]["STEPS"])

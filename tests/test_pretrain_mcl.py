@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from lewel_bench.checkpoint import load_backbone
 from lewel_bench.config import ConfigError, load_config
-from lewel_bench.optim import Schedule, optimizer_for, param_groups, schedule_from_config
+from lewel_bench.optim import Schedule, param_groups, schedule_from_config
 from pretrain.methods import METHODS
 from pretrain.methods.mcl import MCL, assemble, downsample, mcl_loss, pixel_ratio
 from pretrain.necks import split_cells
@@ -218,7 +218,7 @@ def test_loss_on_a_hand_example() -> None:
 
 
 def test_total_is_the_weighted_sum_over_levels_and_sides_against_the_other_sides_detached_targets() -> None:
-    B, world, rank = 16, 2, 1
+    B, rank = 16, 1
     m = _build()
     pyr = m.pyramids(_views(6, B), rank=rank)
     local = m.targets(pyr)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import logging
 import statistics
 import tempfile
@@ -40,7 +39,7 @@ from pretrain.augment import build_views, view_specs, views_to_device
 from pretrain.data import EpochBatchSampler, ImageFolderList, MultiViewDataset
 from pretrain.experiments import CONFIG_DIR
 from pretrain.methods import METHODS
-from tools.bench_loader import write_synthetic_jpegs
+from tools.bench_loader import data_or_synthetic
 
 log = logging.getLogger("tools.bench_e2e")
 PAIRS = (("lewel_b", "byol", 1.044), ("lewel_m", "mocov2", 1.007))  # LEWEL Table 9 (8 V100, AMP, loader incl.)
@@ -153,11 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        root = args.data
-        if root is None:
-            t = time.perf_counter()
-            root = write_synthetic_jpegs(Path(tmp), args.synthetic)
-            log.info("wrote %d synthetic JPEGs in %.1f s", args.synthetic, time.perf_counter() - t)
+        root = data_or_synthetic(args.data, args.synthetic, Path(tmp))
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
         print(f"# end to end on {name}: {args.arch}, {args.size} px, batch {args.batch}, {args.iters} steps after "
               f"{args.warmup}, data {root}", flush=True)

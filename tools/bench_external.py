@@ -59,15 +59,21 @@ def _momentum_pair(*nets: nn.Module) -> list[nn.Module]:
     return copies
 
 
+def _lightly_model(arch: str, device: torch.device, channels_last: bool, head: Callable[..., nn.Module]):
+    """lightly's modules, a trunk and its projection head (``head(trunk_dim)``), and their momentum copies."""
+    modules, losses, utils = _lightly()
+    trunk = _trunk(arch, device, channels_last)
+    proj = head(modules, feature_dim(arch, "res5")).to(device)
+    trunk_m, proj_m = _momentum_pair(trunk, proj)
+    return modules, losses, utils, trunk, proj, trunk_m, proj_m
+
+
 def lightly_byol(arch: str, views: list[torch.Tensor], device: torch.device, amp: bool,
                  channels_last: bool, official_root: str | None) -> Callable[[], None]:
     """BYOL from lightly's BYOLProjectionHead / BYOLPredictionHead / NegativeCosineSimilarity (4096-256)."""
-    modules, losses, utils = _lightly()
-    trunk = _trunk(arch, device, channels_last)
-    dim = feature_dim(arch, "res5")
-    proj = modules.BYOLProjectionHead(dim, 4096, 256).to(device)
+    modules, losses, utils, trunk, proj, trunk_m, proj_m = _lightly_model(
+        arch, device, channels_last, lambda mods, dim: mods.BYOLProjectionHead(dim, 4096, 256))
     pred = modules.BYOLPredictionHead(256, 4096, 256).to(device)
-    trunk_m, proj_m = _momentum_pair(trunk, proj)
     crit = losses.NegativeCosineSimilarity()
     params = [*trunk.parameters(), *proj.parameters(), *pred.parameters()]
     opt = torch.optim.SGD(params, lr=0.06, momentum=0.9, weight_decay=1e-6)
@@ -90,11 +96,8 @@ def lightly_byol(arch: str, views: list[torch.Tensor], device: torch.device, amp
 def lightly_mocov2(arch: str, views: list[torch.Tensor], device: torch.device, amp: bool,
                    channels_last: bool, official_root: str | None) -> Callable[[], None]:
     """MoCo v2 from lightly's MoCoProjectionHead (2048-2048-128) and NTXentLoss with a 65536-key memory bank."""
-    modules, losses, utils = _lightly()
-    trunk = _trunk(arch, device, channels_last)
-    dim = feature_dim(arch, "res5")
-    proj = modules.MoCoProjectionHead(dim, 2048, 128).to(device)
-    trunk_m, proj_m = _momentum_pair(trunk, proj)
+    _, losses, utils, trunk, proj, trunk_m, proj_m = _lightly_model(
+        arch, device, channels_last, lambda mods, dim: mods.MoCoProjectionHead(dim, 2048, 128))
     crit = losses.NTXentLoss(temperature=0.2, memory_bank_size=(65536, 128)).to(device)
     opt = torch.optim.SGD([*trunk.parameters(), *proj.parameters()], lr=0.03, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)

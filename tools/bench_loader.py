@@ -51,6 +51,16 @@ def write_synthetic_jpegs(root: Path, n: int, size: tuple[int, int] = (500, 375)
     return root
 
 
+def data_or_synthetic(data: str | None, n: int, tmp: Path) -> Path:
+    """``data`` if given, else ``n`` synthetic ImageNet-sized JPEGs written under ``tmp`` (timed in the log)."""
+    if data is not None:
+        return Path(data)
+    t = time.perf_counter()
+    root = write_synthetic_jpegs(tmp, n)
+    log.info("wrote %d synthetic JPEGs in %.1f s", n, time.perf_counter() - t)
+    return root
+
+
 def measure(root: Path, workers: int, batch: int, exp: str, size: int, batches: int, batched: bool,
             device: torch.device, finish: bool = True) -> float:
     """Images/s of the loader of config ``exp``'s views (at ``size`` px), finished on ``device``, over
@@ -66,9 +76,7 @@ def measure(root: Path, workers: int, batch: int, exp: str, size: int, batches: 
                         persistent_workers=False, prefetch_factor=2 if workers else None)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    it = iter(loader)
-
-    def step():
+    def step(it=iter(loader)):
         views = next(it)
         if finish:
             return [views_to_device(v, device, batched) for v in views][0].shape[0]
@@ -81,7 +89,7 @@ def measure(root: Path, workers: int, batch: int, exp: str, size: int, batches: 
     n = sum(step() for _ in range(batches))
     sync()
     dt = time.perf_counter() - t
-    del it
+    del step  # the iterator and its workers go with it
     return n / dt
 
 
@@ -105,11 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        root = args.data
-        if root is None:
-            t = time.perf_counter()
-            root = write_synthetic_jpegs(Path(tmp), args.synthetic)
-            log.info("wrote %d synthetic JPEGs in %.1f s", args.synthetic, time.perf_counter() - t)
+        root = data_or_synthetic(args.data, args.synthetic, Path(tmp))
         print(f"# loader of {args.aug}'s views, {args.size} px, batch {args.batch}, {root}", flush=True)
         print("| mode | workers | images/s | images/s per worker |\n|---|---|---|---|", flush=True)
         for mode in args.modes:

@@ -237,8 +237,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  round {r + 1}/{args.reps}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in steps), flush=True)
     med = {n: statistics.median(v) for n, v in times.items()}
     sup = med["supervised"]
-    print(f"\n| method | step (s, median) | images/s | GFLOP/step | time / supervised | FLOPs / supervised | "
-          f"online px | target px |")
+    print("\n| method | step (s, median) | images/s | GFLOP/step | time / supervised | FLOPs / supervised | "
+          "online px | target px |")
     print("|---|---|---|---|---|---|---|---|")
     for n in steps:
         print(f"| {n} | {med[n]:.3f} | {args.batch / med[n]:.1f} | {flops[n] / 1e9:.1f} | {med[n] / sup:.3f} | "

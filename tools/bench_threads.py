@@ -10,7 +10,8 @@ active wait policy) burn the core the late thread needs. Each policy runs the sa
 and beside a competitor started just before it (``spin``: one busy Python loop, one core; ``torch``: a
 two-thread matmul loop), and the table reports both and their ratio (the slowdown a competitor causes).
 Policies: ``active-N`` / ``passive-N`` (N compute threads, ``OMP_WAIT_POLICY`` ACTIVE / PASSIVE) and
-``threads-1``; ``auto`` is what the stages do by default (no override). Runs are one at a time and the
+``threads-1``; ``auto`` is what the stages do by default (no override: passive waiting, the cores minus the
+loader workers). Runs are one at a time and the
 machine should be quiet otherwise.
 """
 from __future__ import annotations
@@ -61,7 +62,7 @@ def run_once(args: argparse.Namespace, policy: str, busy: bool, tmp: Path) -> fl
     if "OMP_WAIT_POLICY" not in env_changes:
         env.pop("OMP_WAIT_POLICY", None)
     out = tmp / f"{policy}-{'busy' if busy else 'quiet'}"
-    cmd = [sys.executable, "-m", "pretrain", args.config, "--data", args.data, "--out", str(out), "--fresh",
+    cmd = [sys.executable, "-m", "pretrain", args.config, "--data", args.data, "--out", str(out),
            "knn.every=0", f"data.max_images={args.images}", "epochs=1", "log_every=1", *overrides]
     comp = subprocess.Popen(COMPETITORS[args.competitor], stdout=subprocess.DEVNULL) if busy else None
     try:
