@@ -4,5 +4,3 @@
 ``configs/`` (mmseg's Python format); :mod:`lewel_bench.transfer.mmcv_ops` lets mmseg import under
 ``mmcv-lite``; :mod:`eval_segmentation.mmseg_ext` is what the configs import (shim + per-class IoU metric).
 """
-
-import lewel_bench  # noqa: F401,E402  (first: it sets the OpenMP wait policy before torch loads)

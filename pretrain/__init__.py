@@ -3,4 +3,3 @@
 ``python -m pretrain EXP [--data ROOT] [--out DIR] [key=value ...]`` (see :mod:`pretrain.cli`).
 """
 
-import lewel_bench  # noqa: F401,E402  (first: it sets the OpenMP wait policy before torch loads)

@@ -477,7 +477,7 @@ def test_new_torchvision_configs_mirror_detectron2_and_schedules_resolve() -> No
                        ("mini_coco_retinanet_6x", "retinanet_6x"), ("mini_coco_c4_2x", "c4_2x")):
         c = load_config(mini, CONFIG_DIR)
         assert c["dataset"] == "mini" and c["protocol"] == full
-    assert resolve_steps(load_config("mini_coco_retinanet_6x", CONFIG_DIR)["solver"], "m") == [1600, 2133]
+    assert resolve_steps(load_config("mini_coco_retinanet_6x", CONFIG_DIR)["solver"], "m") == [4000, 5333]
     with pytest.raises(ConfigError, match=r"solver.steps \[1, 2\] and solver.steps_rule scale_1x: give one"):
         resolve_steps({**six["solver"], "steps": [1, 2]}, "x")
     with pytest.raises(ConfigError, match="solver.steps is null and solver.steps_rule is explicit"):

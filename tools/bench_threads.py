@@ -10,8 +10,8 @@ active wait policy) burn the core the late thread needs. Each policy runs the sa
 and beside a competitor started just before it (``spin``: one busy Python loop, one core; ``torch``: a
 two-thread matmul loop), and the table reports both and their ratio (the slowdown a competitor causes).
 Policies: ``active-N`` / ``passive-N`` (N compute threads, ``OMP_WAIT_POLICY`` ACTIVE / PASSIVE) and
-``threads-1``; ``auto`` is what the stages do by default (no override: passive waiting, the cores minus the
-loader workers). Runs are one at a time and the
+``threads-1``; ``auto`` is what the stages do by default (no override: OpenMP's default wait, the cores minus
+the loader workers). Runs are one at a time and the
 machine should be quiet otherwise.
 """
 from __future__ import annotations
