@@ -503,7 +503,8 @@ def test_detectron2_overrides_for_retinanet_and_max_size_train(tmp_path: Path) -
     opts = d2_opts_for(cfg, list("abc"), tmp_path / "w.pkl", tmp_path, 3)
     kv = dict(zip(opts[::2], opts[1::2]))
     assert kv["MODEL.RETINANET.NUM_CLASSES"] == "3" and "MODEL.ROI_HEADS.NUM_CLASSES" not in kv
-    assert kv["SOLVER.MAX_ITER"] == "2400" and kv["SOLVER.STEPS"] == "(1600, 2133)"
+    assert kv["SOLVER.MAX_ITER"] == "6000" and kv["SOLVER.STEPS"] == "(4000, 5333)"
+    assert kv["MODEL.RETINANET.NORM"] == "GN"  # the mini configs' subnets (model.retinanet_head_norm: gn)
     assert yaml.safe_load(kv["MODEL.ANCHOR_GENERATOR.SIZES"])[0] == pytest.approx([16, 16 * 2 ** (1 / 3), 16 * 2 ** (2 / 3)])
     assert "MODEL.ROI_BOX_HEAD.NORM" not in kv and "MODEL.RPN.PRE_NMS_TOPK_TRAIN" not in kv
     if not torch.cuda.is_available():
