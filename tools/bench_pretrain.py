@@ -125,6 +125,13 @@ def make_steps(arch: str, size: int, batch: int, device: torch.device, channels_
     return steps, configs
 
 
+def _px(counts: dict[str, float], name: str) -> str:
+    """The online and target pixel columns of a row ("-" for an external step, which is not counted)."""
+    if name not in counts:
+        return "- | -"
+    return f"{counts[name]:.4g} | {counts.get(f'{name}:target', 0):.4g}"
+
+
 def write_records(out: str | Path, med: dict[str, float], flops: dict[str, float], configs: dict, settings: dict,
                   batch: int, start: str) -> list[Path]:
     """One ``cost`` record per method: its step time relative to supervised (see the module docstring)."""
@@ -242,8 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for n in steps:
         print(f"| {n} | {med[n]:.3f} | {args.batch / med[n]:.1f} | {flops[n] / 1e9:.1f} | {med[n] / sup:.3f} | "
-              f"{flops[n] / flops['supervised']:.3f} | {px[n].get(n, float('nan')):.4g} | "
-              f"{px[n].get(f'{n}:target', float('nan')):.4g} |")
+              f"{flops[n] / flops['supervised']:.3f} | {_px(px[n], n)} |")
     print("(px: pixels entering the trunk per step / (batch x size^2))")
     print("\n| ratio | time | FLOP floor | online px | target | |")
     print("|---|---|---|---|---|---|")
