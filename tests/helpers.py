@@ -1,7 +1,9 @@
-"""Small builders the tests share (a tiny ImageNet-layout tree, reading a records folder, detectron2 YAML)."""
+"""Small builders the tests share (a tiny ImageNet-layout tree, reading a records folder, detectron2 YAML, a tiny
+detection batch, comparing table cells)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +47,33 @@ def d2_cfg(name: str) -> dict:
         return out
 
     return merge(d2_cfg(base), data)
+
+
+def tiny_detection_batch(mask: bool) -> tuple[list, list]:
+    """Two small images with one box each (and its mask when ``mask``), torchvision's detection input format."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    imgs = [torch.rand(3, 64, 72, generator=g), torch.rand(3, 64, 64, generator=g)]
+    targets = []
+    for i, box in enumerate(([8.0, 10.0, 40.0, 50.0], [20.0, 5.0, 60.0, 30.0])):
+        t = {"boxes": torch.tensor([box]), "labels": torch.tensor([i + 1])}
+        if mask:
+            m = torch.zeros(1, 64, imgs[i].shape[-1], dtype=torch.uint8)
+            x1, y1, x2, y2 = map(int, box)
+            m[0, y1:y2, x1:x2] = 1
+            t["masks"] = m
+        targets.append(t)
+    return imgs, targets
+
+
+def same_cell(a: object, b: object) -> bool:
+    """Two table cells are equal: both empty (None / NaN), numerically within 1e-9, or the same text."""
+    na = a is None or (isinstance(a, float) and math.isnan(a))
+    nb = b is None or (isinstance(b, float) and math.isnan(b))
+    if na or nb:
+        return na and nb
+    try:
+        return abs(float(a) - float(b)) < 1e-9
+    except (TypeError, ValueError):
+        return str(a) == str(b)

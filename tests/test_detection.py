@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import d2_cfg
+from helpers import d2_cfg, tiny_detection_batch
 from lewel_bench.checkpoint import BackboneError, save_backbone
 from lewel_bench.models import build_backbone, build_torchvision_resnet
 
@@ -103,21 +103,6 @@ TINY = dict(min_size_train=[64], max_size=96, min_size_test=64, anchor_sizes=[16
             fpn_rpn_pre_nms_test=50, fpn_rpn_post_nms_test=8)
 
 
-def _tiny_batch(mask: bool) -> tuple[list, list]:
-    g = torch.Generator().manual_seed(0)
-    imgs = [torch.rand(3, 64, 72, generator=g), torch.rand(3, 64, 64, generator=g)]
-    targets = []
-    for i, box in enumerate(([8.0, 10.0, 40.0, 50.0], [20.0, 5.0, 60.0, 30.0])):
-        t = {"boxes": torch.tensor([box]), "labels": torch.tensor([i + 1])}
-        if mask:
-            m = torch.zeros(1, 64, imgs[i].shape[-1], dtype=torch.uint8)
-            x1, y1, x2, y2 = map(int, box)
-            m[0, y1:y2, x1:x2] = 1
-            t["masks"] = m
-        targets.append(t)
-    return imgs, targets
-
-
 @pytest.fixture(scope="module")
 def converted_bb(tmp_path_factory: pytest.TempPathFactory, backbone_file: Path):
     """The backbone read back from a converted detectron2 .pkl (what a detectron2 run would load)."""
@@ -145,7 +130,7 @@ def test_models_build_from_converted_checkpoint_and_train_one_step(converted_bb,
     else:
         assert all(not isinstance(m, __import__("torchvision").ops.FrozenBatchNorm2d) for m in model.modules())
     assert all(p.requires_grad for p in model.backbone.parameters())  # FREEZE_AT 0
-    imgs, targets = _tiny_batch(mask)
+    imgs, targets = tiny_detection_batch(mask)
     model.train()
     before = {k: v.clone() for k, v in model.backbone.state_dict().items() if k.endswith("conv1.weight")}
     losses = model(imgs, targets)

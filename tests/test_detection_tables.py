@@ -11,6 +11,7 @@ import pytest
 
 from lewel_bench.utils import REPO_ROOT
 from tools import make_tables as mt
+from helpers import same_cell
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "mcl"
 VALUE_SUFFIXES = (".paper", ".ours", ".std", ".n", ".diff")
@@ -32,17 +33,6 @@ def _key(v: object) -> str:
     return str(v)
 
 
-def _same(a: object, b: object) -> bool:
-    na = a is None or (isinstance(a, float) and math.isnan(a))
-    nb = b is None or (isinstance(b, float) and math.isnan(b))
-    if na or nb:
-        return na and nb
-    try:
-        return abs(float(a) - float(b)) < 1e-9
-    except (TypeError, ValueError):
-        return str(a) == str(b)
-
-
 @pytest.mark.parametrize("name", MCL_TABLES)
 def test_mcl_table_matches_hand_computed(built, name: str) -> None:
     out, _, _ = built
@@ -60,7 +50,7 @@ def test_mcl_table_matches_hand_computed(built, name: str) -> None:
         g = sel.iloc[0]
         for c in want.columns:
             if c not in keys:
-                assert _same(g[c], w[c]), f"{name} row {w['label']!r} column {c}: got {g[c]!r}, expected {w[c]!r}"
+                assert same_cell(g[c], w[c]), f"{name} row {w['label']!r} column {c}: got {g[c]!r}, expected {w[c]!r}"
 
 
 def test_mcl_tables_keep_the_papers_rows_and_markers(built) -> None:

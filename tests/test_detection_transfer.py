@@ -16,7 +16,7 @@ import torch
 import yaml
 from torch import nn
 
-from helpers import d2_cfg
+from helpers import d2_cfg, tiny_detection_batch
 from lewel_bench.checkpoint import BackboneError, resolve_backbone, save_backbone
 from lewel_bench.config import ConfigError, load_config
 from lewel_bench.models import build_backbone, build_torchvision_resnet
@@ -300,21 +300,6 @@ def test_bundle_export_matches_detectron2_module_names(bundle_file, tmp_path: Pa
 # ------------------------------------------------------------------------------------------------
 # RetinaNet and C4 2x: build from a converted checkpoint (zero missing trunk keys) and train one step
 # ------------------------------------------------------------------------------------------------
-def _tiny_batch(mask: bool) -> tuple[list, list]:
-    g = torch.Generator().manual_seed(0)
-    imgs = [torch.rand(3, 64, 72, generator=g), torch.rand(3, 64, 64, generator=g)]
-    targets = []
-    for i, box in enumerate(([8.0, 10.0, 40.0, 50.0], [20.0, 5.0, 60.0, 30.0])):
-        t = {"boxes": torch.tensor([box]), "labels": torch.tensor([i + 1])}
-        if mask:
-            m = torch.zeros(1, 64, imgs[i].shape[-1], dtype=torch.uint8)
-            x1, y1, x2, y2 = map(int, box)
-            m[0, y1:y2, x1:x2] = 1
-            t["masks"] = m
-        targets.append(t)
-    return imgs, targets
-
-
 @pytest.fixture(scope="module")
 def converted_r50(tmp_path_factory: pytest.TempPathFactory):
     """A ResNet-50 backbone.pth converted to detectron2's .pkl and read back (what a detectron2 run loads)."""
@@ -352,7 +337,7 @@ def test_new_protocols_build_from_converted_checkpoint_and_train_one_step(conver
         assert not any(isinstance(x, (nn.GroupNorm, nn.BatchNorm2d)) for x in model.head.modules())  # NORM ""
         assert (model.proposal_matcher.low_threshold, model.proposal_matcher.high_threshold) == (0.4, 0.5)
         assert model.detections_per_img == 5 and model.topk_candidates == 50
-    imgs, targets = _tiny_batch(cfg["mask"])
+    imgs, targets = tiny_detection_batch(cfg["mask"])
     model.train()
     losses = model(imgs, targets)
     expect = {"classification", "bbox_regression"} if cfg["arch"] == "retinanet" else \

@@ -14,6 +14,7 @@ import pytest
 
 from lewel_bench.utils import REPO_ROOT
 from tools import make_tables as mt
+from helpers import same_cell
 
 FIX = Path(__file__).resolve().parent / "fixtures"
 VALUE_SUFFIXES = (".paper", ".ours", ".std", ".n", ".diff")
@@ -39,17 +40,6 @@ def _keys(df: pd.DataFrame, keys: list[str]) -> list[tuple]:
     return sorted(tuple(_key(v) for v in row) for row in df[keys].itertuples(index=False))
 
 
-def _same(a, b) -> bool:
-    na = a is None or (isinstance(a, float) and math.isnan(a))
-    nb = b is None or (isinstance(b, float) and math.isnan(b))
-    if na or nb:
-        return na and nb
-    try:
-        return abs(float(a) - float(b)) < 1e-9
-    except (TypeError, ValueError):
-        return str(a) == str(b)
-
-
 @pytest.mark.parametrize("name", ["table1_linear", "table2_semisup", "table3_voc", "table4_coco",
                                   "table5_components", "table6_heads", "table8_handcrafted"])
 def test_table_matches_hand_computed(built, name):
@@ -70,7 +60,7 @@ def test_table_matches_hand_computed(built, name):
         for c in want.columns:
             if c in keys:
                 continue
-            assert _same(g[c], w[c]), f"{name} row {w['label']!r} column {c}: got {g[c]!r}, expected {w[c]!r}"
+            assert same_cell(g[c], w[c]), f"{name} row {w['label']!r} column {c}: got {g[c]!r}, expected {w[c]!r}"
 
 
 def test_paper_rows_and_columns_mirror_the_paper(built):
