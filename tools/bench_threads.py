@@ -58,7 +58,7 @@ def images_per_s(metrics: Path) -> float:
 
 def run_once(args: argparse.Namespace, policy: str, busy: bool, tmp: Path) -> float:
     env_changes, overrides = policy_env(policy)
-    env = {**os.environ, **env_changes}
+    env = {**os.environ, **env_changes, "LEWEL_RESULTS_DIR": str(tmp / "results")}  # no speed records in the tables
     if "OMP_WAIT_POLICY" not in env_changes:
         env.pop("OMP_WAIT_POLICY", None)
     out = tmp / f"{policy}-{'busy' if busy else 'quiet'}"
