@@ -8,12 +8,12 @@ rounding. (With SyncBN on CUDA the reference would be the plain global batch.)
 LEWEL_M additionally runs one DDP step with ShuffleBN and the gathered queue: the queues must agree.
 """
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from lewel_bench.launch import _free_port
 from lewel_bench.config import load_config
 from pretrain.methods import METHODS
 
@@ -66,11 +66,6 @@ def _worker(rank: int, port: int, out: str) -> None:
         torch.save(res, out)
     ldist.cleanup()
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

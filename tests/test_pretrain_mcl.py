@@ -6,7 +6,6 @@ import math
 import re
 import os
 import pickle
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from lewel_bench.launch import _free_port
 from lewel_bench.checkpoint import load_backbone
 from lewel_bench.config import ConfigError, load_config
 from lewel_bench.optim import Schedule, param_groups, schedule_from_config
@@ -374,11 +374,6 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
         torch.save(res, out)
     ldist.cleanup()
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
