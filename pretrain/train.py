@@ -35,6 +35,7 @@ from lewel_bench.knn import extract_features, knn_top1
 from lewel_bench.optim import optimizer_for, schedule_from_config, set_lr
 from lewel_bench.stage import differences, digest, identity_config
 from lewel_bench.tblog import MetricWriter, alignment_grid, log_options
+from lewel_bench.threads import ThreadTuner, candidates
 from lewel_bench.utils import (amp_autocast, amp_step, default_num_workers, get_rng_state, git_commit,
                                keep_freed_memory, resolve_auto, seed_everything, set_rng_state)
 
@@ -75,18 +76,22 @@ def _num_workers(cfg: dict) -> int:
     return default_num_workers() if n in (None, "auto") else int(n)
 
 
-def _set_threads(cfg: dict, device: torch.device, world: int) -> None:
+def _set_threads(cfg: dict, device: torch.device, world: int) -> ThreadTuner | None:
     """``num_threads``: auto = on CPU, the cores of this process minus its loader workers (at least 1);
     with ``data.cache`` the workers only augment decoded in-memory images and get no core of their own.
 
     On a small shared CPU machine, more compute threads than free cores makes every OpenMP barrier
     wait for a descheduled thread: a step is then several times SLOWER than with one thread. A cached
     loader worker is light enough to share: mini LEWEL_M on 2 quiet cores runs at 2.69 it/s with 2
-    compute threads, 1.92 it/s with 1."""
+    compute threads, 1.92 it/s with 1.
+
+    ``threads_adapt`` (auto = on for one CPU process with ``num_threads: auto``) returns a
+    :class:`ThreadTuner` that keeps whichever count is fastest while other programs share the cores."""
     n = cfg.get("num_threads", "auto")
-    if n in (None, "auto"):
+    auto = n in (None, "auto")
+    if auto:
         if device.type != "cpu":
-            return
+            return None
         import os
 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -94,6 +99,11 @@ def _set_threads(cfg: dict, device: torch.device, world: int) -> None:
         n = max(1, cores // max(world, 1) - reserved)
     torch.set_num_threads(int(n))
     log.info("torch compute threads: %d", torch.get_num_threads())
+    if resolve_auto(cfg.get("threads_adapt", "auto"), device.type == "cpu" and world == 1 and auto) and int(n) > 1:
+        log.info("compute threads adapt to the load: the fastest of %s, measured during the run",
+                 ", ".join(map(str, candidates(int(n)))))
+        return ThreadTuner(int(n))
+    return None
 
 
 #: Layout version of ``checkpoint_state`` (1: queues were the method's own ``queue`` / ``queue_ptr`` buffers).
@@ -310,7 +320,7 @@ def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo, records
     amp = resolve_auto(cfg["amp"], cuda)
     channels_last = resolve_auto(cfg["channels_last"], cuda)
     seed = int(cfg["seed"])
-    _set_threads(cfg, device, dist_info.world_size)
+    tuner = _set_threads(cfg, device, dist_info.world_size)
     if device.type == "cpu" and keep_freed_memory():
         log.info("allocator: freed memory kept for reuse (LEWEL_MALLOC=system: glibc's defaults)")
     seed_everything(seed + dist_info.rank, deterministic=cfg.get("deterministic", False))
@@ -416,6 +426,7 @@ def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo, records
             lr = schedule.lr(cfg["optim"]["lr"], it)
             m = method.momentum_at(it, total)
             method.iteration = it
+            t_step = time.perf_counter()
             with amp_autocast(device, amp):
                 loss, logs = model(views)
             loss_val = ldist.all_reduce_mean(loss.detach().float()).item()
@@ -425,13 +436,16 @@ def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo, records
                                     f"stopped. Last good checkpoint: {ckpt_path} at iteration {last_good}")
             amp_step(loss, optimizer, scaler, cfg["optim"].get("clip_grad_norm"))
             method.update_target(m)
+            threads = torch.get_num_threads()
+            if tuner is not None:
+                tuner.step(time.perf_counter() - t_step)
             it += 1
             n_img += views[0].shape[0] * world
             bar.update(1)
             if it % log_every == 0 or it == total:
                 dt = time.perf_counter() - t0
                 rec = {"iter": it, "epoch": epoch, "loss": loss_val, "lr": lr, "momentum": m,
-                       "images_per_s": n_img / dt if dt > 0 else None}
+                       "images_per_s": n_img / dt if dt > 0 else None, "threads": threads}
                 rec.update({k: ldist.all_reduce_mean(v.float()).item() for k, v in logs.items()})
                 if dist_info.is_main:
                     append_jsonl(metrics_path, rec)

@@ -231,7 +231,7 @@ def test_total_is_the_weighted_sum_over_levels_and_sides_against_the_other_sides
     for s, p in enumerate(pyr):
         embs = m._embed(m.online, p.x, p.counts)
         for i in range(3):
-            want += m.weights[i] * mcl_loss(m.predictors[i](embs[i]), glob[1 - s], p.labels[i] + rank * B, 1.0)
+            want += m.weights[i] * mcl_loss(m.predictors[i](embs[i]), glob[1 - s], p.labels[i] + rank * B, m.T)
     torch.testing.assert_close(total, want)
     torch.testing.assert_close(total.detach(), sum(logs[f"loss_level{i}"] for i in range(3)))
     assert m.weights == [0.5, 0.25, 0.125]

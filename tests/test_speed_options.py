@@ -37,3 +37,45 @@ def test_freed_memory_is_reused_not_faulted_in_again(monkeypatch) -> None:
 
     faults_of_big_temporaries()
     assert faults_of_big_temporaries() < 2000  # 5 fresh mappings would fault in 5 x 12k pages
+
+
+def test_thread_tuner_follows_the_load() -> None:
+    """Simulated step times: 2 threads win while the machine is quiet, 1 thread once a competitor takes a
+    core (2 threads then 3x slower, 1 thread 2x), and 2 again when it leaves."""
+    from lewel_bench.threads import ThreadTuner, candidates
+
+    assert candidates(8) == [8, 4, 2, 1] and candidates(2) == [2, 1] and candidates(1) == [1]
+    before = torch.get_num_threads()
+    try:
+        tuner = ThreadTuner(2, every=10, max_every=40, trial_steps=3)
+        busy = False
+
+        def run(steps: int) -> list[int]:
+            used = []
+            for _ in range(steps):
+                n = torch.get_num_threads()
+                assert n == tuner.current
+                used.append(n)
+                tuner.step({(False, 2): 1.0, (False, 1): 1.8, (True, 2): 3.0, (True, 1): 2.0}[busy, n])
+            return used
+
+        quiet = run(200)
+        assert quiet[6:].count(1) <= 3 * 5  # after the first trial, 2 threads but the 1-thread trial steps
+        assert tuner.interval == 40 and tuner.switches == 0
+        busy = True
+        used = run(60)
+        assert used[:10].count(2) <= 3 + 3 + 3  # detected within patience, re-measured, then 1 thread
+        assert tuner.current == 1 and used[-10:].count(2) <= 3 and tuner.switches == 1
+        busy = False  # 1 thread now 1.8 against 2.0 measured: no drift to see; the next timed trial finds 2
+        used = run(tuner.interval + 3 * 2 + 10)
+        assert used[-10:].count(2) >= 7 and tuner.current == 2 and tuner.switches == 2
+        busy = True
+        run(60)
+        assert tuner.current == 1 and tuner.reference == 2.0
+        tuner._begin_trial()  # the next timed trial on a crowded machine: 2 threads take 12 s against 2 s
+        assert torch.get_num_threads() == 2
+        tuner.step(12.0)
+        assert torch.get_num_threads() == 1 and tuner._trial[2] == [12.0]  # not confirmed by more slow steps
+        assert ThreadTuner(1).active is False
+    finally:
+        torch.set_num_threads(before)

@@ -9,9 +9,10 @@ a step waits for a thread that the competing process has descheduled, and spinni
 active wait policy) burn the core the late thread needs. Each policy runs the same command twice, alone
 and beside a competitor started just before it (``spin``: one busy Python loop, one core; ``torch``: a
 two-thread matmul loop), and the table reports both and their ratio (the slowdown a competitor causes).
-Policies: ``active-N`` / ``passive-N`` (N compute threads, ``OMP_WAIT_POLICY`` ACTIVE / PASSIVE) and
-``threads-1``; ``auto`` is what the stages do by default (no override: OpenMP's default wait, the cores minus
-the loader workers). Runs are one at a time and the
+Policies: ``active-N`` / ``passive-N`` (N compute threads fixed, ``OMP_WAIT_POLICY`` ACTIVE / PASSIVE) and
+``threads-1``; ``auto`` is what pretraining does by default (no override: OpenMP's default wait, the cores
+minus the loader workers, adapted during the run by ``lewel_bench.threads.ThreadTuner``). Images/s are over
+the whole run but its first iteration (the tuner's trials included). Runs are one at a time and the
 machine should be quiet otherwise.
 """
 from __future__ import annotations
@@ -40,20 +41,21 @@ def policy_env(policy: str) -> tuple[dict[str, str], list[str]]:
     if policy == "auto":
         return {}, []
     if policy == "threads-1":
-        return {}, ["num_threads=1"]
+        return {}, ["num_threads=1", "threads_adapt=false"]
     wait, _, n = policy.partition("-")
     if wait not in ("active", "passive") or not n.isdigit():
         raise SystemExit(f"--policies {policy!r}: expected auto, threads-1, active-N or passive-N")
-    return {"OMP_WAIT_POLICY": wait.upper()}, [f"num_threads={n}"]
+    return {"OMP_WAIT_POLICY": wait.upper()}, [f"num_threads={n}", "threads_adapt=false"]
 
 
 def images_per_s(metrics: Path) -> float:
-    """Median images/s over the iterations of ``metrics.jsonl`` (one row per iteration, the first skipped)."""
+    """Images/s of the whole run but its first iteration, from ``metrics.jsonl`` (one row per iteration):
+    the harmonic mean of the per-iteration rates (equal batches), so slow iterations count in full."""
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     rates = [r["images_per_s"] for r in rows[1:] if r.get("images_per_s")]
     if not rates:
         raise SystemExit(f"{metrics}: fewer than two logged iterations (raise --images)")
-    return statistics.median(rates)
+    return statistics.harmonic_mean(rates)
 
 
 def run_once(args: argparse.Namespace, policy: str, busy: bool, tmp: Path) -> float:
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="lewel_m_mini")
     p.add_argument("--data", default=str(REPO_ROOT / "data" / "mini" / "imagenet"))
-    p.add_argument("--images", type=int, default=640, help="training images of the one-epoch run")
+    p.add_argument("--images", type=int, default=1920, help="training images of the one-epoch run")
     p.add_argument("--policies", nargs="+", default=["active-2", "passive-2", "threads-1", "auto"])
     p.add_argument("--competitor", choices=COMPETITORS, default="spin")
     p.add_argument("--json", default=None, metavar="PATH")
