@@ -36,8 +36,8 @@ from lewel_bench.optim import optimizer_for, schedule_from_config, set_lr
 from lewel_bench.stage import differences, digest, identity_config
 from lewel_bench.tblog import MetricWriter, alignment_grid, log_options
 from lewel_bench.threads import ThreadTuner, candidates
-from lewel_bench.utils import (amp_autocast, amp_step, default_num_workers, get_rng_state, git_commit,
-                               keep_freed_memory, resolve_auto, seed_everything, set_rng_state)
+from lewel_bench.utils import (amp_autocast, amp_step, channels_last_default, default_num_workers, get_rng_state,
+                               git_commit, keep_freed_memory, resolve_auto, seed_everything, set_rng_state)
 
 from .augment import build_views, eval_transform, view_specs, views_to_device
 from .data import EpochBatchSampler, ImageFolderList, MultiViewDataset
@@ -318,7 +318,7 @@ def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo, records
     device = dist_info.device
     cuda = device.type == "cuda"
     amp = resolve_auto(cfg["amp"], cuda)
-    channels_last = resolve_auto(cfg["channels_last"], cuda)
+    channels_last = resolve_auto(cfg["channels_last"], channels_last_default(device.type, cfg["aug"]["size"]))
     seed = int(cfg["seed"])
     tuner = _set_threads(cfg, device, dist_info.world_size)
     if device.type == "cpu" and keep_freed_memory():

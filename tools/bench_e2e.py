@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from lewel_bench.config import load_config
 from lewel_bench.io import atomic_write_json
 from lewel_bench.optim import optimizer_for, schedule_from_config, set_lr
-from lewel_bench.utils import amp_autocast, amp_step, default_num_workers, setup_logging
+from lewel_bench.utils import amp_autocast, amp_step, channels_last_default, default_num_workers, setup_logging
 from pretrain.augment import build_views, view_specs, views_to_device
 from pretrain.data import EpochBatchSampler, ImageFolderList, MultiViewDataset
 from pretrain.experiments import CONFIG_DIR
@@ -67,7 +67,8 @@ def run(method_name: str, root: Path, args: argparse.Namespace, batched: bool, d
                         prefetch_factor=4 if workers else None, persistent_workers=bool(workers))
     method = METHODS.get(method_name)(cfg).to(device)
     amp = cuda if args.amp == "auto" else args.amp == "on"
-    channels_last = cuda if args.channels_last == "auto" else args.channels_last == "on"
+    channels_last = (channels_last_default(device.type, args.size) if args.channels_last == "auto"
+                     else args.channels_last == "on")
     if channels_last:
         method.to(memory_format=torch.channels_last)
     optimizer = optimizer_for(method, cfg["optim"])

@@ -8,7 +8,8 @@
 One step = forward + backward + optimiser step (+ EMA update for the self-supervised methods), on
 random images (as many views as the method's config lists: two, MCL's 2 x 3), with each method's IN-1K
 config (paper head sizes), in the training loop's precision:
-AMP (fp16 autocast, GradScaler) and channels_last on CUDA, fp32 on CPU (``--amp``, ``--channels-last``).
+AMP (fp16 autocast, GradScaler) and channels_last on CUDA, fp32 on CPU and channels_last there from 128 px
+(``--amp``, ``--channels-last``).
 Methods are interleaved round by round and the median is reported, so a load change on a shared
 machine hits every method alike.
 The FLOPs of one step (torch's FlopCounterMode) give the floor each time ratio would reach if every
@@ -21,7 +22,8 @@ BYOL / supervised <= 2.8; CGH / MoCo v2 <= 1.24 and CGH / supervised 2.01 (the C
 2 A100: CGH 2.01, MoCo v2 1.62 times supervised); MCL / BYOL <= 1.35 (the MCL appendix states 1.3125 x the
 online cost of standard training). ``--external`` adds public implementations timed in the same rounds
 (:mod:`tools.bench_external`: lightly's BYOL and MoCo v2, the official LEWEL_B code), each with the target
-ours / theirs <= 0.9. The default batch (16) is a multiple of 16, as MCL's B/16 level needs.
+ours / theirs <= 0.9, each in its own memory format (NCHW: none of them converts; ``--external-channels-last
+same`` gives them ours). The default batch (16) is a multiple of 16, as MCL's B/16 level needs.
 CGH is timed after its loss warm-up (``model.loss_warmup_epochs=0``: the step of 195 of its 200 epochs; the
 warm-up's InfoNCE reuses the queue products and adds no further one).
 
@@ -43,7 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lewel_bench.config import load_config
 from lewel_bench.models import build_torchvision_resnet
-from lewel_bench.utils import amp_autocast, amp_step
+from lewel_bench.utils import amp_autocast, amp_step, channels_last_default
 from pretrain.augment import view_specs
 from pretrain.cli import CONFIG_DIR
 from pretrain.methods import METHODS
@@ -166,7 +168,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     on_off = {"auto": None, "on": True, "off": False}
     p.add_argument("--amp", choices=on_off, default="auto", help="fp16 autocast + GradScaler (auto: on CUDA)")
-    p.add_argument("--channels-last", choices=on_off, default="auto", help="auto: on CUDA")
+    p.add_argument("--channels-last", choices=on_off, default="auto",
+                   help="auto: as the training loop (CUDA; CPU from 128 px)")
+    p.add_argument("--external-channels-last", choices=("own", "same"), default="own",
+                   help="the public codes' memory format: own = theirs (NCHW: none converts), same = ours")
     p.add_argument("--set", action="append", default=[], metavar="METHOD:KEY=VALUE",
                    help="config override for one method, e.g. lewel_b:model.reassociate=never (repeatable)")
     p.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=METHOD_NAMES)
@@ -192,7 +197,9 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     amp = cuda if on_off[args.amp] is None else on_off[args.amp] and cuda
-    channels_last = cuda if on_off[args.channels_last] is None else on_off[args.channels_last]
+    channels_last = (channels_last_default(device.type, args.size) if on_off[args.channels_last] is None
+                     else on_off[args.channels_last])
+    external_cl = channels_last and args.external_channels_last == "same"
     if cuda:
         torch.backends.cudnn.benchmark = True
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -208,11 +215,11 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"--external {' '.join(unknown)}: expected any of {', '.join(EXTERNAL)}")
         g = torch.Generator().manual_seed(1)
         views = [torch.randn(args.batch, 3, args.size, args.size, generator=g).to(device) for _ in range(2)]
-        if channels_last:
+        if external_cl:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         for name in args.external:
             try:
-                steps[name] = EXTERNAL[name](args.arch, views, device, amp, channels_last, args.official_root)
+                steps[name] = EXTERNAL[name](args.arch, views, device, amp, external_cl, args.official_root)
             except ExternalUnavailable as e:
                 print(f"# skipped {name}: {e}", flush=True)
                 continue
@@ -220,7 +227,9 @@ def main(argv: list[str] | None = None) -> None:
             targets.append((ours, name, tgt))
     print(f"# {args.arch}, {args.size} px, batch {args.batch} (each method's views), {args.threads} thread(s), "
           f"{torch.cuda.get_device_name(device) if cuda else device}, {'AMP fp16' if amp else 'fp32'}"
-          f"{', channels_last' if channels_last else ''}, {args.reps} interleaved rounds of {args.steps} "
+          f"{', channels_last' if channels_last else ''}"
+          f"{' (the public codes: ' + ('the same' if external_cl else 'NCHW, their own') + ')' if args.external else ''}"
+          f", {args.reps} interleaved rounds of {args.steps} "
           f"step(s) (median){'; ' + ' '.join(args.set) if args.set else ''}", flush=True)
     flops, px = {}, {}
     for name, fn in steps.items():
@@ -270,6 +279,7 @@ def main(argv: list[str] | None = None) -> None:
         atomic_write_json(Path(args.json), {
             "settings": {"arch": args.arch, "size": args.size, "batch": args.batch, "threads": args.threads,
                          "reps": args.reps, "steps": args.steps, "amp": amp, "channels_last": channels_last,
+                         "external_channels_last": external_cl if args.external else None,
                          "device": str(device), "set": args.set},
             "methods": {n: {"step_s": med[n], "gflop": flops[n] / 1e9} for n in steps}, "ratios": ratios})
     if args.record:
