@@ -11,7 +11,8 @@ config (paper head sizes), in the training loop's precision:
 AMP (fp16 autocast, GradScaler) and channels_last on CUDA, fp32 on CPU and channels_last there from 128 px
 (``--amp``, ``--channels-last``).
 Methods are interleaved round by round and the median is reported, so a load change on a shared
-machine hits every method alike.
+machine hits every method alike. On CPU the process keeps freed memory for reuse, as the training loop does
+(``lewel_bench.utils.keep_freed_memory``).
 The FLOPs of one step (torch's FlopCounterMode) give the floor each time ratio would reach if every
 operation ran at the same speed; the pixels that enter the online and the target trunk in one step are
 counted at the trunks' first conv (MCL's montage levels B, B/4, B/16: 1.3125 x BYOL's on the online side).
@@ -45,7 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lewel_bench.config import load_config
 from lewel_bench.models import build_torchvision_resnet
-from lewel_bench.utils import amp_autocast, amp_step, channels_last_default
+from lewel_bench.utils import amp_autocast, amp_step, channels_last_default, keep_freed_memory
 from pretrain.augment import view_specs
 from pretrain.cli import CONFIG_DIR
 from pretrain.methods import METHODS
@@ -196,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
+    if not cuda:
+        keep_freed_memory()  # the training loop's CPU allocator policy (every step of the process, theirs too)
     amp = cuda if on_off[args.amp] is None else on_off[args.amp] and cuda
     channels_last = (channels_last_default(device.type, args.size) if on_off[args.channels_last] is None
                      else on_off[args.channels_last])
