@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -27,13 +26,9 @@ TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 from slurm_cluster import LocalSlurm, SlurmUnavailable, ensure_installed  # noqa: E402
 
+from lewel_bench.launch import _free_port  # noqa: E402
+
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
