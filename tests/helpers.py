@@ -1,10 +1,15 @@
 """Small builders the tests share (a tiny ImageNet-layout tree, reading a records folder, detectron2 YAML, a tiny
-detection batch, comparing table cells)."""
+detection batch, comparing table cells, installing a Debian package for a test's set-up)."""
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import subprocess
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import yaml
@@ -77,3 +82,30 @@ def same_cell(a: object, b: object) -> bool:
         return abs(float(a) - float(b)) < 1e-9
     except (TypeError, ValueError):
         return str(a) == str(b)
+
+
+def apt_install(packages: list[str], installed: Callable[[], bool], error: type[Exception], timeout: float) -> None:
+    """Debian packages for a test's set-up (the SLURM daemons, chromium): ``apt-get install`` when
+    ``installed()`` is false, root only, within ``timeout`` seconds, with one ``apt-get update`` and a retry when
+    the first try fails; raises ``error`` saying why when that is impossible or did not install them."""
+    if installed():
+        return
+    what = " ".join(packages)
+    if os.geteuid() != 0:
+        raise error(f"{what}: not installed and this is not root (cannot apt-get install)")
+    if shutil.which("apt-get") is None:
+        raise error(f"{what}: not installed and there is no apt-get on this machine")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
+    deadline = time.monotonic() + timeout
+    try:
+        r = subprocess.run(install, env=env, capture_output=True, text=True, timeout=timeout)
+        if r.returncode != 0:
+            subprocess.run(["apt-get", "update"], env=env, capture_output=True, text=True,
+                           timeout=max(10.0, deadline - time.monotonic()))
+            r = subprocess.run(install, env=env, capture_output=True, text=True,
+                               timeout=max(10.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        raise error(f"apt-get install {what} timed out after {timeout:.0f} s") from None
+    if r.returncode != 0 or not installed():
+        raise error(f"apt-get install {what} failed: {r.stderr.strip()[-500:]}")

@@ -5,8 +5,6 @@
 ``root``, starts munged, slurmctld and slurmd in the foreground as child processes, and waits (bounded)
 until the node is idle. ``stop()`` ends exactly those processes by PID. Every client command needs
 ``SLURM_CONF``; ``env()`` returns the variables to export (submitit reads them from ``os.environ``).
-
-Known-good recipe: ``../shared/design/stack-notes.md`` ("A real SLURM cluster on localhost").
 """
 from __future__ import annotations
 
@@ -16,6 +14,8 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+
+from helpers import apt_install
 
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 BINARIES = ["munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "sinfo"]
@@ -31,26 +31,7 @@ def _missing_binaries() -> list[str]:
 
 def ensure_installed(timeout: float = 240.0) -> None:
     """Install the SLURM and munge packages if they are missing; raise ``SlurmUnavailable`` if impossible."""
-    if not _missing_binaries():
-        return
-    if os.geteuid() != 0:
-        raise SlurmUnavailable(f"SLURM binaries {_missing_binaries()} missing and not root (cannot apt-get install)")
-    if shutil.which("apt-get") is None:
-        raise SlurmUnavailable("SLURM binaries missing and no apt-get on this machine")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    install = ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]
-    deadline = time.monotonic() + timeout
-    try:
-        r = subprocess.run(install, env=env, capture_output=True, text=True, timeout=timeout)
-        if r.returncode != 0:
-            subprocess.run(["apt-get", "update"], env=env, capture_output=True, text=True,
-                           timeout=max(10.0, deadline - time.monotonic()))
-            r = subprocess.run(install, env=env, capture_output=True, text=True,
-                               timeout=max(10.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        raise SlurmUnavailable(f"apt-get install {' '.join(PACKAGES)} timed out after {timeout:.0f} s") from None
-    if r.returncode != 0 or _missing_binaries():
-        raise SlurmUnavailable(f"apt-get install {' '.join(PACKAGES)} failed: {r.stderr.strip()[-500:]}")
+    apt_install(PACKAGES, lambda: not _missing_binaries(), SlurmUnavailable, timeout)
 
 
 SLURM_CONF = """\

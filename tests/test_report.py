@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import apt_install
 
 from lewel_bench.records import make_record, now_iso, write_record
 from lewel_bench.utils import REPO_ROOT
@@ -254,29 +255,8 @@ def _chromium_binary() -> str | None:
 
 def ensure_chromium(timeout: float = 300.0) -> str:
     """Debian's chromium, installed with apt-get when missing (root only); ChromiumUnavailable says why not."""
-    found = _chromium_binary()
-    if found:
-        return found
-    if os.geteuid() != 0:
-        raise ChromiumUnavailable("chromium is not installed and this is not root (cannot apt-get install it)")
-    if shutil.which("apt-get") is None:
-        raise ChromiumUnavailable("chromium is not installed and there is no apt-get on this machine")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
-    deadline = time.monotonic() + timeout
-    try:
-        r = subprocess.run(install, env=env, capture_output=True, text=True, timeout=timeout)
-        if r.returncode != 0:
-            subprocess.run(["apt-get", "update"], env=env, capture_output=True, text=True,
-                           timeout=max(10.0, deadline - time.monotonic()))
-            r = subprocess.run(install, env=env, capture_output=True, text=True,
-                               timeout=max(10.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        raise ChromiumUnavailable(f"apt-get install chromium timed out after {timeout:.0f} s") from None
-    found = _chromium_binary()
-    if r.returncode != 0 or not found:
-        raise ChromiumUnavailable(f"apt-get install chromium failed: {r.stderr.strip()[-400:]}")
-    return found
+    apt_install(["chromium"], lambda: _chromium_binary() is not None, ChromiumUnavailable, timeout)
+    return _chromium_binary()
 
 
 @pytest.fixture(scope="module")
