@@ -118,3 +118,23 @@ def test_channels_last_computes_the_same_losses(name: str) -> None:
     scale = max(float(v.norm()) for v in g0.values())
     worst = max((float((g1[n] - g0[n]).norm() / g0[n].norm()), n) for n in g0 if g0[n].norm() > 1e-6 * scale)
     assert worst[0] < 0.05, f"{name}: channels_last gradient of {worst[1]} off by {worst[0]:.2%}"
+
+
+def test_pretraining_adapts_its_threads_and_logs_them(mini_data, tmp_path) -> None:
+    """``threads_adapt=true`` in a real (tiny) CPU run: the tuner's trials use 2 threads and 1, and every
+    metrics row says which count its step ran at."""
+    import json
+
+    from pretrain.cli import main
+
+    before = torch.get_num_threads()
+    out = tmp_path / "adapt"
+    try:
+        main(["lewel_m_mini", "--data", str(mini_data / "imagenet"), "--out", str(out), "arch=resnet18",
+              "aug.size=32", "batch_size=8", "data.max_images=64", "data.num_workers=0", "epochs=1", "knn.every=0",
+              "model.hidden=64", "num_threads=2", "threads_adapt=true", "tqdm_interval=60"])
+    finally:
+        torch.set_num_threads(before)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and [r["threads"] for r in rows[:6]] == [2, 2, 2, 1, 1, 1]
+    assert {r["threads"] for r in rows[6:]} <= {1, 2}
