@@ -5,7 +5,8 @@ process has descheduled: on 2 cores with one competing process, a mini pretraini
 2 threads, under 2x with 1. A laptop or a shared node is rarely idle, and how busy it is changes during a run.
 :class:`ThreadTuner` times a few steps at each candidate count (all cores, then halves down to 1), keeps the
 fastest, re-measures when the step time moves away from what it measured (a competitor starts or stops) and
-otherwise at intervals that double while the choice holds (the trials cost about 2 % of a quiet run).
+otherwise at intervals that double while the choice holds (a quiet 2-core mini MCL run spent 9 of its 279
+steps at one thread).
 
 The thread count changes speed only: results agree to floating-point rounding, as with any thread count.
 """
@@ -87,7 +88,7 @@ class ThreadTuner:
                 self._decide()
             return
         self._hold -= 1
-        ref = self.reference or seconds
+        ref = self.reference  # set by every trial's decision; a hold follows one
         odd = seconds > self.drift * ref or seconds * self.drift < ref
         self._odd = self._odd + 1 if odd else 0
         if self._odd >= self.patience:

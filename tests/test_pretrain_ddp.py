@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from lewel_bench.launch import _free_port
 from lewel_bench.config import load_config
+from lewel_bench.launch import _free_port
 from pretrain.methods import METHODS
 
 B, SIZE = 4, 48  # per process; 48 px -> a 2 x 2 layer4 map for LEWEL
@@ -65,7 +65,6 @@ def _worker(rank: int, port: int, out: str) -> None:
     if rank == 0:
         torch.save(res, out)
     ldist.cleanup()
-
 
 
 @pytest.mark.slow

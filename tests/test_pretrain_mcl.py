@@ -14,9 +14,9 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from lewel_bench.launch import _free_port
 from lewel_bench.checkpoint import load_backbone
 from lewel_bench.config import ConfigError, load_config
+from lewel_bench.launch import _free_port
 from lewel_bench.optim import Schedule, param_groups, schedule_from_config
 from pretrain.methods import METHODS
 from pretrain.methods.mcl import MCL, assemble, downsample, mcl_loss, pixel_ratio
@@ -373,7 +373,6 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
     if rank == 0:
         torch.save(res, out)
     ldist.cleanup()
-
 
 
 @pytest.mark.slow
