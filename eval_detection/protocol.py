@@ -10,11 +10,11 @@ from typing import Callable
 
 from lewel_bench.config import ConfigError
 
+from .declaration import PROTOCOL_VERSION  # noqa: F401 (declared with the evaluation's protocols)
+
 log = logging.getLogger("eval_detection")
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "torchvision"
-#: Bump when a change of this stage's code changes its results (part of every run's identity).
-PROTOCOL_VERSION = 1
 METRIC_KEYS = {"voc_det": ("AP", "AP50", "AP75"),
                "coco": ("bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP", "segm_AP50", "segm_AP75")}
 STATE_FILES = ("last.pth", "metrics.json", "backbone_d2.pkl", "d2_results.json", "model_*.pth", "last_checkpoint")

@@ -19,10 +19,10 @@ from lewel_bench.dist import cleanup
 from lewel_bench.knn import knn_predict
 from lewel_bench.stage import cli_entry, parse_stage_args, stage_parser
 
+from .declaration import PROTOCOL_VERSION  # noqa: F401 (declared with the evaluation's protocols)
+
 log = logging.getLogger("eval_knn")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-#: Bump when a change of this stage's code changes its results (part of every run's identity).
-PROTOCOL_VERSION = 1
 
 
 @cli_entry("eval_knn")

@@ -33,10 +33,10 @@ from lewel_bench.stage import cli_entry, parse_stage_args, stage_parser
 from lewel_bench.optim import build_optimizer, param_groups
 from lewel_bench.utils import amp_autocast
 
+from .declaration import PROTOCOL_VERSION  # noqa: F401 (declared with the evaluation's protocols)
+
 log = logging.getLogger("eval_linear")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-#: Bump when a change of this stage's code changes its results (part of every run's identity).
-PROTOCOL_VERSION = 1
 
 
 def recipe_for(bb: C.Backbone) -> str:

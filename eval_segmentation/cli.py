@@ -53,6 +53,8 @@ from lewel_bench.stage import cli_entry, open_stage, parse_stage_args, stage_par
 from lewel_bench.utils import REPO_ROOT, setup_logging
 from lewel_bench.transfer.mmseg import DEPTHS
 
+from .declaration import PROTOCOL_VERSION  # noqa: F401 (declared with the evaluation's protocols)
+
 log = logging.getLogger("eval_segmentation")
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -64,8 +66,6 @@ CONFIGS: dict[str, dict[int, str]] = {
 }
 EVAL, PROTOCOL = "voc_seg", "fcn_d8_20k"
 CONVERTED = "backbone_mmseg.pth"
-#: Bump when a change of this stage's code changes its results (part of every run's identity).
-PROTOCOL_VERSION = 1
 STATE_FILES = (CONVERTED, "iter_*.pth", "epoch_*.pth", "last_checkpoint", "record.json")
 #: The parts of a VOC2012 folder the segmentation data reads (for the data fingerprint).
 DATA_PARTS = ("ImageSets/Segmentation", "JPEGImages", "SegmentationClass", "SegmentationClassAug")

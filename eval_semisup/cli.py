@@ -28,10 +28,10 @@ from lewel_bench.optim import build_optimizer
 from lewel_bench.optim import param_groups as shared_param_groups
 from lewel_bench.stage import cli_entry, parse_stage_args, stage_parser
 
+from .declaration import PROTOCOL_VERSION  # noqa: F401 (declared with the evaluation's protocols)
+
 log = logging.getLogger("eval_semisup")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-#: Bump when a change of this stage's code changes its results (part of every run's identity).
-PROTOCOL_VERSION = 1
 
 
 def param_groups(model: torch.nn.Module, backbone_lr: float, classifier_lr: float,

@@ -11,29 +11,39 @@
 #   make all EXP=cgh                           CGH's chain (its supplement's evaluations): pretrain, convert, linear
 #                                              probe on GAP and on the hypercolumn, COCO C4 1x, VOC det, tables
 #                                              (on the mini data without DATA; make demo DEMO_EXP=cgh adds curves)
-# CHAIN_EVALS picks the evaluations (names below; default: the method's list _chain_evals_<method>, where the
-# method is EXP's first word, else the LEWEL paper's); DATA=/imagenet etc. are passed to the stage targets.
-# In the chain, OUT and ARGS are pretraining's (its folder and config overrides); the evaluations read the
-# checkpoint from that folder and run their own configs (run an evaluation target on its own to override it).
-_chain_method = $(firstword $(subst _, ,$(1)))
-_chain_evals_cgh := linear linear-hyper coco-c4-1x voc-det
-CHAIN_EVALS ?= $(or $(_chain_evals_$(call _chain_method,$(EXP))),linear semisup1 semisup10 voc-det voc-seg coco-c4-1x coco-fpn-1x)
+#   make all EXP=mcl                           MCL's chain (its appendix's Tables 11-13): RetinaNet 1x / 2x / 6x with
+#                                              the FPN bundle, Mask R-CNN C4 1x / 2x, its linear probe, tables
+# The evaluations are the method's paper chain, declared in its config (`paper.chain`, pretrain/configs/; steps of
+# the evaluations' catalogues, eval_*/declaration.py) and planned by lewel_bench/chain.py: each step runs its
+# evaluation's real-data config when its data root is given (DATA, or the evaluation's own variable such as
+# VOC_DATA / COCO_DATA), else its mini config on the embedded mini data. `make -n all EXP=mcl` prints MCL's.
+# CHAIN_EVALS picks steps by name (a name of the method's chain keeps the paper's settings; any other step of an
+# evaluation's catalogue runs as declared, e.g. CHAIN_EVALS="linear knn voc-seg"); `python -m lewel_bench.chain
+# show ...` describes a plan. Make variables an evaluation reads (SEEDS, BACKEND, SUBSET, LRS, MAX_SIZE_TRAIN, ...:
+# their declarations say) are passed to it. In the chain, OUT and ARGS are pretraining's (its folder and config
+# overrides); the evaluations read the checkpoint from that folder and run their own configs (run an evaluation
+# target on its own to override it).
+CHAIN_EVALS ?=
+CHAIN_DEMO  ?=
 CHAIN_DIR   ?= $(RUNS)/$(EXP)/chain
 # Small jobs (converters, tables) need no GPU.
 CHAIN_CPU_ARGS ?= GPUS_PER_NODE=0 NODES=1
 
-# evaluation name -> stage make target (targets live in mk/eval_*.mk)
-_chain_linear      := eval-linear
-_chain_linear-hyper := eval-linear LINEAR_FEATURE=hypercolumn
-_chain_semisup1    := eval-semisup PCT=1
-_chain_semisup10   := eval-semisup PCT=10
-_chain_knn         := eval-knn
-_chain_voc-det     := eval-voc-det
-_chain_voc-seg     := eval-voc-seg
-_chain_coco-c4-1x  := eval-coco ARCH=c4 SCHED=1x
-_chain_coco-fpn-1x := eval-coco ARCH=fpn SCHED=1x
-_chain_coco-fpn-2x := eval-coco ARCH=fpn SCHED=2x
-_chain_unknown = $(strip $(foreach e,$(CHAIN_EVALS),$(if $(_chain_$(e)),,$(e))))
+_chain_q = '$(subst ','"'"',$(1))'
+# the method's config (its paper declaration), resolved once per make
+_chain_cfg = $(eval _chain_cfg := $(shell $(PY) -m pretrain.experiments resolve --path $(call _chain_q,$(EXP)) \
+  $(if $(DATA),--full) 2>/dev/null))$(_chain_cfg)
+_chain_sel = --config $(call _chain_q,$(_chain_cfg)) $(if $(strip $(CHAIN_EVALS)),--only $(call _chain_q,$(CHAIN_EVALS))) \
+  $(if $(filter 1 yes true,$(CHAIN_DEMO)),--demo)
+_chain_steps = $(eval _chain_steps := $(shell $(PY) -m lewel_bench.chain steps $(_chain_sel)))$(_chain_steps)
+_chain_vars = $(shell $(PY) -m lewel_bench.chain vars)
+# the planner separates its lines with ASCII RS ($(shell) joins newlines); each becomes a recipe line
+_chain_rs := $(shell printf '\036')
+_chain_lines = $(subst $(_chain_rs),$(_chain_nl),$(shell $(PY) -m lewel_bench.chain lines $(_chain_sel) \
+  --ckpt $(call _chain_q,$(CHAIN_CKPT)) --mini $(call _chain_q,$(MINI)) --data $(call _chain_q,$(DATA)) \
+  $(foreach v,$(_chain_vars),--var $(call _chain_q,$(v)=$($(v)))) \
+  --launch $(call _chain_q,$(PY) -m lewel_bench.launch $(LAUNCH_ARGS)) \
+  $(if $(filter slurm,$(LAUNCHER)),--chain-dir $(call _chain_q,$(CHAIN_DIR)))))
 
 ifeq ($(LAUNCHER),slurm)
 # $(call _chain_after,<steps>,<this step>): wait for the jobs of <steps>, record this step's job id
@@ -48,23 +58,21 @@ define _chain_nl
 
 
 endef
-# one recipe line per evaluation
 CHAIN_CKPT = $(PRETRAIN_OUT)/backbone.pth
-_chain_eval_lines = $(foreach e,$(CHAIN_EVALS),+$(MAKE) --no-print-directory $(_chain_$(e)) EXP=$(EXP) \
-  CKPT=$(CHAIN_CKPT) OUT= ARGS= $(call _chain_after,pretrain convert,$(e))$(_chain_nl))
 
 .PHONY: all convert demo chain-check
-chain-check:
-	@$(if $(_chain_unknown),echo "CHAIN_EVALS: unknown evaluation(s) '$(_chain_unknown)'; known: linear linear-hyper semisup1 semisup10 knn voc-det voc-seg coco-c4-1x coco-fpn-1x coco-fpn-2x" >&2; exit 2,true)
+chain-check: $(STAMP)
+	@$(PY) -m pretrain.experiments resolve $(call _chain_q,$(EXP)) $(if $(DATA),--full) >/dev/null && \
+	  $(PY) -m lewel_bench.chain check $(_chain_sel)
 
-all: chain-check ## pretrain EXP, convert, every evaluation (CHAIN_EVALS), tables; LAUNCHER=slurm chains jobs
+all: chain-check ## pretrain EXP, convert, its paper's evaluations (CHAIN_EVALS), tables; LAUNCHER=slurm chains jobs
 	@mkdir -p $(CHAIN_DIR) && rm -f $(CHAIN_DIR)/*.id
-	@echo "== chain $(EXP): pretrain -> convert -> $(CHAIN_EVALS) -> tables ($(LAUNCHER))"
+	@echo "== chain $(EXP): pretrain -> convert -> $(_chain_steps) -> tables ($(LAUNCHER))"
 	$(MAKE) --no-print-directory pretrain EXP=$(EXP) $(call _chain_after,,pretrain)
 	$(MAKE) --no-print-directory convert EXP=$(EXP) CKPT=$(CHAIN_CKPT) OUT= ARGS= $(CHAIN_CPU_ARGS) \
 	  $(call _chain_after,pretrain,convert)
-	$(_chain_eval_lines)
-	$(MAKE) --no-print-directory tables OUT= ARGS= $(CHAIN_CPU_ARGS) $(call _chain_after,$(CHAIN_EVALS),tables)
+	$(_chain_lines)
+	$(MAKE) --no-print-directory tables OUT= ARGS= $(CHAIN_CPU_ARGS) $(call _chain_after,$(_chain_steps),tables)
 	@if [ "$(LAUNCHER)" = slurm ]; then echo "== submitted; job ids in $(CHAIN_DIR)/:"; \
 	  for f in $(CHAIN_DIR)/*.id; do echo "   $$(basename $$f .id): $$(paste -sd' ' $$f)"; done; fi
 
@@ -76,15 +84,15 @@ convert: $(STAMP) ## convert CKPT (default runs/EXP/backbone.pth) for detectron2
 	$(RUN) tools.convert_to_mmseg $(CONVERT_IN) $(CONVERT_DIR)/backbone_mmseg.pth
 
 # make demo: the whole chain on data/mini from a fresh clone (target: at most 30 minutes on 2 cores).
-# DEMO_EXP=cgh: CGH's chain (_chain_evals_cgh) and its loss / kNN curves (no alignment maps: a LEWEL figure).
-DEMO_EXP   ?= lewel_m
-DEMO_EVALS ?= $(or $(_chain_evals_$(call _chain_method,$(DEMO_EXP))),linear semisup1 semisup10 voc-det voc-seg coco-c4-1x)
-_demo_figures_cgh := curves
-DEMO_FIGURES ?= $(or $(_demo_figures_$(call _chain_method,$(DEMO_EXP))),figures)
+# DEMO_EXP=cgh: CGH's chain; each method's `paper.demo` steps (default: its chain), and its figures: the loss / kNN
+# curves, and the alignment maps when its method has them (LEWEL).
+DEMO_EXP     ?= lewel_m
+DEMO_EVALS   ?=
+DEMO_FIGURES ?= $(shell $(PY) -m pretrain.experiments figures $(call _chain_q,$(DEMO_EXP)))
 demo: $(STAMP) ## the whole chain (pretrain -> evaluations -> tables, figures) on the embedded mini data
 	$(MAKE) --no-print-directory data
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory all EXP=$(DEMO_EXP) DATA= LAUNCHER=local CHAIN_EVALS="$(DEMO_EVALS)" \
-	  ARGS="$(strip $(ARGS) log.tensorboard=true)" && \
+	$(MAKE) --no-print-directory all EXP=$(DEMO_EXP) DATA= LAUNCHER=local \
+	  $(if $(DEMO_EVALS),CHAIN_EVALS="$(DEMO_EVALS)",CHAIN_DEMO=1) ARGS="$(strip $(ARGS) log.tensorboard=true)" && \
 	$(MAKE) --no-print-directory $(DEMO_FIGURES) EXP=$(DEMO_EXP) && $(MAKE) --no-print-directory report && \
 	echo "== demo finished in $$(( $$(date +%s) - start )) s; tables: results/tables/README.md, figures: $(FIGURES_DIR)/, report: $(REPORT_DIR)/index.html"

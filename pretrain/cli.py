@@ -17,7 +17,7 @@ from lewel_bench.config import ConfigError, get_key, load_config
 from lewel_bench.stage import cli_entry
 from lewel_bench.utils import runs_dir, setup_logging
 
-from .experiments import CONFIG_DIR, configs
+from .experiments import CONFIG_DIR, config_files, configs
 
 log = logging.getLogger("pretrain")
 
@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "torchrun or SLURM.",
         epilog=f"experiments (pretrain/configs/<name>.yaml; *_mini: the embedded mini data):\n{names}\n\n"
                "example: python -m pretrain lewel_m_mini --data data/mini/imagenet --out runs/lewel_m epochs=2")
-    p.add_argument("config", help="experiment config name or a YAML path")
+    p.add_argument("config", help="experiment config name (pretrain/configs, $LEWEL_CONFIG_PATH) or a YAML path")
     p.add_argument("--data", default=None, help="dataset root holding train/ and val/ (default: the config's data.root)")
     p.add_argument("--out", default=None, help="output folder (default: runs/<exp>, or $LEWEL_RUNS_DIR/<exp>)")
     p.add_argument("--exp", default=None, help="the experiment's name in records and checkpoints (default: the "
@@ -49,7 +49,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     info = ldist.init_distributed()
     setup_logging(rank=info.rank)
-    cfg = load_config(args.config, CONFIG_DIR, args.overrides)
+    cfg = load_config(config_files().get(args.config, args.config), CONFIG_DIR, args.overrides)
+    from .methods import import_custom  # a method defined outside the suite registers itself
+
+    import_custom(cfg)
     if args.data:
         cfg["data"]["root"] = args.data
     root = cfg["data"].get("root")

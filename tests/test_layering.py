@@ -7,7 +7,8 @@ from pathlib import Path
 
 from lewel_bench.utils import REPO_ROOT
 
-STAGES = ("pretrain", "eval_linear", "eval_semisup", "eval_knn", "eval_detection", "eval_segmentation")
+#: the stage packages: pretraining and every evaluation package (eval_<name>, found by its name)
+STAGES = ("pretrain", *sorted(p.name for p in REPO_ROOT.glob("eval_*") if (p / "__init__.py").is_file()))
 PACKAGES = ("lewel_bench", *STAGES, "tools")
 
 

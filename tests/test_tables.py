@@ -170,9 +170,12 @@ def test_make_all_slurm_dry_run_chains_jobs_with_afterok():
                       (r"-- tools\.make_tables", "tables")]:
         ln = launches[_first(launches, pat)]
         assert "--dependency afterok" in ln and f"--job-id-file runs/lewel_b/chain/{step}.id" in ln, ln
-    # every dependent submission reads the job ids of the steps it waits for
+    # every dependent submission reads the job ids of the steps it waits for: the evaluations (the planner's
+    # lines) those of pretraining and conversion, the tables those of every evaluation
+    evals = [ln for ln in launches if re.search(r"-- eval_", ln)]
+    assert evals and all("--dependency afterok:$(cat runs/lewel_b/chain/pretrain.id runs/lewel_b/chain/convert.id"
+                         in ln for ln in evals), evals
     recipe = [ln for ln in lines if "DEPENDENCY=afterok:" in ln]
-    assert any("chain/pretrain.id" in ln and "eval-linear" in ln for ln in recipe)
     tables = [ln for ln in recipe if re.search(r"\btables\b", ln)][0]
     for step in ("linear", "semisup1", "semisup10", "voc-det", "voc-seg", "coco-c4-1x", "coco-fpn-1x"):
         assert f"chain/{step}.id" in tables
