@@ -103,6 +103,7 @@ class Evaluation:
     options: Mapping[str, str] = field(default_factory=dict)
     knobs: tuple[Knob, ...] = ()
     tables: str | None = None
+    tables_optional: bool = False   # records no table takes are other results (kNN, speed), not unmatched
     doc: str = ""
     module: str = ""          # the declaring module (filled in when found)
 
@@ -236,11 +237,13 @@ class Paper:
     demo: tuple[str, ...] | None = None
     cost: tuple[CostTarget, ...] = ()
     cost_overrides: tuple[str, ...] = ()
+    variant: str = ""         # a variant of the method its paper's tables have rows for (``multi``: multi-crop)
 
     def entry(self, name: str) -> ChainEntry | None:
         return next((e for e in self.chain if e.name == name), None)
 
 
+PAPER_KEYS = ("name", "chain", "demo", "tables", "cost", "variant")
 _ENTRY_KEYS = ("step", "name", "config", "mini", "args", "real_args")
 
 
@@ -281,10 +284,10 @@ def paper_of(cfg: Mapping[str, Any], where: str = "config") -> Paper:
     doc = cfg.get("paper")
     if not isinstance(doc, Mapping):
         raise DeclarationError(f"{where}: no 'paper' mapping (the method's paper: chain, tables)")
-    unknown = sorted(set(doc) - {"name", "chain", "tables", "demo", "cost"})
+    unknown = sorted(set(doc) - set(PAPER_KEYS))
     if unknown:
         raise DeclarationError(f"{where}: paper has unknown key(s) {', '.join(unknown)} "
-                               f"(known: name, chain, tables, demo, cost)")
+                               f"(known: {', '.join(PAPER_KEYS)})")
     chain = doc.get("chain") or []
     if not isinstance(chain, list):
         raise DeclarationError(f"{where}: paper.chain must be a list of steps, got {chain!r}")
@@ -307,7 +310,8 @@ def paper_of(cfg: Mapping[str, Any], where: str = "config") -> Paper:
                                   _number_or_floor(t["cpu"], w + ".cpu")))
     return Paper(name=str(doc.get("name") or ""), chain=entries, tables=_strings(doc.get("tables"), f"{where}: "
                  f"paper.tables"), demo=demo_t, cost=tuple(targets),
-                 cost_overrides=_strings(cost.get("overrides"), f"{where}: paper.cost.overrides"))
+                 cost_overrides=_strings(cost.get("overrides"), f"{where}: paper.cost.overrides"),
+                 variant=str(doc.get("variant") or ""))
 
 
 @dataclass(frozen=True)

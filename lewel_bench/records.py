@@ -3,7 +3,8 @@
 A record is what ``tools/make_tables.py`` aggregates into the paper's tables. Required fields:
 
     method, pretrain_exp, pretrain_epochs   what was evaluated (from the checkpoint's meta when known)
-    eval, protocol                          e.g. eval="linear", protocol="lewel_b" / "voc07+12_c4" / ...
+    eval, protocol                          e.g. eval="linear", protocol="mini"; the vocabulary is declared by
+                                            the evaluations (eval_*/declaration.py, lewel_bench.declare)
     metrics                                 {"top1": 71.9, "top5": 90.5} (percentages, like the paper)
     seed, checkpoint_sha256, config         reproducibility
     git_commit, start_time, end_time, host  provenance (filled in by ``make_record``)
@@ -15,7 +16,9 @@ the data root: name, fingerprint; :mod:`lewel_bench.data.identity`), ``dataset``
 checkpoint file: the runs the tables may average), ``pretrain_group`` (the pretraining recipe the
 checkpoint came from, without its seed: the evaluations of one recipe share a table row). Optional: ``sweep`` (the run is one point of a sweep
 over a config key: key, value, the sweep's group), ``pretrain_sweep`` (the checkpoint is one point of a
-pretraining sweep: key, value), ``transfer``, ``pretrain_data``, ``hardware``.
+pretraining sweep: key, value), ``transfer``, ``pretrain_data``, ``hardware``, ``protocol_version`` (the
+evaluation's ``PROTOCOL_VERSION`` that wrote it), ``row`` (the paper row a published checkpoint's record fills,
+``<method>[_<N>ep]``: ``--row``), ``result_overrides`` (the overrides that change the result: not ``_neutral_``).
 
 File names are unique (time + random suffix), so concurrent evaluations never overwrite each other.
 """
@@ -140,6 +143,57 @@ def load_records(records_dir: str | Path | None = None) -> tuple[list[dict], lis
         rec["_path"] = str(p)
         records.append(rec)
     return records, problems
+
+
+def record_data(rec: Mapping[str, Any]) -> str:
+    """``<name>:<fingerprint[:8]>`` of the record's data identity (the dataset name alone for old records)."""
+    d = rec.get("data") if isinstance(rec.get("data"), Mapping) else {}
+    name = str(rec.get("dataset") or d.get("name") or "unknown")
+    return f"{name}:{str(d['fingerprint'])[:8]}" if d.get("fingerprint") else name
+
+
+def record_weights(rec: Mapping[str, Any]) -> str:
+    """What the evaluated model took from the checkpoint: ``trunk`` or ``trunk+fpn+box_head`` (the record's
+    ``transfer``; ``trunk`` for records that predate it)."""
+    t = rec.get("transfer") if isinstance(rec.get("transfer"), Mapping) else {}
+    return "+".join(["trunk", *sorted(k for k in t if k != "trunk")])
+
+
+def record_group(rec: Mapping[str, Any]) -> str:
+    """The record's ``group`` (runs that may be averaged); for records written before groups existed, a
+    digest of everything but the seed that the record kept."""
+    import hashlib
+
+    if rec.get("group"):
+        return str(rec["group"])
+    cfg = {k: v for k, v in (rec.get("config") or {}).items() if k not in ("seed", "_meta")}
+    keep = {k: rec.get(k) for k in ("eval", "protocol", "dataset", "method", "pretrain_exp", "pretrain_epochs",
+                                    "backend", "arch")}
+    blob = json.dumps({**keep, "config": cfg}, sort_keys=True, default=str)
+    return "legacy-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def result_overrides(rec: Mapping[str, Any]) -> list[str]:
+    """The record's overrides that change its result: ``result_overrides`` when written (the config's
+    ``_neutral_`` keys left out), else those of its ``overrides`` whose key is in its config (the identity
+    config holds no neutral key); the key of the record's sweep is never counted (the sweep is its own)."""
+    sweep = rec.get("sweep") if isinstance(rec.get("sweep"), Mapping) else {}
+    given = rec.get("result_overrides")
+    if isinstance(given, list):
+        items = [str(o) for o in given]
+    else:
+        cfg = rec.get("config") if isinstance(rec.get("config"), Mapping) else {}
+        items = [str(o) for o in (rec.get("overrides") or []) if _has_key(cfg, str(o).split("=", 1)[0].strip())]
+    return [o for o in items if o.split("=", 1)[0].strip() != sweep.get("key")]
+
+
+def _has_key(cfg: Mapping[str, Any], key: str) -> bool:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def record_for_backbone(bb: Any, *, eval: str, protocol: str, metrics: Mapping[str, float], seed: int,

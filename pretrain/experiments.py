@@ -18,6 +18,7 @@ import argparse
 import difflib
 import os
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 from lewel_bench.errors import LewelError
@@ -104,6 +105,39 @@ def method_configs() -> dict[str, dict]:
         if cfg.get("method") == name:
             out[name] = cfg
     return out
+
+
+def variants() -> dict[str, str]:
+    """Experiment name -> the variant its config declares (``paper.variant``, e.g. ``multi``, inherited through
+    ``_base_``), where it has one. Each file is parsed once (per config path)."""
+    return dict(_variants(os.environ.get(CONFIG_PATH_ENV, "")))
+
+
+@lru_cache(maxsize=4)
+def _variants(config_path: str) -> dict[str, str]:
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    own: dict[Path, dict] = {}
+
+    def variant(path: Path, seen: tuple = ()) -> str:
+        path = path.resolve()
+        if path in seen or not path.is_file():
+            return ""
+        if path not in own:
+            own[path] = yaml.load(path.read_text(), Loader=loader) or {}
+        doc = own[path]
+        mine = (doc.get("paper") or {}).get("variant") if isinstance(doc.get("paper"), dict) else None
+        if mine is not None:
+            return str(mine)
+        bases = doc.get("_base_") or []
+        for b in reversed([bases] if isinstance(bases, str) else bases):  # the last base wins, as in a merge
+            v = variant(path.parent / b, seen + (path,))
+            if v is not None and v != "":
+                return v
+        return ""
+
+    return {name: v for name, p in config_files().items() if (v := variant(p))}
 
 
 def figures(exp: str, full: bool) -> list[str]:

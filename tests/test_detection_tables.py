@@ -82,6 +82,6 @@ def test_mcl_paper_files_parse_with_their_schema() -> None:
         df, schema = mt.read_paper_csv(REPO_ROOT / "results" / "paper" / f"{name}.csv")
         assert {"label", "method", "source"} <= set(schema)
         assert set(df["source"]) <= {"mcl", "reproduced", "cited"}
-        spec = next(s for s in mt.TABLES if s.name == name)
+        spec = next(s for s in mt.specs() if s.name == name)
         assert set(spec.cells) <= set(df.columns)  # every value column of the table has a cell spec
         assert set(df.columns) - set(spec.cells) - set(spec.extra_epoch_cells) <= {"label", "method", "source", "epochs"}

@@ -36,7 +36,7 @@ from tools import make_tables as mt
 
 FP_MINI = "f1" * 32          # the fake run's data fingerprint (and the mini records')
 FP_IN = "a7" * 32            # "imagenet" records
-PAPER_TABLES = [s.name for s in mt.TABLES if (REPO_ROOT / "results" / "paper" / f"{s.name}.csv").is_file()]
+PAPER_TABLES = [s.name for s in mt.specs() if (REPO_ROOT / "results" / "paper" / f"{s.name}.csv").is_file()]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars", "--mute-audio"]

@@ -304,7 +304,7 @@ def test_cgh_paper_files_parse_with_their_schema():
         df, schema = mt.read_paper_csv(p)
         assert {"label", "method", "source"} <= set(schema) and len(df) > 0, p
         assert set(df["source"]) <= {"cgh", "reproduced", "cited", "original"}, p
-        assert any(spec.name == p.stem for spec in mt.TABLES), p
+        assert any(spec.name == p.stem for spec in mt.specs()), p
 
 
 def test_make_all_cgh_dry_run_runs_its_own_chain():
