@@ -39,7 +39,7 @@ def lewel_ckpt(tmp_path_factory) -> Path:
 def test_alignment_maps_figure(lewel_ckpt, tmp_path):
     from tools import visualize_alignment as va
 
-    method, cfg = va.load_lewel(lewel_ckpt)
+    method, cfg = va.load_method(lewel_ckpt)
     view = torch.randn(3, 64, 64)
     maps = va.alignment_maps_for(method, view)
     assert maps.shape == (32, 2, 2)                       # d maps over the 2x2 layer4 grid of a 64 px view
@@ -58,12 +58,12 @@ def test_alignment_refuses_non_lewel(tmp_path, lewel_ckpt):
     bb = tmp_path / "backbone.pth"
     torch.save({"state_dict": {}, "meta": {"format": "lewel-bench/backbone"}}, bb)
     with pytest.raises(va.AlignmentError, match="not a full pretraining checkpoint"):
-        va.load_lewel(bb)
+        va.load_method(bb)
     ck = torch.load(lewel_ckpt, weights_only=False)
     ck["config"] = dict(ck["config"], method="byol")
     torch.save(ck, tmp_path / "byol.pth")
     with pytest.raises(va.AlignmentError, match="no alignment maps"):
-        va.load_lewel(tmp_path / "byol.pth")
+        va.load_method(tmp_path / "byol.pth")
 
 
 def test_plot_curves(tmp_path):

@@ -24,7 +24,8 @@ central region (the middle half in each direction), which is where ImageNet's ob
 W comes from the online coupled head (``pretrain.heads.CoupledHead`` returns ``(z, z_aligned, W)`` with W of
 shape (B, d, HW), each map a softmax over positions, Sec. 3.2); "strongest" = the largest peak value (the
 most concentrated maps). The model is rebuilt from the checkpoint's saved config through the method
-registry, so any LEWEL_M / LEWEL_B checkpoint of ``make pretrain`` works.
+registry, so any checkpoint of ``make pretrain`` whose method has alignment maps (its class's
+``has_alignment_maps``: LEWEL_M, LEWEL_B) works.
 """
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lewel_bench.errors import LewelError
+
 log = logging.getLogger("tools.visualize_alignment")
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 CLASS_FILES = ("classes.txt", "LOC_synset_mapping.txt")
@@ -48,7 +51,7 @@ MINI_MANIFEST = ".complete"
 FG_THRESHOLD = 25.0
 
 
-class AlignmentError(ValueError):
+class AlignmentError(LewelError, ValueError):
     """The checkpoint is not a LEWEL pretraining checkpoint (the message says what it is)."""
 
 
@@ -63,18 +66,25 @@ def _load_ckpt(ckpt: str | Path) -> dict:
     return ck
 
 
-def load_lewel(ckpt: str | Path, ck: dict | None = None) -> tuple[torch.nn.Module, dict]:
-    """Rebuild the pretraining method from ``ckpt['config']`` and load its online weights (eval mode)."""
-    from pretrain.methods import METHODS
+def load_method(ckpt: str | Path, ck: dict | None = None) -> tuple[torch.nn.Module, dict]:
+    """Rebuild the pretraining method from ``ckpt['config']`` and load its online weights (eval mode); a method
+    whose class has no alignment maps (``has_alignment_maps``) is refused."""
+    from pretrain.methods import METHODS, method_class
 
     ck = _load_ckpt(ckpt) if ck is None else ck
     if not isinstance(ck, dict) or "config" not in ck or "model" not in ck:
         raise AlignmentError(f"{ckpt}: not a full pretraining checkpoint (need 'model' and 'config'; "
                              f"backbone.pth files have no head: use runs/<exp>/checkpoint.pth)")
     cfg = ck["config"]
-    if not str(cfg.get("method", "")).startswith("lewel"):
-        raise AlignmentError(f"{ckpt}: method {cfg.get('method')!r} has no alignment maps (need lewel_m or lewel_b)")
-    method = METHODS.get(cfg["method"])(cfg)
+    try:
+        cls = method_class(cfg)
+    except LewelError as e:
+        raise AlignmentError(f"{ckpt}: {e}") from None
+    if not cls.has_alignment_maps:
+        with_maps = [n for n in METHODS.names() if METHODS.get(n).has_alignment_maps]
+        raise AlignmentError(f"{ckpt}: method {cfg.get('method')!r} has no alignment maps (methods that have: "
+                             f"{', '.join(with_maps)})")
+    method = cls(cfg)
     missing, unexpected = method.load_state_dict(ck["model"], strict=False)
     missing = [k for k in missing if not k.startswith(("target.", "queue"))]
     if missing or unexpected:
@@ -362,7 +372,7 @@ def draw(ckpt: str | Path, images: str | Path | None, out: str | Path, n_images:
     from pretrain.augment import build_views, view_specs
 
     ck = _load_ckpt(ckpt)
-    method, cfg = load_lewel(ckpt, ck)
+    method, cfg = load_method(ckpt, ck)
     aug = cfg.get("aug", {})
     size = int(size or aug.get("size", 224))
     spec = view_specs(aug)[0]
