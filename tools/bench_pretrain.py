@@ -16,17 +16,19 @@ machine hits every method alike. On CPU the process keeps freed memory for reuse
 The FLOPs of one step (torch's FlopCounterMode) give the floor each time ratio would reach if every
 operation ran at the same speed; the pixels that enter the online and the target trunk in one step are
 counted at the trunks' first conv (MCL's montage levels B, B/4, B/16: 1.3125 x BYOL's on the online side).
-Targets (PASS / MISS in the ratio table, the FLOP floor beside each): on a GPU with AMP, LEWEL_B / BYOL <= 1.13
-and LEWEL_M / MoCo v2 <= 1.05 (the head's FLOP shares at 224 px are +27 % and +9 %; the LEWEL paper's 1.044
-and 1.007 are epoch times of a whole node, loader included); on a CPU, both at or below their FLOP floor;
-BYOL / supervised <= 2.8; CGH / MoCo v2 <= 1.24 and CGH / supervised 2.01 (the CGH supplement's Table 3 on
-2 A100: CGH 2.01, MoCo v2 1.62 times supervised); MCL / BYOL <= 1.35 (the MCL appendix states 1.3125 x the
-online cost of standard training). ``--external`` adds public implementations timed in the same rounds
+The methods are the registered ones with an IN-1K config of their name. Targets (PASS / MISS in the ratio table,
+the FLOP floor beside each) are declared by each method's config (``paper.cost.against``: baseline, the target
+on a GPU with AMP and on a CPU, ``floor`` = at or below the pair's FLOP ratio), e.g. LEWEL_B / BYOL <= 1.13 and
+LEWEL_M / MoCo v2 <= 1.05 on a GPU (the head's FLOP shares at 224 px are +27 % and +9 %; the LEWEL paper's 1.044
+and 1.007 are epoch times of a whole node, loader included), at or below their FLOP floor on a CPU; BYOL /
+supervised <= 2.8; CGH / MoCo v2 <= 1.24 and CGH / supervised 2.01 (the CGH supplement's Table 3 on 2 A100);
+MCL / BYOL <= 1.35 (the MCL appendix states 1.3125 x the online cost of standard training). ``--external`` adds public implementations timed in the same rounds
 (:mod:`tools.bench_external`: lightly's BYOL and MoCo v2, the official LEWEL_B code), each with the target
 ours / theirs <= 0.9, each in its own memory format (NCHW: none of them converts; ``--external-channels-last
 same`` gives them ours). The default batch (16) is a multiple of 16, as MCL's B/16 level needs.
-CGH is timed after its loss warm-up (``model.loss_warmup_epochs=0``: the step of 195 of its 200 epochs; the
-warm-up's InfoNCE reuses the queue products and adds no further one).
+A method is timed with the overrides its config declares (``paper.cost.overrides``): CGH after its loss warm-up
+(``model.loss_warmup_epochs=0``: the step of 195 of its 200 epochs; the warm-up's InfoNCE reuses the queue
+products and adds no further one).
 
 ``--record DIR`` writes one result record per method (eval ``cost``, protocol ``step_time``, metrics
 ``time_rel`` = step time / supervised step time, ``flops_rel``, ``step_s``, ``images_per_s``; ``pretrain_epochs``
@@ -36,30 +38,51 @@ Epoch" of the same method; the benchmark's settings and device are the record's 
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from lewel_bench.config import load_config
+from lewel_bench.config import load_config, load_yaml_config
+from lewel_bench.declare import Paper, paper_of
 from lewel_bench.models import build_torchvision_resnet
 from lewel_bench.utils import amp_autocast, amp_step, channels_last_default, keep_freed_memory
 from pretrain.augment import view_specs
 from pretrain.cli import CONFIG_DIR
+from pretrain.experiments import config_files
 from pretrain.methods import METHODS
 from lewel_bench.optim import optimizer_for
 
-METHOD_NAMES = ("mocov2", "lewel_m", "byol", "lewel_b", "cgh", "mcl")
-#: (method, baseline, target on a GPU, target on a CPU); FLOOR: at or below the pair's FLOP ratio
+#: a target at or below the pair's FLOP ratio
 FLOOR = "floor"
-TARGETS: tuple[tuple[str, str, float, float | str], ...] = (
-    ("lewel_b", "byol", 1.13, FLOOR), ("lewel_m", "mocov2", 1.05, FLOOR), ("byol", "supervised", 2.8, 2.8),
-    ("cgh", "mocov2", 1.24, 1.24), ("cgh", "supervised", 2.01, 2.01), ("mcl", "byol", 1.35, 1.35))
-#: Overrides every run applies before ``--set``: CGH's steady-state step (after its loss warm-up).
-DEFAULT_SET: dict[str, list[str]] = {"cgh": ["model.loss_warmup_epochs=0"]}
+
+
+def method_names() -> tuple[str, ...]:
+    """The registered methods with an IN-1K config of their name (``pretrain/configs/<name>.yaml``)."""
+    files = config_files()
+    return tuple(n for n in METHODS.names() if n in files)
+
+
+@functools.lru_cache(maxsize=None)
+def paper(name: str) -> Paper:
+    """What the method's config declares about its paper (cost targets, the overrides it is timed with)."""
+    path = config_files()[name]
+    return paper_of(load_yaml_config(path), str(path))
+
+
+def default_set(name: str) -> list[str]:
+    """The overrides a method is timed with before ``--set`` (its config's ``paper.cost.overrides``)."""
+    return list(paper(name).cost_overrides) if name in config_files() else []
+
+
+def targets(names: Sequence[str]) -> list[tuple[str, str, float | str, float | str]]:
+    """(method, baseline, target on a GPU, target on a CPU) of every timed method's declared cost targets."""
+    return [(n, t.baseline, t.gpu, t.cpu) for n in names for t in paper(n).cost]
 #: Iterations per "epoch" the methods' own per-iteration schedules see (as ``momentum_at``'s total of 1000).
 STEPS_PER_EPOCH = 1000
 
@@ -72,15 +95,16 @@ def count_pixels(trunk: torch.nn.Module, counter: dict, key: str) -> None:
 
 
 def make_steps(arch: str, size: int, batch: int, device: torch.device, channels_last: bool, amp: bool = False,
-               overrides: dict[str, list[str]] | None = None, methods: tuple[str, ...] = METHOD_NAMES,
+               overrides: dict[str, list[str]] | None = None, methods: tuple[str, ...] | None = None,
                pixels: dict | None = None):
     """name -> zero-argument callable running one training step (as the pretraining loop runs it), and
     name -> the method's config (None for supervised).
 
-    ``overrides``: config overrides per method name (e.g. {"lewel_b": ["model.reassociate=never"]});
+    ``overrides``: config overrides per method name (e.g. {"<method>": ["model.<key>=<value>"]});
     ``pixels``: filled with the pixels each step's online / target trunk take (``<name>`` / ``<name>:target``)."""
     g = torch.Generator().manual_seed(0)
-    cfgs = {name: load_config(name, CONFIG_DIR, [f"arch={arch}", f"aug.size={size}", *DEFAULT_SET.get(name, []),
+    methods = method_names() if methods is None else methods
+    cfgs = {name: load_config(name, CONFIG_DIR, [f"arch={arch}", f"aug.size={size}", *default_set(name),
                                                  *(overrides or {}).get(name, [])])
             for name in methods}
     n_views = max([2, *(len(view_specs(c["aug"])) for c in cfgs.values())])
@@ -145,7 +169,7 @@ def write_records(out: str | Path, med: dict[str, float], flops: dict[str, float
     sup, sup_flops = med["supervised"], flops["supervised"]
     for name, t in med.items():
         cfg = configs.get(name)
-        conf = {**settings, "overrides": [*DEFAULT_SET.get(name, []), *settings["set"].get(name, [])]}
+        conf = {**settings, "overrides": [*default_set(name), *settings["set"].get(name, [])]}
         rec = make_record(method=name, pretrain_exp=name, pretrain_epochs=cfg["epochs"] if cfg else None, eval="cost",
                           protocol="step_time", metrics={"time_rel": t / sup, "flops_rel": flops[name] / sup_flops,
                                                          "step_s": t, "images_per_s": batch / t},
@@ -175,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="the public codes' memory format: own = theirs (NCHW: none converts), same = ours")
     p.add_argument("--set", action="append", default=[], metavar="METHOD:KEY=VALUE",
                    help="config override for one method, e.g. lewel_b:model.reassociate=never (repeatable)")
-    p.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=METHOD_NAMES)
+    names = method_names()
+    p.add_argument("--methods", nargs="+", default=list(names), choices=names)
     p.add_argument("--external", nargs="+", default=[], metavar="NAME",
                    help="public implementations to time in the same rounds (tools/bench_external.py): "
                         "lightly_byol lightly_mocov2 official_lewel_b; one not installed is skipped, saying why")
@@ -191,8 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     overrides: dict[str, list[str]] = {}
     for item in args.set:
         name, sep, kv = item.partition(":")
-        if not sep or name not in METHOD_NAMES:
-            p.error(f"--set {item!r}: expected METHOD:KEY=VALUE with METHOD one of {', '.join(METHOD_NAMES)}")
+        if not sep or name not in names:
+            p.error(f"--set {item!r}: expected METHOD:KEY=VALUE with METHOD one of {', '.join(names)}")
         overrides.setdefault(name, []).append(kv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -209,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     pixels: dict[str, int] = {}
     steps, configs = make_steps(args.arch, args.size, args.batch, device, channels_last, amp, overrides,
                                 tuple(args.methods), pixels)
-    targets = [(a, b, gpu if cuda else cpu) for a, b, gpu, cpu in TARGETS]
+    goals = [(a, b, gpu if cuda else cpu) for a, b, gpu, cpu in targets(args.methods)]
     if args.external:
         from tools.bench_external import COMPARED, EXTERNAL, ExternalUnavailable
 
@@ -227,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"# skipped {name}: {e}", flush=True)
                 continue
             ours, tgt = COMPARED[name]
-            targets.append((ours, name, tgt))
+            goals.append((ours, name, tgt))
     print(f"# {args.arch}, {args.size} px, batch {args.batch} (each method's views), {args.threads} thread(s), "
           f"{torch.cuda.get_device_name(device) if cuda else device}, {'AMP fp16' if amp else 'fp32'}"
           f"{', channels_last' if channels_last else ''}"
@@ -266,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n| ratio | time | FLOP floor | online px | target | |")
     print("|---|---|---|---|---|---|")
     ratios = []
-    for a, b, tgt in targets:
+    for a, b, tgt in goals:
         if a not in med or b not in med:
             continue
         r, floor = med[a] / med[b], flops[a] / flops[b]

@@ -1,6 +1,6 @@
 """Images/s of a short pretraining run on a quiet and on a busy CPU, per thread policy.
 
-    python -m tools.bench_threads [--config lewel_m_mini] [--data data/mini/imagenet] [--images 640]
+    python -m tools.bench_threads [--config <EXP>_mini] [--data data/mini/imagenet] [--images 640]
         [--policies active-2 passive-2 threads-1 auto] [--competitor spin|torch]
     make bench-threads [BENCH_THREADS_ARGS="--competitor torch"]
 
@@ -80,7 +80,10 @@ def run_once(args: argparse.Namespace, policy: str, busy: bool, tmp: Path) -> fl
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="lewel_m_mini")
+    from pretrain.experiments import DEFAULT_EXP, resolve
+
+    p.add_argument("--config", default=resolve(DEFAULT_EXP, full=False),
+                   help="a mini pretraining config (default: that of make pretrain's default experiment)")
     p.add_argument("--data", default=str(REPO_ROOT / "data" / "mini" / "imagenet"))
     p.add_argument("--images", type=int, default=1920, help="training images of the one-epoch run")
     p.add_argument("--policies", nargs="+", default=["active-2", "passive-2", "threads-1", "auto"])
