@@ -24,6 +24,10 @@ DATA ?=
 OUT  ?=
 CKPT ?=
 ARGS ?=
+# ROW=mocov2_800ep: the paper row an evaluation of a published checkpoint (CKPT=file) fills in the comparison
+# tables (the method and its pretraining epochs; a label in the record, every evaluation target passes it).
+ROW  ?=
+ROW_ARG = $(if $(ROW),--row '$(ROW)')
 $(foreach v,EVAL_ARGS DET_ARGS SEG_ARGS,$(if $($(v)),$(error $(v) is no longer read: every stage target takes its overrides from ARGS=...)))
 
 # Where stages run: LAUNCHER=local (default) or slurm (through submitit; see mk/launch.mk).

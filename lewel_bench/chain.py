@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         s = sub.add_parser(name)
         s.add_argument("--config", default="", help="the method's config file")
         s.add_argument("--only", default=None, help="step names (CHAIN_EVALS); default: the paper's chain")
-        s.add_argument("--demo", action="store_true", help="the paper's demo steps (make demo)")
+        s.add_argument("--demo", action="store_true", help="the paper's chain without its demo_skip steps (make demo)")
         if name in ("lines", "show"):
             s.add_argument("--ckpt", required=True)
             s.add_argument("--mini", default="data/mini")

@@ -16,7 +16,7 @@ folder is on ``PYTHONPATH``), and the pretraining stage's own records (``pretrai
 **A method** declares its paper in its config, under the key ``paper`` (never part of a run's identity), read by
 :func:`paper_of`: the chain of evaluations of its paper (steps of the evaluations' catalogues, each with the
 settings the paper uses: another config, a probe feature, the transfer mode), the tables it fills, the steps
-``make demo`` runs, and how ``make bench-pretrain`` judges its cost. What is about the method's *code* (whether it
+``make demo`` leaves out, and how ``make bench-pretrain`` judges its cost. What is about the method's *code* (whether it
 has alignment maps) is a class attribute of the method instead.
 
 A malformed declaration is a :class:`DeclarationError` naming the module or config file and the key.
@@ -234,7 +234,7 @@ class Paper:
     name: str
     chain: tuple[ChainEntry, ...]
     tables: tuple[str, ...] = ()
-    demo: tuple[str, ...] | None = None
+    demo_skip: tuple[str, ...] = ()   # chain steps make demo leaves out (the longest on the mini data)
     cost: tuple[CostTarget, ...] = ()
     cost_overrides: tuple[str, ...] = ()
     variant: str = ""         # a variant of the method its paper's tables have rows for (``multi``: multi-crop)
@@ -243,7 +243,7 @@ class Paper:
         return next((e for e in self.chain if e.name == name), None)
 
 
-PAPER_KEYS = ("name", "chain", "demo", "tables", "cost", "variant")
+PAPER_KEYS = ("name", "chain", "demo_skip", "tables", "cost", "variant")
 _ENTRY_KEYS = ("step", "name", "config", "mini", "args", "real_args")
 
 
@@ -278,9 +278,9 @@ def _strings(v: Any, where: str) -> tuple[str, ...]:
 
 
 def paper_of(cfg: Mapping[str, Any], where: str = "config") -> Paper:
-    """The ``paper`` declaration of a method's config (its keys: ``name``, ``chain``, ``tables``, ``demo``,
-    ``cost: {against: [{baseline, gpu, cpu}], overrides: [...]}``); entries are checked for their form here and
-    against the evaluations' catalogues by :func:`resolve_chain`."""
+    """The ``paper`` declaration of a method's config (its keys: ``name``, ``chain``, ``tables``, ``demo_skip``,
+    ``cost: {against: [{baseline, gpu, cpu}], overrides: [...]}``, ``variant``); entries are checked for their form
+    here and against the evaluations' catalogues by :func:`resolve_chain`."""
     doc = cfg.get("paper")
     if not isinstance(doc, Mapping):
         raise DeclarationError(f"{where}: no 'paper' mapping (the method's paper: chain, tables)")
@@ -296,8 +296,6 @@ def paper_of(cfg: Mapping[str, Any], where: str = "config") -> Paper:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise DeclarationError(f"{where}: paper.chain names {', '.join(dup)} twice (give one a 'name')")
-    demo = doc.get("demo")
-    demo_t = None if demo is None else _strings(demo, f"{where}: paper.demo")
     cost = doc.get("cost") or {}
     if not isinstance(cost, Mapping) or set(cost) - {"against", "overrides"}:
         raise DeclarationError(f"{where}: paper.cost must be a mapping with 'against' and 'overrides', got {cost!r}")
@@ -309,7 +307,8 @@ def paper_of(cfg: Mapping[str, Any], where: str = "config") -> Paper:
         targets.append(CostTarget(str(t["baseline"]), _number_or_floor(t["gpu"], w + ".gpu"),
                                   _number_or_floor(t["cpu"], w + ".cpu")))
     return Paper(name=str(doc.get("name") or ""), chain=entries, tables=_strings(doc.get("tables"), f"{where}: "
-                 f"paper.tables"), demo=demo_t, cost=tuple(targets),
+                 f"paper.tables"), demo_skip=_strings(doc.get("demo_skip"), f"{where}: paper.demo_skip"),
+                 cost=tuple(targets),
                  cost_overrides=_strings(cost.get("overrides"), f"{where}: paper.cost.overrides"),
                  variant=str(doc.get("variant") or ""))
 
@@ -326,14 +325,15 @@ class PlannedStep:
 
 def resolve_chain(paper: Paper, only: Iterable[str] | None = None, demo: bool = False,
                   where: str = "config") -> list[PlannedStep]:
-    """The steps to run: the paper's chain, or its ``demo`` list (``demo``), or the names in ``only`` (a name of
-    the paper's chain takes the paper's settings; any other name a step of an evaluation's catalogue as declared).
+    """The steps to run: the paper's chain (``demo``: without its ``demo_skip`` steps), or the names in ``only`` (a
+    name of the paper's chain takes the paper's settings; any other name a step of an evaluation's catalogue as
+    declared).
     An unknown name, step or option is a :class:`DeclarationError` listing the known ones."""
     catalogue = steps()
     if only is not None:
         names = list(only)
-    elif demo and paper.demo is not None:
-        names = list(paper.demo)
+    elif demo:
+        names = [e.name for e in paper.chain if e.name not in paper.demo_skip]
     else:
         names = [e.name for e in paper.chain]
     known = sorted({e.name for e in paper.chain} | set(catalogue))

@@ -1,7 +1,7 @@
 """The contract every evaluation stage follows: arguments, run identity, output folder, result record.
 
 Arguments (:func:`stage_parser`): ``--config``, ``--ckpt``, ``--data``, ``--out``, ``--seed``,
-``--records-dir``, ``--fresh`` and ``key=value`` config overrides anywhere on the line.
+``--records-dir``, ``--fresh``, ``--sweep``, ``--row`` and ``key=value`` config overrides anywhere on the line.
 
 Identity (:class:`RunIdentity`): what determines a run's result: the stage and its protocol code version,
 the resolved config with the overrides (minus the keys the config declares ``_neutral_``: worker counts,
@@ -20,7 +20,12 @@ not run again; temporary files of interrupted writes are removed when the run st
 Result (:meth:`Stage.finish`): one record (``lewel_bench.records``) with the identity's ``data``,
 ``run_id`` and ``group``; a non-finite metric makes the record ``failed`` and the stage exits non-zero.
 With ``--sweep KEY`` the record also says which point of a sweep over the config key it is (``sweep``:
-key, value, and the group of the sweep's points), so the tables can report the sweep's best point.
+key, value, and the group of the sweep's points), so the tables can report the sweep's best point. The record
+carries the evaluation's ``protocol_version`` and the overrides that change its result (``result_overrides``:
+not the config's ``_neutral_`` keys), so the tables can tell a run in the paper's settings from another.
+``--row METHOD[_<N>ep]`` names the paper row a published checkpoint's record fills (``mocov2_800ep``): a label,
+not part of the run's identity; asking a finished run again with another ``--row`` writes its record again
+with that row (nothing is recomputed; the tables count the latest record of a run).
 
 Errors (:func:`cli_entry`): any :class:`~lewel_bench.errors.LewelError` ends the command with one line
 naming the file or key and a non-zero exit, never a traceback.
@@ -32,6 +37,7 @@ import functools
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -74,6 +80,9 @@ def stage_parser(prog: str, description: str, default_config: str | None) -> arg
     p.add_argument("--sweep", default=None, metavar="KEY",
                    help="this run is one point of a sweep over the config key KEY (e.g. solver.base_lr): the "
                         "tables report the best point of the sweep, with its value")
+    p.add_argument("--row", default=None, metavar="METHOD[_<N>ep]",
+                   help="the paper row this (published) checkpoint's record fills, e.g. mocov2_800ep: MoCo v2's "
+                        "800-epoch row in the papers' comparison tables (a label: not part of the run's identity)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides anywhere on the line (e.g. epochs=2 data.crop_size=64)")
     return p
@@ -325,6 +334,7 @@ class Stage:
     identity: RunIdentity | None = None
     folder: RunFolder | None = None
     sweep_key: str | None = None
+    row: str | None = None
     _writer: Any = field(default=None, repr=False)
 
     @property
@@ -342,12 +352,33 @@ class Stage:
         return self._writer
 
     def finished(self) -> dict | None:
-        """The finished result of this run, logged, or None."""
+        """The finished result of this run, logged, or None. Asked with another ``--row`` than its record's, the
+        record is written again with that row (:meth:`relabel`)."""
         res = self.folder.finished() if self.folder else None
         if res:
+            if self.row and self.row != res.get("row") and self.info.is_main:
+                res = self.relabel(res)
             log.info("%s: already finished (%s): %s; pass --fresh to run it again", self.name,
                      self.out / RESULT_FILE, res.get("metrics"))
         return res
+
+    def relabel(self, res: dict) -> dict:
+        """Write the finished run's record again with this ``--row`` (beside the old one, which the tables then
+        skip as the same run recorded earlier) and note it in ``result.json``; returns the updated result."""
+        from .records import now_iso, write_record
+
+        old = res.get("record")
+        try:
+            rec = json.loads(Path(str(old)).read_text(encoding="utf-8"))
+        except (OSError, ValueError, TypeError) as e:
+            raise StageError(f"{self.out}: the finished run's record {old} cannot be read ({e}) to give it --row "
+                             f"{self.row}: pass --fresh to run it again") from None
+        rec = {k: v for k, v in rec.items() if not k.startswith("_")}
+        rec.update(row=self.row, end_time=now_iso(), relabelled_from=str(old))
+        path = write_record(rec, Path(str(old)).parent)
+        self.folder.write_result(res.get("metrics") or {}, str(path), row=self.row)
+        log.info("%s: finished run recorded again with row %s: %s", self.name, self.row, path)
+        return {**res, "record": str(path), "row": self.row}
 
     def finish(self, eval_name: str, protocol: str, metrics: Mapping[str, Any], records_dir: str | Path | None = None,
                config: Mapping[str, Any] | None = None, **extra: Any) -> Path | None:
@@ -363,13 +394,16 @@ class Stage:
                   f"{', '.join(f'{k}={metrics[k]!r}' for k in bad)}"} if bad else {"status": "ok"}
         clean = {k: (None if k in bad else v) for k, v in metrics.items()}
         ident = self.identity
+        meta = self.cfg.get("_meta") or {}
         rec = record_for_backbone(
             self.bb, eval=eval_name, protocol=protocol, metrics=clean, seed=self.seed,
             config=identity_config(self.cfg) if config is None else dict(config), start_time=self.start_time,
             dataset=self.data.get("name", "unknown"), data=self.data, data_root=str(self.data_root),
             run_id=ident.run_id if ident else None, group=ident.group if ident else None,
             pretrain_group=(ident.pretrain_group or ident.checkpoint_sha256) if ident else None,
-            world_size=getattr(self.info, "world_size", 1), overrides=(self.cfg.get("_meta") or {}).get("overrides", []),
+            world_size=getattr(self.info, "world_size", 1), overrides=meta.get("overrides", []),
+            result_overrides=changing_overrides(meta.get("overrides", []), meta.get("neutral", [])),
+            **({"protocol_version": ident.code_version} if ident else {}), **({"row": self.row} if self.row else {}),
             **({"sweep": ident.sweep(self.sweep_key)} if ident and self.sweep_key else {}), **status, **extra)
         path = write_record(rec, records_dir)
         self.writer.scalars(clean, int(extra.get("epochs") or 0), f"eval/{eval_name}_{protocol}")
@@ -377,10 +411,32 @@ class Stage:
         if bad:
             raise NonFiniteError(f"{eval_name} {protocol}: {status['failure']}; recorded as a failed run in {path}")
         if self.folder:
-            self.folder.write_result(metrics, str(path))
+            self.folder.write_result(metrics, str(path), **({"row": self.row} if self.row else {}))
         log.info("%s %s: %s -> record %s", eval_name, protocol,
                  ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()), path)
         return path
+
+
+#: ``--row``: a method name and optional pretraining epochs (``mocov2_800ep``, ``supervised``)
+ROW = re.compile(r"[A-Za-z0-9][\w.+-]*?(_\d+ep)?")
+
+
+def check_row(row: str | None) -> str | None:
+    """``--row`` as given, or a :class:`StageError` saying the form it must have."""
+    if row is None:
+        return None
+    if not ROW.fullmatch(str(row)):
+        raise StageError(f"--row {row!r}: expected METHOD or METHOD_<N>ep, the method and pretraining epochs of a "
+                         f"paper row (e.g. mocov2_800ep)")
+    return str(row)
+
+
+def changing_overrides(overrides: Sequence[str], neutral: Sequence[str]) -> list[str]:
+    """The overrides that change a run's result: those of keys that are not ``_neutral_`` (nor below one)."""
+    def is_neutral(key: str) -> bool:
+        return any(key == n or key.startswith(n + ".") for n in neutral)
+
+    return [str(o) for o in overrides if not is_neutral(str(o).split("=", 1)[0].strip())]
 
 
 def open_stage(name: str, args: argparse.Namespace, cfg: dict, bb: Any, info: Any, data_root: Path,
@@ -404,6 +460,7 @@ def open_stage(name: str, args: argparse.Namespace, cfg: dict, bb: Any, info: An
     sweep_key = getattr(args, "sweep", None)
     if sweep_key:
         ident.sweep(sweep_key)  # the key must be in the config: refused before any work
+    row = check_row(getattr(args, "row", None))
     out = Path(args.out) if args.out else default_out_dir(bb, name, args.config, ident)
     folder = RunFolder(out, ident, state_files)
     folder.open(args.fresh, is_main=info.is_main)
@@ -411,4 +468,4 @@ def open_stage(name: str, args: argparse.Namespace, cfg: dict, bb: Any, info: An
     log.info("%s: run %s (group %s), data %s [%s], out %s", name, ident.run_id, ident.group, data["name"],
              data["fingerprint"][:12], out)
     return Stage(name=name, cfg=cfg, bb=bb, info=info, out=out, data_root=Path(data_root), seed=int(args.seed),
-                 start_time=start_time, identity=ident, folder=folder, sweep_key=sweep_key)
+                 start_time=start_time, identity=ident, folder=folder, sweep_key=sweep_key, row=row)

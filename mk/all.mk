@@ -84,7 +84,7 @@ convert: $(STAMP) ## convert CKPT (default runs/EXP/backbone.pth) for detectron2
 	$(RUN) tools.convert_to_mmseg $(CONVERT_IN) $(CONVERT_DIR)/backbone_mmseg.pth
 
 # make demo: the whole chain on data/mini from a fresh clone (target: at most 30 minutes on 2 cores).
-# DEMO_EXP=cgh: CGH's chain; each method's `paper.demo` steps (default: its chain), and its figures: the loss / kNN
+# DEMO_EXP=cgh: CGH's chain; each method's chain without its `paper.demo_skip` steps, and its figures: the loss / kNN
 # curves, and the alignment maps when its method has them (LEWEL).
 DEMO_EXP     ?= lewel_m
 DEMO_EVALS   ?=

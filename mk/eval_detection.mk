@@ -42,7 +42,7 @@ endif
 _det_runs = @set -e; for s in $$(seq 0 $$(( $(SEEDS) - 1 ))); do \
 	  echo "== detection: config $(1) on $(if $(3),$(2),the embedded mini data (DATA=<root>: the paper's protocol)), seed $$s ($(DET_CKPT), transfer $(TRANSFER), backend $(BACKEND))"; \
 	  $(RUN) eval_detection --config $(1) --ckpt $(DET_CKPT) --data $(2) --seed $$s --backend $(BACKEND) \
-	    --transfer $(TRANSFER) $(if $(OUT),--out $(OUT)/s$$s) $(4) $(ARGS); \
+	    --transfer $(TRANSFER) $(if $(OUT),--out $(OUT)/s$$s) $(ROW_ARG) $(4) $(ARGS); \
 	done
 
 .PHONY: eval-voc-det eval-coco eval-detection
