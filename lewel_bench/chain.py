@@ -14,6 +14,8 @@ config, else its mini config on ``<mini>/<mini folder>``. Nothing here knows a m
     python -m lewel_bench.chain lines --config CFG --ckpt CKPT --mini data/mini [--data ROOT] [--var K=V ...]
                                       --launch "python -m lewel_bench.launch ..." [--chain-dir DIR]
     python -m lewel_bench.chain show --config CFG ...              the plan in words
+    python -m lewel_bench.chain ablations --paper results/paper [--sweeps]
+                                      the runs of the ablation tables: experiments, or <folder>:<exp>:<key>=<value>
 
 ``CFG`` is the method's config file (``pretrain/configs/<exp>.yaml``: ``python -m pretrain.experiments resolve
 --path EXP``). ``lines`` separates lines with the ASCII record separator (``--sep``), which ``make`` turns into
@@ -144,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lewel_bench.chain", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("vars", help="the make variables the evaluations read")
+    ab = sub.add_parser("ablations", help="the runs the ablation tables (key exp) have rows for")
+    ab.add_argument("--paper", required=True, help="the folder of tables.yaml")
+    ab.add_argument("--sweeps", action="store_true", help="the sweep points: <folder>:<exp>:<key>=<value>")
     for name in ("steps", "lines", "show", "check"):
         s = sub.add_parser(name)
         s.add_argument("--config", default="", help="the method's config file")
@@ -162,6 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "vars":
             print(" ".join(chain_vars()))
+            return 0
+        if args.cmd == "ablations":
+            from .tables.spec import ablation_runs, table_specs
+
+            runs = ablation_runs(table_specs(Path(args.paper)))
+            print(" ".join(f"{r.folder}:{r.exp}:{r.sweep}" if args.sweeps else r.exp for r in runs
+                           if bool(r.sweep) == args.sweeps))
             return 0
         planned = _plan(args)
         if args.cmd in ("steps", "check"):

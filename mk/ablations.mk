@@ -3,25 +3,24 @@
 #   make ablations DATA=/path/in100 VOC_DATA=/path/VOCdevkit   the paper's runs (IN-100 from `make in100`)
 #   make ablations                                             the same chain on the embedded mini data
 #                                                              (configs <exp>_mini: a smoke chain)
-#   make ablations-fig3 DATA=... VOC_DATA=...                  Fig. 3: LEWEL_M at each beta (BETAS) and
-#                                                              aligned dimensionality c (CS) -> fig3a_beta.csv,
-#                                                              fig3b_aligned_dim.csv
+#   make ablations-fig3 DATA=... VOC_DATA=...                  Fig. 3: the points of its pretraining sweeps
+#                                                              (LEWEL_M at each beta and aligned dimensionality
+#                                                              c) -> fig3a_beta.csv, fig3b_aligned_dim.csv
 #   make -n ablations                                          print the chain
 #   LAUNCHER=slurm                                             every step its own job, afterok-chained (the
 #                                                              evaluations after their pretraining, the tables
 #                                                              after every evaluation); job ids in RUNS/<run>/chain/
-# ABLATIONS picks the runs (default: every row of the three tables); ARGS adds pretraining overrides to every
-# run, ABLATION_LINEAR_ARGS / ABLATION_SEG_ARGS the evaluations' overrides, LRS the segmentation lr search
-# (eval-voc-seg). Each run's folder is RUNS/<exp> (Fig. 3: RUNS/lewel_m_in100-beta<value>, -c<value>); running
-# the command again resumes what is unfinished and skips what is done.
-ABLATIONS_T5 := mocov2_in100 lewel_m_in100_align_only lewel_m_in100_uncoupled lewel_m_in100
-ABLATIONS_T6 := mocov2_in100_d256 mocov2_in100_d512 mocov2_in100_extra_p lewel_m_in100_no_p lewel_m_in100_random_w
-ABLATIONS_T7 := byol_in100 lewel_b_in100_d512_h4 lewel_b_in100_h1 lewel_b_in100_h2 lewel_b_in100 lewel_b_in100_h8 \
-                lewel_b_in100_h16 lewel_b_in100_d128_h4 lewel_b_in100_d64_h4
-ABLATIONS    ?= $(ABLATIONS_T5) $(ABLATIONS_T6) $(ABLATIONS_T7)
-# Fig. 3 (LEWEL_M, lewel_m_in100): the defaults beta = 0.5 and c = d = 128 are lewel_m_in100's own run.
-BETAS        ?= 0.1 0.3 0.7 0.9 1.0
-CS           ?= 16 32 64 256
+# The runs are those the ablation tables have rows for (results/paper/tables.yaml, `key: exp`; the paper files'
+# `exp` and `pretrain_sweep` columns). ABLATIONS picks experiments (default: every row of Tables 5-7), SWEEPS the
+# sweep points as <run folder>:<exp>:<key>=<value> (default: every point of Fig. 3, e.g.
+# lewel_m_in100-beta0.3:lewel_m_in100:model.beta=0.3); ARGS adds pretraining overrides to every run,
+# ABLATION_LINEAR_ARGS / ABLATION_SEG_ARGS the evaluations' overrides, LRS the segmentation lr search
+# (eval-voc-seg). Each run's folder is RUNS/<exp> (a sweep point: its folder); running the command again resumes
+# what is unfinished and skips what is done.
+ABLATION_PAPER ?= results/paper
+_abl_list = $(shell $(PY) -m lewel_bench.chain ablations --paper $(ABLATION_PAPER) $(1))
+ABLATIONS ?= $(eval ABLATIONS := $(call _abl_list,))$(ABLATIONS)
+SWEEPS    ?= $(eval SWEEPS := $(call _abl_list,--sweeps))$(SWEEPS)
 ABLATION_LINEAR_ARGS ?=
 ABLATION_SEG_ARGS    ?=
 ABLATION_RUNS = $(sort $(ABLATIONS))
@@ -64,11 +63,13 @@ ablations: ## LEWEL Tables 5-7: every IN-100 ablation run -> linear + VOC seg ->
 	$(foreach r,$(ABLATION_RUNS),$(call _abl_run,$(r),$(r),)$(_abl_nl))
 	+$(MAKE) --no-print-directory tables OUT= ARGS= GPUS_PER_NODE=0 NODES=1 $(call _abl_tables_after,$(ABLATION_RUNS))
 
-FIG3_RUNS = $(foreach b,$(BETAS),lewel_m_in100-beta$(b)) $(foreach c,$(CS),lewel_m_in100-c$(c))
-ablations-fig3: ## LEWEL Fig. 3: LEWEL_M at each beta (BETAS) and c (CS) -> linear + VOC seg -> tables
+# a sweep point <folder>:<exp>:<key>=<value> -> its folder, experiment, override
+_sw = $(word $(2),$(subst :, ,$(1)))
+FIG3_RUNS = $(foreach s,$(SWEEPS),$(call _sw,$(s),1))
+ablations-fig3: ## LEWEL Fig. 3: every point of its pretraining sweeps (SWEEPS) -> linear + VOC seg -> tables
 	$(call _abl_check,ablations-fig3)
 	@echo "== Fig. 3 ($(words $(FIG3_RUNS)) runs, $(if $(DATA),DATA=$(DATA),the embedded mini data), $(LAUNCHER)): \
-	  beta in $(BETAS), c in $(CS); beta = 0.5 / c = 128 is lewel_m_in100 (make ablations)"
-	$(foreach b,$(BETAS),$(call _abl_run,lewel_m_in100-beta$(b),lewel_m_in100,model.beta=$(b) --sweep model.beta)$(_abl_nl))
-	$(foreach c,$(CS),$(call _abl_run,lewel_m_in100-c$(c),lewel_m_in100,model.sem_dim=$(c) --sweep model.sem_dim)$(_abl_nl))
+	  $(foreach s,$(SWEEPS),$(call _sw,$(s),3)); each experiment's own value is its own run (make ablations)"
+	$(foreach s,$(SWEEPS),$(call _abl_run,$(call _sw,$(s),1),$(call _sw,$(s),2),$(call _sw,$(s),3) --sweep \
+	  $(firstword $(subst =, ,$(call _sw,$(s),3))))$(_abl_nl))
 	+$(MAKE) --no-print-directory tables OUT= ARGS= GPUS_PER_NODE=0 NODES=1 $(call _abl_tables_after,$(FIG3_RUNS))

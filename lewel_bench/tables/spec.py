@@ -14,6 +14,7 @@
       cells:                              # value column -> the records that fill it
         ep100_top1: {eval: linear, metric: top1, protocols: [mcl_sgd, mini], epochs: 100, label: 100ep Acc@1}
       extra_epoch_cells: {}               # values at other epochs than the fixed-epoch columns (Table 1)
+      sweep_column: beta                  # key exp: the paper column holding a sweep point's value (names its run)
 
 A cell's ``protocols`` may hold ``{<row column>}`` (``{arch}_1x``: the row's arch); null = any protocol of the
 eval. ``compare: false``: no ours - paper (seconds on other hardware); ``decimals``: Markdown digits. Evals,
@@ -57,6 +58,7 @@ class TableSpec:
     own: str = ""             # the `source` tag of the paper's own rows
     arch: str | None = None   # the paper's backbone (None: any)
     allow_overrides: tuple[str, ...] = ()   # key=value overrides that are the paper's own settings
+    sweep_column: str = ""                  # ablations: the paper column with a sweep point's value
     folder: Path | None = None              # where <name>.csv is
 
     @property
@@ -69,7 +71,7 @@ class TableSpec:
 
 
 _TABLE_KEYS = {"name", "title", "paper", "own", "arch", "key", "row_attrs", "allow_overrides", "cells",
-               "extra_epoch_cells"}
+               "extra_epoch_cells", "sweep_column"}
 _CELL_KEYS = {"eval", "metric", "protocols", "epochs", "label", "compare", "decimals"}
 
 
@@ -132,7 +134,8 @@ def table_from(doc: Any, where: str, folder: Path, evals: Mapping[str, Evaluatio
                      key=key, row_attrs=lists["row_attrs"],
                      extra_epoch_cells=_cells(doc.get("extra_epoch_cells"), f"{where}.extra_epoch_cells", evals),
                      paper=paper, own=str(doc.get("own") or paper.lower()), arch=doc.get("arch"),
-                     allow_overrides=lists["allow_overrides"], folder=folder)
+                     allow_overrides=lists["allow_overrides"], sweep_column=str(doc.get("sweep_column") or ""),
+                     folder=folder)
 
 
 def load_specs(path: Path, evals: Mapping[str, Evaluation] | None = None) -> list[TableSpec]:
@@ -170,6 +173,39 @@ def table_specs(paper_dir: Path, evals: Mapping[str, Evaluation] | None = None) 
             seen[spec.name] = f
             out.append(spec)
     return out
+
+
+@dataclass(frozen=True)
+class AblationRun:
+    """A pretraining run an ablation table (key ``exp``) has a row for: its folder name, its experiment, and for a
+    point of a pretraining sweep the ``key=value`` override (``--sweep key``)."""
+
+    folder: str
+    exp: str
+    sweep: str = ""
+
+
+def ablation_runs(specs: Iterable[TableSpec]) -> list[AblationRun]:
+    """Every run of the ablation tables, in their order (a sweep point's folder: ``<exp>-<column><value>``, the
+    value as the paper file's column ``sweep_column`` gives it)."""
+    from .paper import read_paper_csv
+
+    out: dict[str, AblationRun] = {}
+    for s in specs:
+        if s.key != "exp" or not s.csv.is_file():
+            continue
+        for row in read_paper_csv(s.csv)[0].to_dict("records"):
+            sweep = row.get("pretrain_sweep")
+            if not isinstance(sweep, str) or not sweep:   # an empty cell: the experiment's own run
+                out.setdefault(row["exp"], AblationRun(row["exp"], row["exp"]))
+                continue
+            if not s.sweep_column or s.sweep_column not in row:
+                raise PaperFileError(f"{s.csv}: a row of sweep {sweep!r} but the table declares no sweep_column "
+                                     f"(the column with the swept value)")
+            key, value = str(sweep).split("=", 1)[0], row[s.sweep_column]
+            folder = f"{row['exp']}-{s.sweep_column}{value}"
+            out.setdefault(folder, AblationRun(folder, row["exp"], f"{key}={value}"))
+    return list(out.values())
 
 
 def tables_fed_by(eval_name: str, specs: Iterable[TableSpec]) -> list[str]:
