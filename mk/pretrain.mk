@@ -23,7 +23,7 @@ pretrain: $(STAMP) $(if $(DATA),,$(MINI_STAMP)) ## pretrain EXP (mini data unles
 	echo "make pretrain: EXP=$(EXP) $(if $(DATA),with DATA=$(DATA): the full-data config $$cfg,on the embedded mini data: config $$cfg (with DATA=/path: the full-data config $(EXP)))"; \
 	set -x; $(RUN) pretrain $$cfg --exp $(EXP) --data $(PRETRAIN_DATA) --out $(PRETRAIN_OUT) $(ARGS)
 
-bench-pretrain: $(STAMP) ## step time of supervised / MoCo v2 / LEWEL_M / BYOL / LEWEL_B / CGH / MCL and their ratios
+bench-pretrain: $(STAMP) ## step time of supervised and of every method, and the ratios their configs declare (paper.cost)
 	$(PY) -m tools.bench_pretrain $(BENCH_ARGS)
 
 bench-loader: $(STAMP) ## images/s of the pretraining loader: PIL pipeline vs batched photometric ops
