@@ -155,8 +155,10 @@ def test_knobs_repeat_seeds_and_sweeps_and_pass_flags() -> None:
 
 
 @pytest.mark.parametrize("paper, message", [
-    ({"chain": [{"step": "coco-c4-1x", "transfr": "bundle"}]}, r"coco takes no option transfr \(its options: transfer\)"),
-    ({"chain": ["linear", "no-such-step"]}, r"step 'no-such-step' names unknown step 'no-such-step'; known: .*coco-c4-1x"),
+    ({"chain": [{"step": "coco-c4-1x", "transfr": "bundle"}]},
+     r"coco takes no option transfr \(its options: transfer\)"),
+    ({"chain": ["linear", "no-such-step"]},
+     r"step 'no-such-step' names unknown step 'no-such-step'; known: .*coco-c4-1x"),
     ({"chain": ["linear", "linear"]}, r"paper.chain names linear twice"),
     ({"chain": [], "tabels": []}, r"paper has unknown key\(s\) tabels"),
     ({"chain": [], "cost": {"against": [{"baseline": "byol", "gpu": "fast", "cpu": 1}]}},

@@ -293,15 +293,19 @@ def render_page(*, tables: list[TableView], unmatched: pd.DataFrame, other: pd.D
                 curves_html: str, align_html: str, cost_html: str, sources: dict[str, str],
                 own_sources: dict[str, str] | None = None) -> str:
     """The whole page (``own_sources``: each paper's own ``source`` tag -> whose numbers)."""
+    sources_legend = {**{k: f"{v}'s own numbers" for k, v in (own_sources or {}).items()}, **SOURCES}
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     legend = ('<p class="legend">Each column group: the paper\'s value, ours (mean ± sample std, <i>n</i> runs of one '
               'group), Δ = ours − paper: <span class="swatch" style="background:rgba(22,163,74,0.5)"></span>above '
               'the paper, <span class="swatch" style="background:rgba(220,38,38,0.5)"></span>below, stronger with '
               f'|Δ| (full at {DELTA_FULL:g} points). Rows: <code>paper</code> = a row of the paper (ours fill it only '
-              'from real data), else the dataset of our extra row (<code>mini</code> rows are never compared with '
-              'the paper). Source: ' + "; ".join(f"<code>{k}</code> = {esc(v)}" for k, v in {**{k: f"{v}'s own numbers" for k, v in (own_sources or {}).items()}, **SOURCES}.items()) +
+              'from real data in the paper\'s settings), else the dataset of our extra row (<code>mini</code> rows '
+              'are never compared with the paper). Source: '
+              + "; ".join(f"<code>{k}</code> = {esc(v)}" for k, v in sources_legend.items()) +
               '. <i>data</i>: the data our numbers come from (name:fingerprint); <i>weights</i>: what the '
-              'evaluated model loaded from the checkpoint.</p>')
+              'evaluated model loaded from the checkpoint; <i>notes</i>: why a row of ours is not in the paper\'s '
+              'settings (backbone, overrides, unfinished pretraining), or the <code>--row</code> a published '
+              'checkpoint fills.</p>')
     tbl = "".join(render_table(t) for t in tables) or '<p class="none">No paper tables (results/paper missing?).</p>'
     if not other.empty:
         tbl += ("<section class=\"table\" id=\"t-other\"><h3>Other results (no paper table: kNN)</h3>"

@@ -161,7 +161,8 @@ def fill(scope: Scope, out_row: dict, col: str, paper_val: Any, idx: list[int], 
     out_row[f"{col}.ours"] = _round(mean)
     out_row[f"{col}.std"] = _round(std)
     out_row[f"{col}.n"] = n
-    out_row[f"{col}.diff"] = _round(mean - paper_val) if (compare and mean is not None and paper_val is not None) else None
+    comparable = compare and mean is not None and paper_val is not None
+    out_row[f"{col}.diff"] = _round(mean - paper_val) if comparable else None
     scope.used.update(idx)
 
 
@@ -192,7 +193,8 @@ def paper_rows(scope: Scope, paper: pd.DataFrame) -> list[dict]:
         for col, cell in spec.cells.items():
             idx: list[int] = []
             if j in owners:
-                ep: int | None | str = cell.epochs if spec.key == "method" and cell.epochs is not None else row.get("epochs")
+                fixed = spec.key == "method" and cell.epochs is not None
+                ep: int | None | str = cell.epochs if fixed else row.get("epochs")
                 idx = matching(scope, cell, row, ep)
                 if (spec.key == "method" and not idx and n_rows_of.get(row["method"]) == 1
                         and (cell.epochs is None or not missing(row[col]))):

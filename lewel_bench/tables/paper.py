@@ -30,7 +30,8 @@ def read_schema(path: Path, lines: list[str]) -> dict[str, str]:
         for item in s[len("schema:"):].split(","):
             name, _, typ = item.strip().partition(":")
             if typ not in TYPES:
-                raise PaperFileError(f"{path}: schema column {name!r} has unknown type {typ!r} (known: {sorted(TYPES)})")
+                raise PaperFileError(f"{path}: schema column {name!r} has unknown type {typ!r} "
+                                     f"(known: {sorted(TYPES)})")
             schema[name] = typ
     if not schema:
         raise PaperFileError(f"{path}: no '# schema: col:type,...' line")

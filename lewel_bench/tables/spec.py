@@ -130,7 +130,8 @@ def table_from(doc: Any, where: str, folder: Path, evals: Mapping[str, Evaluatio
             raise PaperFileError(f"{where}.{k}: expected a list of strings, got {v!r}")
         lists[k] = tuple(v)
     paper = str(doc.get("paper") or "")
-    return TableSpec(name=name, title=str(doc.get("title") or name), cells=_cells(doc["cells"], f"{where}.cells", evals),
+    return TableSpec(name=name, title=str(doc.get("title") or name),
+                     cells=_cells(doc["cells"], f"{where}.cells", evals),
                      key=key, row_attrs=lists["row_attrs"],
                      extra_epoch_cells=_cells(doc.get("extra_epoch_cells"), f"{where}.extra_epoch_cells", evals),
                      paper=paper, own=str(doc.get("own") or paper.lower()), arch=doc.get("arch"),
