@@ -353,32 +353,3 @@ def resolve_chain(paper: Paper, only: Iterable[str] | None = None, demo: bool = 
         out.append(PlannedStep(entry.name, ev, st, entry))
     return out
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m lewel_bench.declare [--paper results/paper]``: every declared evaluation (module, protocols,
-    metrics, primary metric, chain steps, the tables it feeds)."""
-    import argparse
-    from pathlib import Path
-
-    p = argparse.ArgumentParser(prog="python -m lewel_bench.declare", description=main.__doc__.split(":")[0])
-    p.add_argument("--paper", default=None, help="the folder of tables.yaml (then: the tables each one feeds)")
-    args = p.parse_args(argv)
-    specs = []
-    if args.paper:
-        from .tables.spec import table_specs
-
-        specs = table_specs(Path(args.paper))
-    for ev in evaluations().values():
-        fed = [s.name for s in specs if any(c.eval == ev.name for c in s.all_cells.values())]
-        print(f"{ev.name} ({ev.module}, version {ev.version}): protocols {' '.join(ev.protocols)}; metrics "
-              f"{' '.join(ev.metrics)} (primary {ev.primary}); steps {' '.join(s.name for s in ev.steps) or '-'}"
-              + (f"; tables {' '.join(fed) or '-'}" if args.paper else ""))
-    return 0
-
-
-if __name__ == "__main__":  # the declarations import lewel_bench.declare: run that module, not this copy
-    import sys
-
-    from lewel_bench.declare import main as _main
-
-    sys.exit(_main())

@@ -13,6 +13,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import pandas as pd
@@ -83,22 +84,25 @@ RECORD_ATTRS: dict[str, tuple[Callable[[Mapping, Mapping[str, str]], str], str]]
 
 
 def latest_per_run(records: list[dict]) -> list[dict]:
-    """One record per ``run_id`` (the latest by end time, then file name); records without one are all kept."""
+    """One record per ``run_id``: a record another one relabelled (``relabelled_from``, ``--row``) is superseded by
+    it; of the rest the latest by end time, then file name. Records without a run id are all kept."""
+    relabelled = {Path(str(r["relabelled_from"])).name for r in records if r.get("relabelled_from")}
+
+    def rank(rec: dict) -> tuple:
+        return (Path(str(rec.get("_path"))).name not in relabelled, str(rec.get("end_time") or ""),
+                str(rec.get("_path") or ""))
+
     best: dict[str, dict] = {}
     for rec in records:
         rid = rec.get("run_id")
-        if not rid:
-            continue
-        key = (str(rec.get("end_time") or ""), str(rec.get("_path") or ""))
-        old = best.get(str(rid))
-        if old is None or key > (str(old.get("end_time") or ""), str(old.get("_path") or "")):
+        if rid and (str(rid) not in best or rank(rec) > rank(best[str(rid)])):
             best[str(rid)] = rec
     out = []
     for rec in records:
         rid = rec.get("run_id")
         if rid and best[str(rid)] is not rec:
-            log.info("record %s: the same run as %s (run id %s), which is newer: not counted twice", rec.get("_path"),
-                     best[str(rid)].get("_path"), rid)
+            log.info("record %s: the same run as %s (run id %s), which supersedes it: not counted twice",
+                     rec.get("_path"), best[str(rid)].get("_path"), rid)
             continue
         out.append(rec)
     return out
