@@ -6,7 +6,7 @@ RetinaNet on COCO); every protocol has a config ``<config>`` and a ``mini_<confi
 from lewel_bench.declare import Evaluation, Knob, Step
 
 #: Bump when a change of this stage's code changes its results (part of every run's identity).
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 _COCO = ("c4_1x", "c4_2x", "fpn_1x", "fpn_2x", "retinanet_1x", "retinanet_2x", "retinanet_6x")
 _KNOBS = (Knob("SEEDS", seeds=True, doc="runs seeds 0 .. SEEDS-1 (one folder and one record each)"),

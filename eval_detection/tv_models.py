@@ -27,10 +27,13 @@ A transfer bundle (``--transfer bundle``: the FPN and the box head a method such
 detectron2 names them) goes into the FPN detectors' own modules (:func:`load_bundle`); ``model.transfer``
 counts what each detector took: ``{"trunk": n, <part>: n}``.
 
-Known differences from detectron2 (so numbers are close, not identical, to the detectron2 backend):
-the C4 mask branch re-runs the shared res5 on the foreground RoIs (detectron2 reuses the box branch's
-res5 features); torchvision's box-regression loss is smooth-L1 with beta 1/9 (detectron2: L1, beta 0)
-and RPN/ROI sampling follow torchvision's implementation; no aspect-ratio grouping of batches;
+The R-CNN detectors (C4 and FPN) take detectron2's losses where torchvision's differ (:class:`D2RPN`,
+:class:`D2RoIHeads`): box regression smooth-L1 with ``model.smooth_l1_beta`` (detectron2's ``RPN.SMOOTH_L1_BETA``
+and ``ROI_BOX_HEAD.SMOOTH_L1_BETA``, both 0: L1; torchvision's own: 1/9), the RPN's losses divided by
+``rpn_batch_per_image`` x images (torchvision: by the anchors sampled). Known differences from detectron2 that
+remain (so numbers are close, not identical, to the detectron2 backend; eval_detection/README.md): the C4
+mask branch re-runs the shared res5 on the foreground RoIs (detectron2 reuses the box branch's res5
+features); RPN/ROI sampling follow torchvision's implementation; no aspect-ratio grouping of batches;
 SyncBN is torch's ``SyncBatchNorm`` (detectron2's C4 config uses its "naive" SyncBN). RetinaNet:
 torchvision normalises the focal and box losses by each image's number of positive anchors and averages
 over the images (detectron2: the batch's sum over an exponential moving average of the number of
@@ -48,6 +51,7 @@ from functools import partial
 from typing import Any, Callable, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -55,7 +59,8 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.retinanet import RetinaNet, RetinaNetHead
-from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
@@ -75,7 +80,7 @@ MODEL_DEFAULTS: dict[str, Any] = dict(
     rpn_pre_nms_train=12000, rpn_post_nms_train=2000, rpn_pre_nms_test=6000, rpn_post_nms_test=1000,
     rpn_batch_per_image=256, roi_batch_per_image=512, pooler_resolution=14,
     box_score_thresh=0.05, box_nms_thresh=0.5, detections_per_img=100,
-    max_size_train=None, fpn_norm="bn",
+    max_size_train=None, fpn_norm="bn", smooth_l1_beta=0.0,
     retinanet_anchor_sizes=[32, 64, 128, 256, 512], retinanet_scales_per_octave=3,
     retinanet_iou_thresholds=[0.4, 0.5], retinanet_topk_candidates=1000, retinanet_prior_prob=0.01,
     retinanet_box_loss="l1", retinanet_head_norm="none",
@@ -192,6 +197,79 @@ def _common_kwargs(m: Mapping[str, Any]) -> dict[str, Any]:
                 box_detections_per_img=m["detections_per_img"])
 
 
+def box_regression_loss(pred: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Tensor:
+    """Sum of the smooth-L1 losses of the box deltas with threshold ``beta`` (0: the L1 loss), detectron2's
+    ``smooth_l1_loss(..., reduction="sum")``."""
+    return F.smooth_l1_loss(pred, target, beta=beta, reduction="sum")
+
+
+class D2RPN(RegionProposalNetwork):
+    """torchvision's RPN with detectron2's losses (its ``RPN.losses``): over the anchors the sampler draws (at most
+    ``batch_size_per_image`` per image, half positive), the objectness BCE and, on the positive anchors, the box
+    regression loss (smooth-L1 with ``smooth_l1_beta``: 0, L1, is detectron2's default), both summed and divided
+    by ``batch_size_per_image`` x the number of images. torchvision's own: smooth-L1 with beta 1/9, divided by
+    the number of anchors drawn (the same when every image has enough anchors)."""
+
+    smooth_l1_beta: float = 0.0
+
+    def compute_loss(self, objectness: torch.Tensor, pred_bbox_deltas: torch.Tensor, labels: list[torch.Tensor],
+                     regression_targets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        pos, neg = (torch.where(torch.cat(masks))[0] for masks in self.fg_bg_sampler(labels))
+        drawn = torch.cat([pos, neg])
+        normalizer = self.fg_bg_sampler.batch_size_per_image * len(labels)
+        all_labels, targets = torch.cat(labels), torch.cat(regression_targets)
+        box = box_regression_loss(pred_bbox_deltas[pos], targets[pos], self.smooth_l1_beta) / normalizer
+        obj = F.binary_cross_entropy_with_logits(objectness.flatten()[drawn], all_labels[drawn], reduction="sum")
+        return obj / normalizer, box
+
+
+class D2RoIHeads(RoIHeads):
+    """torchvision's box head with detectron2's box-regression loss (``FastRCNNOutputLayers.box_reg_loss``):
+    smooth-L1 with ``smooth_l1_beta`` (0: L1, detectron2's default; torchvision's own: 1/9) of the class-specific
+    deltas of the foreground RoIs, summed and divided by the number of RoIs sampled (as torchvision). In
+    training it keeps the sampled labels and regression targets (:meth:`select_training_samples`) and the box
+    predictor's deltas, and replaces torchvision's ``loss_box_reg`` with this one; everything else is
+    torchvision's."""
+
+    smooth_l1_beta: float = 0.0
+
+    def select_training_samples(self, proposals, targets):  # noqa: ANN001, ANN201 - torchvision's signature
+        proposals, matched_idxs, labels, regression_targets = super().select_training_samples(proposals, targets)
+        self._sampled = (labels, regression_targets)
+        return proposals, matched_idxs, labels, regression_targets
+
+    def forward(self, features, proposals, image_shapes, targets=None):  # noqa: ANN001, ANN201
+        if not self.training:
+            return super().forward(features, proposals, image_shapes, targets)
+        deltas: list[torch.Tensor] = []
+        hook = self.box_predictor.register_forward_hook(lambda mod, inp, out: deltas.append(out[1]))
+        try:
+            result, losses = super().forward(features, proposals, image_shapes, targets)
+            labels, regression_targets = self._sampled
+        finally:
+            hook.remove()
+            self._sampled = None
+        labels, regression_targets = torch.cat(labels), torch.cat(regression_targets)
+        fg = torch.where(labels > 0)[0]
+        pred = deltas[0].reshape(deltas[0].shape[0], -1, 4)[fg, labels[fg]]
+        losses["loss_box_reg"] = box_regression_loss(pred, regression_targets[fg], self.smooth_l1_beta) / labels.numel()
+        return result, losses
+
+
+def _detectron2_losses(model: nn.Module, beta: float) -> None:
+    """Give an R-CNN model built by torchvision detectron2's RPN and box-regression losses: its ``rpn`` and
+    ``roi_heads`` become :class:`D2RPN` / :class:`D2RoIHeads` (subclasses that only replace the loss, so the
+    modules built by torchvision keep every setting and parameter) with ``smooth_l1_beta`` = ``beta``."""
+    if float(beta) < 0:
+        raise ConfigError(f"model.smooth_l1_beta {beta}: expected a number >= 0 (0: the L1 loss)")
+    for attr, cls in (("rpn", D2RPN), ("roi_heads", D2RoIHeads)):
+        module = getattr(model, attr)
+        if type(module) is not cls.__base__:
+            raise TypeError(f"{attr}: expected torchvision's {cls.__base__.__name__}, got {type(module).__name__}")
+        module.__class__ = cls
+        module.smooth_l1_beta = float(beta)
+
+
 def _finish(model: nn.Module, m: Mapping[str, Any], transfer: dict[str, int]) -> nn.Module:
     """Test sizes (``min_size_test``, ``max_size``) and what the model took from the checkpoint (``transfer``)."""
     model.min_size_test = m["min_size_test"]
@@ -217,6 +295,7 @@ def build_c4(bb: Backbone, num_classes: int, mask: bool = False, **cfg: Any) -> 
                          mask_head=res5, mask_predictor=MaskRCNNPredictor(res5.out_channels, 256, num_classes + 1), **kw)
     else:
         model = FasterRCNN(trunk, num_classes=None, **kw)
+    _detectron2_losses(model, m["smooth_l1_beta"])
     return _finish(model, m, {"trunk": n})
 
 
@@ -266,6 +345,7 @@ def build_fpn(bb: Backbone, num_classes: int, mask: bool = True, **cfg: Any) -> 
                          mask_predictor=MaskRCNNPredictor(256, 256, num_classes + 1), **kw)
     else:
         model = FasterRCNN(backbone, num_classes=None, **kw)
+    _detectron2_losses(model, m["smooth_l1_beta"])
     return _finish(model, m, {"trunk": n})
 
 

@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from helpers import d2_cfg, tiny_detection_batch
 from lewel_bench.checkpoint import BackboneError, save_backbone
+from lewel_bench.config import ConfigError
 from lewel_bench.models import build_backbone, build_torchvision_resnet
 
 REPO = Path(__file__).resolve().parent.parent
@@ -149,6 +151,64 @@ def test_models_build_from_converted_checkpoint_and_train_one_step(converted_bb,
     assert len(out) == 2 and set(out[0]) >= {"boxes", "scores", "labels"}
 
 
+def test_rpn_losses_are_detectron2s_by_hand() -> None:
+    """D2RPN on a hand example (every anchor drawn: 2 images, at most 8 anchors each, half positive): objectness
+    BCE summed over the drawn anchors and the box loss (smooth-L1 with beta, 0: L1) summed over the positive ones,
+    both divided by batch_size_per_image x images = 16 (detectron2's ``RPN.losses``)."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.rpn import RPNHead
+
+    from eval_detection.tv_models import D2RPN
+
+    rpn = D2RPN(AnchorGenerator(((16,),), ((1.0,),)), RPNHead(4, 1), 0.7, 0.3, 8, 0.5, dict(training=10, testing=10),
+                dict(training=10, testing=10), 0.7)
+    labels = [torch.tensor([1.0, 0.0, 0.0, -1.0, 1.0]), torch.tensor([0.0, -1.0, 1.0, 0.0])]
+    g = torch.Generator().manual_seed(0)
+    logits, deltas, targets = torch.randn(9, generator=g), torch.randn(9, 4, generator=g), torch.randn(9, 4, generator=g)
+    flat = torch.cat(labels)
+    drawn, pos = flat >= 0, flat == 1
+    bce = F.binary_cross_entropy_with_logits(logits[drawn], flat[drawn], reduction="sum")
+    d = (deltas - targets)[pos].abs()
+    for beta, box in ((0.0, d.sum()), (1 / 9, torch.where(d < 1 / 9, 0.5 * d ** 2 * 9, d - 0.5 / 9).sum())):
+        rpn.smooth_l1_beta = beta
+        obj, reg = rpn.compute_loss(logits.view(-1, 1), deltas, labels, [targets[:5], targets[5:]])
+        torch.testing.assert_close(obj, bce / 16)
+        torch.testing.assert_close(reg, box / 16)
+
+
+def test_rcnn_detectors_train_with_detectron2s_box_loss() -> None:
+    """C4 and FPN detectors regress boxes with detectron2's loss: ``model.smooth_l1_beta`` 0 (L1) by default. With
+    torchvision's beta 1/9 the same draws give torchvision's own losses exactly (so only the loss changes: the
+    RPN's normaliser equals the anchors drawn when every image has enough); with beta 0 the box losses are the L1
+    ones, larger than smooth-L1 of the same deltas."""
+    from torchvision.models.detection.roi_heads import RoIHeads
+    from torchvision.models.detection.rpn import RegionProposalNetwork
+
+    from eval_detection.tv_models import D2RoIHeads, D2RPN, build_model
+    from lewel_bench.checkpoint import Backbone
+
+    torch.manual_seed(0)
+    bb = Backbone(state_dict=build_backbone("resnet18").state_dict(), arch="resnet18", path="r18")
+    imgs, targets = tiny_detection_batch(False)
+    box_keys = ("loss_box_reg", "loss_rpn_box_reg")
+    for arch in ("c4", "fpn"):
+        model = build_model(arch, bb, 3, False, **TINY).train()
+        assert type(model.rpn) is D2RPN and type(model.roi_heads) is D2RoIHeads and model.rpn.smooth_l1_beta == 0.0
+        losses = {}
+        for beta in (0.0, 1 / 9, "torchvision"):
+            if beta == "torchvision":
+                model.rpn.__class__, model.roi_heads.__class__ = RegionProposalNetwork, RoIHeads
+            else:
+                model.rpn.smooth_l1_beta = model.roi_heads.smooth_l1_beta = beta
+            torch.manual_seed(1)
+            losses[beta] = {k: float(v.detach()) for k, v in model(imgs, targets).items()}
+        assert losses[1 / 9] == pytest.approx(losses["torchvision"], rel=1e-6), arch
+        assert all(losses[0.0][k] > losses[1 / 9][k] > 0 for k in box_keys), arch
+        assert losses[0.0]["loss_classifier"] == pytest.approx(losses[1 / 9]["loss_classifier"], rel=1e-6)
+    with pytest.raises(ConfigError, match="smooth_l1_beta"):
+        build_model("c4", bb, 3, False, **{**TINY, "smooth_l1_beta": -1.0})
+
+
 def test_model_refuses_partial_backbone() -> None:
     from eval_detection.tv_models import build_model
     from lewel_bench.checkpoint import Backbone
@@ -282,6 +342,24 @@ def test_torchvision_configs_mirror_detectron2() -> None:
     for mini in ("mini_voc_c4_24k", "mini_coco_c4_1x", "mini_coco_fpn_1x", "mini_coco_fpn_2x"):
         c = load_config(mini, CONFIG_DIR)
         assert c["dataset"] == "mini" and c["protocol"] == load_config(mini[len("mini_"):], CONFIG_DIR)["protocol"]
+
+
+def test_torchvision_backend_runs_the_protocols_in_fp32_with_l1_box_regression() -> None:
+    """detectron2's defaults, which the protocol files leave alone (MoCo's and MCL's configs too): fp32
+    (``SOLVER.AMP.ENABLED`` False) and L1 box regression (``RPN.SMOOTH_L1_BETA`` and
+    ``ROI_BOX_HEAD.SMOOTH_L1_BETA`` 0); every torchvision protocol config runs the same: ``amp: false`` and
+    ``model.smooth_l1_beta: 0``."""
+    from eval_detection.cli import CONFIG_DIR
+    from lewel_bench.config import load_config
+
+    for f in sorted(D2_CONFIGS.glob("*.yaml")):
+        d = d2_cfg(f.name)
+        assert not d.get("SOLVER", {}).get("AMP", {}).get("ENABLED", False), f.name
+        for head in ("RPN", "ROI_BOX_HEAD"):
+            assert d.get("MODEL", {}).get(head, {}).get("SMOOTH_L1_BETA", 0.0) == 0.0, f.name
+    for f in sorted(CONFIG_DIR.glob("*.yaml")):
+        c = load_config(f.stem, CONFIG_DIR)
+        assert c["amp"] is False and c["model"]["smooth_l1_beta"] == 0.0, f.name
 
 
 # ------------------------------------------------------------------------------------------------
