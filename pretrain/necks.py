@@ -91,6 +91,24 @@ class FPN(nn.Module):
         return out
 
 
+class _DenseGrad(torch.autograd.Function):
+    """Identity whose backward hands on the gradient in the input's memory format (a copy only when it is in
+    another). With 1 x 1 cells the backward of the cell split gives a channels-last gradient whose size-1 batch
+    dimension (one canvas) has a stride other than N's canonical one, and CPU BatchNorm's backward (PyTorch 2.x)
+    returns wrong gradients for such a ``grad_output`` when its input is not channels-last: the FPN output's BN
+    sits right before the split."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.fmt = torch.channels_last if x.dim() == 4 and not x.is_contiguous() and \
+            x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        return g.contiguous(memory_format=ctx.fmt)
+
+
 def split_cells(x: torch.Tensor, n: int) -> torch.Tensor:
     """(N, C, n c, n c) -> (N n^2, C, c, c): each map cut into n x n cells, row-major (cell k = a n + b of
     image j is row ``j n^2 + k``)."""
@@ -98,6 +116,8 @@ def split_cells(x: torch.Tensor, n: int) -> torch.Tensor:
     if H % n or W % n:
         raise ValueError(f"a {H}x{W} map does not split into {n} x {n} cells")
     c, d = H // n, W // n
+    if x.requires_grad:
+        x = _DenseGrad.apply(x)
     return x.reshape(N, C, n, c, n, d).permute(0, 2, 4, 1, 3, 5).reshape(N * n * n, C, c, d)
 
 

@@ -17,7 +17,7 @@ from lewel_bench.optim import optimizer_for, schedule_from_config
 from pretrain.augment import build_views, seeded, view_specs
 from pretrain.cli import CONFIG_DIR
 from pretrain.methods import METHODS
-from pretrain.methods.cgh import CGH, cross_context_ce, loss_weights, queue_similarities
+from pretrain.methods.cgh import CGH, cross_context_ce, info_nce_from_rows, loss_weights, queue_similarities
 
 TINY = ["arch=resnet18", "model.dim=8", "model.hyper_dim=6", "model.hidden=16", "model.queue_size=20"]
 
@@ -128,6 +128,31 @@ def test_queue_product_gradient_is_exact_after_the_enqueue_overwrites_its_rows()
         (s_q * w).sum().backward()
         torch.testing.assert_close(q.grad, w @ before, rtol=1e-5, atol=1e-6)
         assert not torch.allclose(q.grad, w @ Q)  # the queue did change
+
+
+def test_loss_gradients_in_float64() -> None:
+    """torch.autograd.gradcheck (float64) of the cross-context CE (student side; the teacher is detached), the
+    InfoNCE from the queue rows, and the queue product whose rows the enqueue overwrites before the backward
+    pass (each call from the same queue; the backward's correction makes the gradient the forward's)."""
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    s, t = r(3, 5).requires_grad_(), r(3, 5)
+    assert cross_context_ce(s, t, 0.1, 0.04).dtype == torch.float64
+    assert torch.autograd.gradcheck(lambda a: cross_context_ce(a, t, 0.1, 0.04), (s,))
+    assert torch.autograd.gradcheck(lambda a, b: info_nce_from_rows(a, b, 0.2), (r(3).requires_grad_(), s))
+    Q0, new, teacher = F.normalize(r(6, 4), dim=1), r(3, 4), r(2, 4)
+    rows = torch.tensor([4, 5, 0])
+
+    def product(student: torch.Tensor) -> torch.Tensor:
+        Q = Q0.clone()
+        out, _ = queue_similarities(student, teacher, Q, rows)
+        Q[rows] = new  # the step's enqueue, in place, before the backward pass
+        return out
+
+    assert torch.autograd.gradcheck(product, (r(2, 4).requires_grad_(),))
 
 
 def test_method_loss_pairs_each_student_with_the_other_context_teacher() -> None:

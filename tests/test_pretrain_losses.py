@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from lewel_bench.config import load_config
+from pretrain.augment import view_specs
 from pretrain.losses import info_nce, info_nce_in_batch, lewel_total, normalized_mse
 from pretrain.methods import METHODS
 
@@ -93,3 +94,68 @@ def test_single_process_shuffle_bn_emulation(method):
     q0 = q[0] if isinstance(q, tuple) else q
     ref = m.online(x[:2])
     torch.testing.assert_close(q0[:2], ref[0] if isinstance(ref, tuple) else ref, rtol=1e-5, atol=1e-6)
+
+
+# --- float64: the losses and every method's gradient ---------------------------------------------------
+def _f64(*shape: int, seed: int, grad: bool = False) -> torch.Tensor:
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return x.requires_grad_(grad)
+
+
+@pytest.mark.parametrize("name", ["info_nce", "info_nce_in_batch", "normalized_mse"])
+def test_loss_gradients_in_float64(name: str) -> None:
+    """torch.autograd.gradcheck (float64 analytic against numerical Jacobians) of Eq. (4) with queue and with
+    in-batch negatives and Eq. (5), with respect to the online side (the target side is detached)."""
+    q, k, queue = _f64(3, 4, seed=0, grad=True), _f64(3, 4, seed=1), _f64(5, 4, seed=2)
+    fn = {"info_nce": lambda a: info_nce(a, k, queue, 0.2),
+          "info_nce_in_batch": lambda a: info_nce_in_batch(a.view(3, 2, 2), _f64(4, 2, 2, seed=3), 0.2, offset=1),
+          "normalized_mse": lambda a: normalized_mse(a, k)}[name]
+    assert fn(q).dtype == torch.float64
+    assert torch.autograd.gradcheck(fn, (q,))
+
+
+def _f64_method(method: str) -> tuple[torch.nn.Module, list[torch.Tensor]]:
+    """A tiny float64 copy of ``method``'s mini config (ResNet-18, 32 px, narrow heads) and a batch of 16 per view."""
+    cfg = tiny_cfg(method)
+    cfg["aug"]["size"] = 32
+    cfg["model"].update({k: v for k, v in {"hyper_dim": 16, "fpn_dim": 16, "extra_p_hidden": 32,
+                                           "extra_p_dim": 16}.items() if k in cfg["model"]})
+    torch.manual_seed(0)
+    m = METHODS.get(cfg["method"])(cfg).train().double()
+    m.iters_per_epoch, m.iteration = 10, 3  # inside a loss warm-up (CGH): every term of the loss is on
+    g = torch.Generator().manual_seed(1)
+    views = [torch.randn(16, 3, s.size, s.size, generator=g, dtype=torch.float64) for s in view_specs(cfg["aug"])]
+    return m, views
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_every_method_loss_in_float64_and_its_gradient(method: str) -> None:
+    """Every registered method computes its loss in float64 when its network and views are float64 (no cast to
+    float32 on the way), and the gradient with respect to all its trainable parameters equals a central
+    difference of the whole forward along a random direction: eps 1e-9 keeps every ReLU / max-pool on its side
+    (larger steps cross kinks of the 11M-parameter ResNet), float64 keeps the rounding error near 1e-7 of it.
+    The forward pushes to queues and updates BN statistics, so every evaluation starts from a copy."""
+    m, views = _f64_method(method)
+    g = torch.Generator().manual_seed(2)
+    direction = {n: torch.randn(p.shape, generator=g, dtype=torch.float64) for n, p in m.named_parameters()
+                 if p.requires_grad}
+    params = list(direction)
+
+    @torch.no_grad()
+    def loss_at(step: float) -> torch.Tensor:
+        w = copy.deepcopy(m)
+        for n, p in w.named_parameters():
+            if n in direction:
+                p.add_(direction[n], alpha=step)
+        return w(views)[0]
+
+    w = copy.deepcopy(m)
+    loss = w(views)[0]
+    assert loss.dtype == torch.float64
+    named = dict(w.named_parameters())
+    grads = torch.autograd.grad(loss, [named[n] for n in params], allow_unused=True)
+    assert sum(gr is not None for gr in grads) > len(params) // 2
+    analytic = sum(float((gr * direction[n]).sum()) for n, gr in zip(params, grads) if gr is not None)
+    eps = 1e-9
+    numeric = float(loss_at(eps) - loss_at(-eps)) / (2 * eps)
+    assert analytic == pytest.approx(numeric, rel=1e-5)

@@ -20,7 +20,7 @@ from lewel_bench.launch import _free_port
 from lewel_bench.optim import Schedule, param_groups, schedule_from_config
 from pretrain.methods import METHODS
 from pretrain.methods.mcl import MCL, assemble, downsample, mcl_loss, pixel_ratio
-from pretrain.necks import split_cells
+from pretrain.necks import ConvNorm, DetConvNeck, split_cells
 
 SIZE = 32  # the smallest size MCL takes: P5 1 x 1, one 1 x 1 cell per tile
 TINY = ["arch=resnet18", f"aug.size={SIZE}", "model.fpn_dim=16", "model.hidden=32", "model.dim=8",
@@ -150,6 +150,144 @@ def test_level_i_reads_its_fpn_level_and_only_the_cells_it_needs() -> None:
         torch.testing.assert_close(a[2][2 * 4 + 1], one[0], rtol=1e-5, atol=1e-5)
 
 
+def _neck_stats_by_hand(neck, x: torch.Tensor, n: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The neck's train-mode forward on the n x n cells of x written out with plain ops: for each of its BN
+    layers, the batch mean and the unbiased variance of its input (what the running statistics take in)."""
+    N, C, H, W = x.shape
+    c = H // n
+    y = x.reshape(N, C, n, c, n, c).permute(0, 2, 4, 1, 3, 5).reshape(N * n * n, C, c, c)
+    stats = {}
+    for k, conv in enumerate(neck.convs(), 1):
+        z = F.conv2d(y, conv.weight, padding=1)
+        mean, var = z.mean((0, 2, 3)), z.var((0, 2, 3), unbiased=False)
+        stats[f"conv{k}.norm"] = (mean, z.var((0, 2, 3), unbiased=True))
+        z = (z - mean[:, None, None]) / torch.sqrt(var[:, None, None] + conv.norm.eps)
+        y = torch.relu(z * conv.norm.weight[:, None, None] + conv.norm.bias[:, None, None])
+    proj = neck.projector
+    h = y.mean((2, 3)) @ proj.fc1.weight[..., 0].t() + proj.fc1.bias
+    stats["projector.bn"] = (h.mean(0), h.var(0, unbiased=True))
+    h = torch.relu((h - h.mean(0)) / torch.sqrt(h.var(0, unbiased=False) + proj.bn.eps) * proj.bn.weight + proj.bn.bias)
+    o = h @ proj.fc2.weight[..., 0].t() + proj.fc2.bias
+    stats["last_bn"] = (o.mean(0), o.var(0, unbiased=True))
+    return stats
+
+
+def test_shared_neck_visits_the_levels_from_p2_as_the_code_its_running_statistics() -> None:
+    """``neck_cells: all`` with the code's four levels: one train-mode step from fresh statistics leaves every BN
+    of the shared neck with the running mean / variance of the code's order, the neck on P2 first, then P3, P4,
+    P5 (each call: running = 0.9 running + 0.1 batch statistic), computed here by hand from the FPN outputs; the
+    reverse order (P5 first) gives other statistics, so the check tells the two apart."""
+    head = _build("model.neck_cells=all", "aug.size=64", *CODE_LEVELS).online.head.double()
+    g = torch.Generator().manual_seed(3)
+    # backbone maps of 6 canvases of 64 px (res2 16 x 16 .. res5 2 x 2: 2 x 2 cells at every level), rows grouped
+    # by level as a montage batch
+    feats = {s: torch.randn(6, c, 2 ** (6 - k), 2 ** (6 - k), generator=g, dtype=torch.float64)
+             for k, (s, c) in enumerate(zip(("res2", "res3", "res4", "res5"), (64, 128, 256, 512)), 2)}
+    neck = head.neck
+    bns = {name: mod for name, mod in neck.named_modules() if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm)}
+    assert sorted(bns) == ["conv1.norm", "conv2.norm", "conv3.norm", "conv4.norm", "last_bn", "projector.bn"]
+    with torch.no_grad():
+        for bn in bns.values():
+            bn.reset_running_stats()
+        P = head.fpn(feats)  # train mode: the same maps as the step's
+        by_level = {l: _neck_stats_by_hand(neck, P[l], 2 ** (5 - l)) for l in (2, 3, 4, 5)}
+        head(feats, [3, 1, 1, 1])
+    for order, should_match in (((2, 3, 4, 5), True), ((5, 4, 3, 2), False)):
+        for name, bn in bns.items():
+            mean, var = torch.zeros_like(bn.running_mean), torch.ones_like(bn.running_var)
+            for l in order:
+                mean = 0.9 * mean + 0.1 * by_level[l][name][0]
+                var = 0.9 * var + 0.1 * by_level[l][name][1]
+            if should_match:
+                torch.testing.assert_close(bn.running_mean, mean, rtol=1e-9, atol=1e-12)
+                torch.testing.assert_close(bn.running_var, var, rtol=1e-9, atol=1e-12)
+                assert int(bn.num_batches_tracked) == 4
+            else:
+                assert (bn.running_var - var).abs().max() > 1e-3 * var.abs().max(), name
+
+
+def _fans(w: torch.Tensor) -> tuple[int, int]:
+    """(fan_in, fan_out) of a conv / linear weight: in or out channels x the kernel's size."""
+    k = w[0, 0].numel()
+    return w.shape[1] * k, w.shape[0] * k
+
+
+def _check_normal(name: str, w: torch.Tensor, std: float) -> None:
+    n = w.numel()
+    w = w.detach()
+    assert abs(float(w.mean())) < 5 * std / math.sqrt(n), name
+    assert float(w.std()) == pytest.approx(std, rel=max(0.05, 6 / math.sqrt(2 * n))), name
+
+
+def _check_uniform(name: str, w: torch.Tensor, bound: float) -> None:
+    w = w.detach()
+    assert float(w.abs().max()) <= bound, name
+    assert float(w.abs().max()) > 0.95 * bound, name  # fills the interval
+    _check_normal(name, w, bound / math.sqrt(3))  # its mean and std
+
+
+@pytest.mark.parametrize("init", ["code", "torch"])
+def test_initialisation_of_every_conv_and_linear_follows_its_rule(init: str) -> None:
+    """``model.init: code`` (the MCL code): trunk convs Kaiming-normal fan-in (its ResNet's init_weights), FPN
+    convs Xavier-uniform, neck convs Kaiming-normal fan-out (mmcv ConvModule), projector linears Kaiming-normal
+    fan-in, predictor linears N(0, 0.01), their biases 0; ``torch``: torchvision's trunk (Kaiming-normal
+    fan-out) and PyTorch's defaults elsewhere (Kaiming-uniform with a = sqrt(5): U(+-1 / sqrt(fan_in))).
+    Every BN starts at weight 1, bias 0, and the momentum encoder is a copy. Each weight's mean and standard
+    deviation are checked against its rule (the mini config's ResNet-18 FPN: at least 8192 weights each)."""
+    m = _build(f"model.init={init}")
+    trunk = [(n, mod) for n, mod in m.online.backbone.named_modules() if isinstance(mod, torch.nn.Conv2d)]
+    assert len(trunk) == 20
+    # the rules tell fan-in from fan-out here: the stem (147 vs 3136) and every stage's first convs differ
+    assert sum(len(set(_fans(mod.weight))) == 2 for _, mod in trunk) >= 7
+    for n, mod in trunk:
+        fan_in, fan_out = _fans(mod.weight)
+        _check_normal(n, mod.weight, math.sqrt(2 / (fan_in if init == "code" else fan_out)))
+    head = m.online.head
+    fpn = [(n, mod) for n, mod in head.fpn.named_modules() if isinstance(mod, torch.nn.Conv2d)]
+    neck = [(f"conv{i}", c) for i, c in enumerate(head.neck.convs(), 1)]
+    proj = [("fc1", head.neck.projector.fc1), ("fc2", head.neck.projector.fc2)]
+    pred = [(f"predictor{i}.{k}", getattr(p, k)) for i, p in enumerate(m.predictors) for k in ("fc1", "fc2")]
+    assert len(fpn) == 6 and len(neck) == 4 and len(pred) == 6
+    for n, mod in fpn + neck + proj + pred:
+        fan_in, fan_out = _fans(mod.weight)
+        if init == "torch":
+            _check_uniform(n, mod.weight, 1 / math.sqrt(fan_in))
+        elif (n, mod) in fpn:
+            _check_uniform(n, mod.weight, math.sqrt(6 / (fan_in + fan_out)))
+        elif (n, mod) in neck:
+            _check_normal(n, mod.weight, math.sqrt(2 / fan_out))
+        elif (n, mod) in proj:
+            _check_normal(n, mod.weight, math.sqrt(2 / fan_in))
+        else:
+            _check_normal(n, mod.weight, 0.01)
+        if init == "code" and mod.bias is not None:
+            assert not mod.bias.any(), n
+    for mod in m.online.modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) and mod.affine:
+            assert bool((mod.weight == 1).all()) and not mod.bias.any()
+    for a, b in zip(m.online.state_dict().values(), m.target.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_cell_split_hands_batchnorm_a_gradient_it_computes_right() -> None:
+    """One canvas cut into 1 x 1 cells (a level with a single canvas at 32 px) right after the FPN output's
+    conv + BN: float64 gradcheck of the input and the BN parameters. (The plain split's backward gives a
+    channels-last gradient with a non-canonical stride on the batch dimension of 1, and CPU BatchNorm's
+    backward in PyTorch 2.x returns wrong gradients for it; the split hands on a dense one.)"""
+    torch.manual_seed(0)
+    fpn_out = ConvNorm(3, 4, 3).double().train()
+    neck = DetConvNeck(4, 6, 5, convs=1).double().train()
+    x = torch.randn(1, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    bn = fpn_out.norm
+
+    def f(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        y = F.batch_norm(F.conv2d(x, fpn_out.weight, padding=1), None, None, w, b, training=True)
+        return neck(y, 4)
+
+    params = (bn.weight.detach().clone().requires_grad_(), bn.bias.detach().clone().requires_grad_())
+    assert torch.autograd.gradcheck(f, (x, *params), fast_mode=True)
+
+
 # --- architecture ----------------------------------------------------------------------------------
 def test_fpn_neck_and_predictor_shapes_at_224_px() -> None:
     cfg = load_config("mcl", "pretrain/configs", CODE_LEVELS)
@@ -215,6 +353,17 @@ def test_loss_on_a_hand_example() -> None:
     row = [1.0, 0.0, 1 / math.sqrt(2), -1.0]
     l1 = math.log(sum(math.exp(v) for v in row)) - 1.0
     assert mcl_loss(p, t, torch.tensor([1, 0]), 1.0).item() == pytest.approx((l0 + l1) / 2 * 2, rel=1e-6)
+
+
+def test_loss_gradient_in_float64() -> None:
+    """torch.autograd.gradcheck (float64) of one level's loss with respect to the predictions (the targets are
+    detached); the logits stay in the inputs' dtype."""
+    g = torch.Generator().manual_seed(0)
+    p = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    t = F.normalize(torch.randn(6, 3, generator=g, dtype=torch.float64), dim=1)
+    labels = torch.tensor([1, 0, 3, 1]) + 2  # rank 1 of B = 2
+    assert mcl_loss(p, t, labels, 0.2).dtype == torch.float64
+    assert torch.autograd.gradcheck(lambda a: mcl_loss(a, t, labels, 0.2), (p,))
 
 
 def test_total_is_the_weighted_sum_over_levels_and_sides_against_the_other_sides_detached_targets() -> None:

@@ -96,8 +96,12 @@ class _QueueProduct(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         q_now, rows = ctx.queue, ctx.rows
-        g = g[: ctx.n].float()  # the student rows (no gradient to the teacher or the queue)
-        dx = g @ q_now.float() + g[:, rows] @ (ctx.old - q_now[rows]).float()  # = g @ Q as it was in forward
+        g = g[: ctx.n]  # the student rows (no gradient to the teacher or the queue)
+        # in the promoted dtype of the gradient and the queue (float64 stays float64; AMP's half-precision
+        # gradient meets the float32 queue in float32)
+        dt = torch.promote_types(g.dtype, q_now.dtype)
+        g = g.to(dt)
+        dx = g @ q_now.to(dt) + g[:, rows] @ (ctx.old - q_now[rows]).to(dt)  # = g @ Q as it was in forward
         return dx.to(ctx.dtype), None, None, None
 
 
@@ -114,15 +118,16 @@ def queue_similarities(student: torch.Tensor, teacher: torch.Tensor | None, queu
 
 def cross_context_ce(student: torch.Tensor, teacher: torch.Tensor, tau_s: float, tau_t: float) -> torch.Tensor:
     """CE(student / tau_s, softmax(teacher / tau_t)): mean over rows of -sum_j p_j log softmax(student / tau_s)_j,
-    p = softmax(teacher / tau_t) without gradient (similarity rows over the queue, (N, K))."""
-    p = F.softmax(teacher.detach().float() / tau_t, dim=1)
-    return -(p * F.log_softmax(student.float() / tau_s, dim=1)).sum(1).mean()
+    p = softmax(teacher / tau_t) without gradient (similarity rows over the queue, (N, K)); in the inputs' dtype
+    (under AMP, autocast runs the softmaxes in float32)."""
+    p = F.softmax(teacher.detach() / tau_t, dim=1)
+    return -(p * F.log_softmax(student / tau_s, dim=1)).sum(1).mean()
 
 
 def info_nce_from_rows(l_pos: torch.Tensor, s_neg: torch.Tensor, tau: float) -> torch.Tensor:
     """MoCo's InfoNCE from the positive similarities (N,) and the queue rows (N, K): CE([l_pos, s_neg] / tau, 0)
     (the queue rows are the ones the cross terms use, so the warm-up term costs no further product)."""
-    logits = torch.cat([l_pos[:, None], s_neg], dim=1).float() / tau
+    logits = torch.cat([l_pos[:, None], s_neg], dim=1) / tau
     return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
 
 

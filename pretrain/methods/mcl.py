@@ -13,7 +13,9 @@ the level weight w_i; the total sums levels and sides. No queue.
 
 Compute (``model.neck_cells``): ``used`` (default) runs each FPN output and the neck only on the rows and
 cells the loss reads (the appendix's 1.3125x online cost for levels B, B/4, B/16); ``all`` is the code (every
-FPN level and the neck on every canvas, the unread cells sliced away: exact BN statistics of the code).
+FPN level and the neck on every canvas, the unread cells sliced away; the neck visits the levels from the finest
+to P5, in the order of the code's neck over its FPN outputs, so that with the code's four levels the BN running
+statistics are the code's).
 ``model.target_batch``: ``full`` (default) runs the momentum encoder on the full images whose embeddings are
 the targets; ``pyramid`` runs it on the whole montage batch as the code does (its BN statistics then mix the
 montages in, for 1.3125x the target cost).
@@ -81,8 +83,9 @@ def assemble(x: torch.Tensor, r: int, canvases: int, generator: torch.Generator)
 
 
 def mcl_logits(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Cosine similarities (N, M) of the predictions p (N, d) with the L2-normalised targets t (M, d)."""
-    return (F.normalize(p, dim=1) @ t.detach().t()).float()
+    """Cosine similarities (N, M) of the predictions p (N, d) with the L2-normalised targets t (M, d), in their
+    dtype (under AMP autocast's; the cross-entropy then runs in float32)."""
+    return F.normalize(p, dim=1) @ t.detach().t()
 
 
 def ce_scaled(logits: torch.Tensor, labels: torch.Tensor, T: float) -> torch.Tensor:
@@ -138,8 +141,11 @@ class MCLHead(nn.Module):
             rows = {5 - i: (bounds[i], bounds[i + 1]) for i in range(read)}
             P = self.fpn(feats, rows)
             return [self.neck(P[5 - i], montage_ratio(i)) for i in range(read)]
-        P = self.fpn(feats)  # the code: every FPN level for every canvas, the neck on every cell of each level
-        emb = {l: self.neck(p, montage_ratio(5 - l)) for l, p in P.items()}
+        # the code: every FPN level for every canvas, the neck on every cell of each level, visiting the levels
+        # from the finest (P2 with four levels) to P5 as its neck does; the order decides the neck's BN running
+        # statistics (each call updates them in turn), not the outputs (train-mode BN uses the batch's)
+        P = self.fpn(feats)
+        emb = {l: self.neck(P[l], montage_ratio(5 - l)) for l in sorted(P)}
         out = []
         for i in range(read):
             e = emb[5 - i]
@@ -163,9 +169,13 @@ class Pyramid:
 
 
 def _code_init(online: Encoder, predictors: nn.ModuleList) -> None:
-    """The MCL code's initialisation of what is not the trunk (the trunk's torchvision init equals its
-    mmcv one): FPN convs Xavier-uniform; neck convs Kaiming-normal (fan-out, ReLU; mmcv ConvModule);
-    projector linears Kaiming-normal (fan-in); predictor linears N(0, 0.01); biases 0, BN weight 1."""
+    """The MCL code's initialisation: trunk convs Kaiming-normal (fan-in, ReLU: its ResNet's ``init_weights``;
+    torchvision's is fan-out); FPN convs Xavier-uniform; neck convs Kaiming-normal (fan-out, ReLU; mmcv
+    ConvModule); projector linears Kaiming-normal (fan-in); predictor linears N(0, 0.01); biases 0, BN weight 1
+    and bias 0 (torchvision's BN init already; no zero-initialised residual BN, as the code)."""
+    for m in online.backbone.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
     head: MCLHead = online.head
     for m in head.fpn.modules():
         if isinstance(m, nn.Conv2d):
@@ -278,7 +288,7 @@ class MCL(SSLMethod):
                 emb = self._embed(self.target, p.x[:p.B], [p.B])[0]
             else:
                 emb = self._embed(self.target, p.x, p.counts, read=1)[0]
-            out.append(F.normalize(emb.float(), dim=1))
+            out.append(F.normalize(emb, dim=1))
         return out
 
     def losses(self, pyramids: Sequence[Pyramid], targets: Sequence[torch.Tensor], rank: int = 0):
