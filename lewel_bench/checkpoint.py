@@ -277,7 +277,7 @@ def choose_encoder(flat: Flat, obj: Any, path: str, prefix: str | None = None, l
             raise BackboneError(f"{path}: layout {lay.name} ({lay.title}): {lay.missing(root, obj)}; "
                                 f"{_listing(flat)}; pass {PREFIX_FLAG} to take another")
         return Choice(lay, root, chosen.role, chosen.prefix, chosen.parts, [f for f in found if f is not chosen],
-                      "the encoder its authors evaluate")
+                      "the encoder its authors evaluate" if len(found) > 1 else "the layout's only encoder")
     cands = resnet_prefixes(flat)
     if not flat.tensors:
         top = ", ".join(map(str, list(obj)[:10])) if isinstance(obj, Mapping) else type(obj).__name__
@@ -339,7 +339,10 @@ def _take_parts(flat: Flat, choice: Choice, wanted: Sequence[str], path: str) ->
 def extract_backbone(obj: Any, prefix: str | None = None, arch: str | None = None, path: str = "<memory>",
                      parts: Sequence[str] = (), layout: str | None = None) -> Backbone:
     """Find (:func:`choose_encoder`), rename, validate the ResNet backbone (and the transfer ``parts`` asked for)
-    inside a loaded checkpoint object; the choice is said in one log line."""
+    inside a loaded checkpoint object (a whole pickled ``nn.Module`` is read by its state dict); the choice is said
+    in one log line."""
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
     if not isinstance(obj, Mapping):
         raise BackboneError(f"{path}: expected a dict-like checkpoint, got {type(obj).__name__}")
     flat = flatten(obj)
@@ -496,6 +499,8 @@ def describe_checkpoint(path: str | Path, prefix: str | None = None, layout: str
     the file says; the chosen encoder's transfer parts; the non-finite tensors."""
     path = Path(path)
     obj = torch_load(path)
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
     if not isinstance(obj, Mapping):
         return [f"{path}: not a dict-like checkpoint ({type(obj).__name__}); nothing to evaluate"]
     flat = flatten(obj)

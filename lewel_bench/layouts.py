@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -69,9 +70,13 @@ def flatten(obj: Any) -> Flat:
 
     tensors: dict[str, Any] = {}
     values: dict[str, Any] = {}
-    stack: list[tuple[str, Any]] = [("", obj)]
-    while stack:
-        prefix, node = stack.pop()
+    queue: deque[tuple[str, Any]] = deque([("", obj)])
+    seen: set[int] = set()
+    while queue:
+        prefix, node = queue.popleft()
+        if id(node) in seen:  # a mapping reached twice (or a cycle): its tensors are under its first path
+            continue
+        seen.add(id(node))
         items = vars(node).items() if isinstance(node, argparse.Namespace) else node.items()
         for k, v in items:
             key = f"{prefix}{k}"
@@ -80,7 +85,7 @@ def flatten(obj: Any) -> Flat:
             elif isinstance(v, np.ndarray) and v.dtype.kind in "fiub":
                 tensors[key] = torch.from_numpy(np.array(v))
             elif isinstance(v, (Mapping, argparse.Namespace)):
-                stack.append((key + ".", v))
+                queue.append((key + ".", v))
             elif isinstance(v, (str, int, float, bool)) or v is None:
                 values[key] = v
     prefixes = set()

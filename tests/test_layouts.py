@@ -803,3 +803,21 @@ def test_progress_of_the_suites_own_formats_reaches_the_record(cases: dict, tmp_
     r = rec(cases["moco"].path)  # a published file: its own epoch field, completion unknown
     assert (r["pretrain_epochs"], r["pretrain_iters"], r["pretrain_complete"]) == (200, None, None)
     assert r["method"] == "unknown"
+
+
+def test_inspect_and_intake_read_any_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from tools import inspect_checkpoint
+
+    model = torchvision.models.resnet18()
+    torch.save(model, tmp_path / "whole_module.pth")  # a release that pickled the module itself
+    bb = load_backbone(tmp_path / "whole_module.pth")
+    assert (bb.layout, bb.prefix) == ("torchvision", "")
+    assert all(torch.equal(bb.state_dict[k], v) for k, v in model.state_dict().items() if k in TRUNK)
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")
+    with pytest.raises(SystemExit, match=r"^inspect_checkpoint: checkpoint .*notes.txt \(17 bytes\) cannot be read"):
+        inspect_checkpoint.main([str(tmp_path / "notes.txt")])
+    torch.save({"epoch": 3, "optimizer": {"state": {}}}, tmp_path / "no_weights.pth")
+    inspect_checkpoint.main([str(tmp_path / "no_weights.pth")])
+    out = capsys.readouterr().out
+    assert "0 tensors" in out and "layout: none of the" in out and "encoders: none found" in out
+    assert "the evaluations refuse it: " in out and "no state dict found" in out
