@@ -374,9 +374,10 @@ def extract_backbone(obj: Any, prefix: str | None = None, arch: str | None = Non
     ref = trunk_reference(arch)
     require_finite({k: stripped[k] for k in ref if k in stripped}, f"{choice.where(path)}: {arch} backbone")
     unexpected = [k for k in stripped if k not in ref]
-    if [k for k in unexpected if not k.startswith("fc.")]:
-        log.info("%s: %d tensors of the encoder besides the trunk not used (first: %s)", path, len(unexpected),
-                 ", ".join(unexpected[:5]))
+    if [k for k in unexpected if not k.startswith("fc.")]:  # a layout's heads are expected; in an unlisted file, odd
+        log.log(logging.INFO if choice.layout is not None else logging.WARNING,
+                "%s: %d tensors under the prefix besides the trunk not used (first: %s)", path, len(unexpected),
+                ", ".join(unexpected[:5]))
     clean = {k: stripped[k] if k in stripped else torch.zeros(ref[k][0], dtype=ref[k][1]) for k in ref}
     epochs, iters, complete = choice.layout.progress(flat, obj) if choice.layout else (None, None, None)
     fmt = {"lewel_bench_backbone": "backbone", "lewel_bench_pretrain": "pretrain"}.get(choice.layout_name,
