@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> None:
         raise ConfigError(f"--d2-opt is for the detectron2 backend; this run uses {backend}")
     transfer = args.transfer
     parts = transfer_parts(cfg, transfer, f"config {args.config}")
-    bb = resolve_backbone(args.ckpt, seed=args.seed, parts=parts)
+    bb = resolve_backbone(args.ckpt, seed=args.seed, parts=parts, prefix=args.ckpt_prefix, layout=args.layout)
     root = Path(args.data) if args.data else default_data_root(cfg)
     # the transfer choice changes the result: part of the identity (absent for the default, trunk)
     ident_extra = {"backend": backend, **({"d2_opts": d2_opts} if d2_opts else {}),

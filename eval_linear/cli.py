@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     feature = cfg.get("feature", "gap")
     needed = [p for p in C.PROBE_FEATURES.get(feature).parts if p not in st.bb.parts]
     if needed:  # e.g. CGH's learned hypercolumn reduction, read from the same checkpoint (the record lists it)
-        st.bb.parts.update(resolve_backbone(st.bb.path, arch=st.bb.arch, parts=needed).parts)
+        st.bb.parts.update(resolve_backbone(st.bb.path, arch=st.bb.arch, parts=needed, prefix=st.bb.prefix,
+                                            layout=st.bb.layout).parts)
     model = C.LinearProbe(st.bb, C.num_classes_of(train_set), cfg.get("head_norm", "none"), feature).to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

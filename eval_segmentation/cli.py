@@ -77,7 +77,7 @@ class SegmentationError(LewelError, RuntimeError):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = stage_parser("python -m eval_segmentation", __doc__.split("\n\n")[0], "voc12aug")
-    p.add_argument("--prefix", default=None, help="backbone key prefix inside --ckpt (default: found)")
+    p.add_argument("--prefix", dest="ckpt_prefix", default=None, help=argparse.SUPPRESS)  # older name of --ckpt-prefix
     p.add_argument("--arch", default=None, help="backbone arch (default: from the checkpoint)")
     p.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
                    help="mixed precision (mmengine AmpOptimWrapper); auto = on CUDA only")
@@ -313,7 +313,7 @@ def run(args: argparse.Namespace) -> None:
     setup_logging(rank=info.rank)
     start = now_iso()
     t0 = time.time()
-    bb = load_for_mmseg(args.ckpt, prefix=args.prefix, arch=args.arch, seed=args.seed)
+    bb = load_for_mmseg(args.ckpt, prefix=args.ckpt_prefix, arch=args.arch, seed=args.seed, layout=args.layout)
     cfg = protocol_cfg(args, DEPTHS[bb.arch])
     roots = sorted({d["data_root"] for d in dataset_cfgs(cfg)})
     if len(roots) != 1:

@@ -69,8 +69,9 @@ def hypercolumn(maps: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def infer_arch(state_dict: dict) -> str | None:
-    """Guess the ResNet depth from torchvision key names (None if it is no torchvision ResNet)."""
-    if "conv1.weight" not in state_dict:
+    """Guess the ResNet depth from torchvision key names of its blocks (None if it is no torchvision ResNet); a
+    trunk missing some tensors (``conv1.weight`` too) still has a depth, so the intake can name what is missing."""
+    if not any(k.startswith("layer1.") for k in state_dict) or not any(k.startswith("layer3.") for k in state_dict):
         return None
     bottleneck = any(k.startswith("layer1.0.conv3.") for k in state_dict)
     n3 = len({k.split(".")[1] for k in state_dict if k.startswith("layer3.")})

@@ -18,7 +18,11 @@ checkpoint came from, without its seed: the evaluations of one recipe share a ta
 over a config key: key, value, the sweep's group), ``pretrain_sweep`` (the checkpoint is one point of a
 pretraining sweep: key, value), ``transfer``, ``pretrain_data``, ``hardware``, ``protocol_version`` (the
 evaluation's ``PROTOCOL_VERSION`` that wrote it), ``row`` (the paper row a published checkpoint's record fills,
-``<method>[_<N>ep]``: ``--row``), ``result_overrides`` (the overrides that change the result: not ``_neutral_``).
+``<method>[_<N>ep]``: ``--row``), ``result_overrides`` (the overrides that change the result: not ``_neutral_``);
+from the checkpoint intake (:class:`lewel_bench.checkpoint.Backbone`): ``source_layout`` and ``prefix`` (the
+checkpoint layout and the encoder taken), ``pretrain_iters`` and ``pretrain_complete`` (how far the pretraining
+went: iterations, whether it finished; null when the file does not say); ``pretrain_epochs`` is the epochs trained
+when the file says so.
 
 File names are unique (time + random suffix), so concurrent evaluations never overwrite each other.
 """
@@ -206,7 +210,14 @@ def record_for_backbone(bb: Any, *, eval: str, protocol: str, metrics: Mapping[s
     extra.setdefault("transfer", bb.transfer())
     if isinstance(meta.get("sweep"), Mapping):  # the checkpoint is one point of a pretraining sweep
         extra.setdefault("pretrain_sweep", dict(meta["sweep"]))
+    # which layout and encoder of the file were taken; how far it trained (None: the file does not say)
+    extra.setdefault("source_layout", getattr(bb, "layout", "") or None)
+    extra.setdefault("prefix", bb.prefix if getattr(bb, "layout", "") else None)
+    extra.setdefault("pretrain_iters", getattr(bb, "iterations_trained", None))
+    extra.setdefault("pretrain_complete", getattr(bb, "complete", None))
+    trained = getattr(bb, "epochs_trained", None)
     return make_record(method=meta.get("method", "unknown"), pretrain_exp=meta.get("exp", Path(bb.path).parent.name),
-                       pretrain_epochs=meta.get("epochs"), eval=eval, protocol=protocol, metrics=metrics, seed=seed,
+                       pretrain_epochs=trained if trained is not None else meta.get("epochs"), eval=eval,
+                       protocol=protocol, metrics=metrics, seed=seed,
                        checkpoint_sha256=bb.sha256, config=config, start_time=start_time,
                        checkpoint=bb.path, arch=bb.arch, pretrain_data=pdata.get("name"), **extra)

@@ -1,12 +1,14 @@
 """The contract every evaluation stage follows: arguments, run identity, output folder, result record.
 
-Arguments (:func:`stage_parser`): ``--config``, ``--ckpt``, ``--data``, ``--out``, ``--seed``,
-``--records-dir``, ``--fresh``, ``--sweep``, ``--row`` and ``key=value`` config overrides anywhere on the line.
+Arguments (:func:`stage_parser`): ``--config``, ``--ckpt`` (with ``--ckpt-prefix`` / ``--layout``: which encoder
+of the file, :mod:`lewel_bench.layouts`), ``--data``, ``--out``, ``--seed``, ``--records-dir``, ``--fresh``,
+``--sweep``, ``--row`` and ``key=value`` config overrides anywhere on the line.
 
 Identity (:class:`RunIdentity`): what determines a run's result: the stage and its protocol code version,
 the resolved config with the overrides (minus the keys the config declares ``_neutral_``: worker counts,
 logging), the identity of the data root (:func:`lewel_bench.data.identity.data_identity`), the
-checkpoint's sha256, the seed, and what a stage adds (a subset file's digest, the detection backend).
+checkpoint's sha256 and which of its encoders was taken (``checkpoint_source``: its layout and key prefix),
+the seed, and what a stage adds (a subset file's digest, the detection backend).
 ``run_id`` is its digest; ``group`` the digest without the seed and the checkpoint file but with the
 pretraining recipe the checkpoint came from: the runs the tables may average.
 
@@ -45,6 +47,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from .config import ConfigError, get_key
 from .errors import LewelError, NonFiniteError, one_line
 from .io import atomic_write_json, remove_stale_temp
+from .layouts import names as layout_names
 from .paths import runs_dir
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,13 @@ def stage_parser(prog: str, description: str, default_config: str | None) -> arg
                    help="backbone.pth, a full pretraining checkpoint, a torchvision state dict, random:<arch> "
                         "for an explicit random-init baseline, or supervised:<file> for the supervised ImageNet "
                         "baseline (a torchvision classifier's weights you provide)")
+    p.add_argument("--ckpt-prefix", default=None, metavar="PREFIX",
+                   help="the encoder to take from --ckpt: its key prefix, in full (e.g. state_dict.module.encoder_k.) "
+                        "or inside the checkpoint's state dict (e.g. module.encoder_k.); default: the encoder the "
+                        "checkpoint's layout says its authors evaluate (logged; `make inspect CKPT=FILE` lists them)")
+    p.add_argument("--layout", default=None, choices=layout_names(), metavar="NAME",
+                   help="the checkpoint's layout, when the file matches several (default: recognised); one of "
+                        + ", ".join(layout_names()))
     p.add_argument("--data", default=None, help="dataset root (default: the config's data root)")
     p.add_argument("--out", default=None,
                    help="output folder (default runs/<checkpoint>/<stage>/<config>-<data>-s<seed>-<run id>)")
@@ -169,11 +179,14 @@ class RunIdentity:
     seed: int
     extra: dict = field(default_factory=dict)
     pretrain_group: str = ""
+    checkpoint_source: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"stage": self.stage, "code_version": self.code_version, "config": self.config,
                 "data": {k: self.data.get(k) for k in ("name", "fingerprint")}, "checkpoint_sha256":
-                self.checkpoint_sha256, "seed": self.seed, **({"extra": self.extra} if self.extra else {})}
+                self.checkpoint_sha256, **({"checkpoint_source": self.checkpoint_source} if self.checkpoint_source
+                                           else {}),
+                "seed": self.seed, **({"extra": self.extra} if self.extra else {})}
 
     @property
     def run_id(self) -> str:
@@ -213,6 +226,12 @@ def pretrain_group(bb: Any) -> str:
     if getattr(bb, "source_format", "") == "random":
         return f"random:{bb.arch}"
     return str(meta.get("group") or "")
+
+
+def checkpoint_source(bb: Any) -> dict[str, str]:
+    """Which encoder of the checkpoint file a run took: ``{"layout", "prefix"}`` (none for a random init)."""
+    layout = getattr(bb, "layout", "")
+    return {"layout": layout, "prefix": bb.prefix} if layout else {}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -456,7 +475,7 @@ def open_stage(name: str, args: argparse.Namespace, cfg: dict, bb: Any, info: An
     ident = RunIdentity(stage=name, code_version=int(code_version),
                         config=dict(identity_cfg) if identity_cfg is not None else identity_config(cfg),
                         data=data, checkpoint_sha256=bb.sha256, seed=int(args.seed), extra=dict(extra or {}),
-                        pretrain_group=pretrain_group(bb))
+                        pretrain_group=pretrain_group(bb), checkpoint_source=checkpoint_source(bb))
     sweep_key = getattr(args, "sweep", None)
     if sweep_key:
         ident.sweep(sweep_key)  # the key must be in the config: refused before any work

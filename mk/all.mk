@@ -80,8 +80,8 @@ all: chain-check ## pretrain EXP, convert, its paper's evaluations (CHAIN_EVALS)
 CONVERT_IN  = $(or $(CKPT),$(RUNS)/$(EXP)/backbone.pth)
 CONVERT_DIR = $(patsubst %/,%,$(dir $(CONVERT_IN)))
 convert: $(STAMP) ## convert CKPT (default runs/EXP/backbone.pth) for detectron2 and mmseg
-	$(RUN) tools.convert_to_detectron2 $(CONVERT_IN) $(CONVERT_DIR)/backbone_d2.pkl
-	$(RUN) tools.convert_to_mmseg $(CONVERT_IN) $(CONVERT_DIR)/backbone_mmseg.pth
+	$(RUN) tools.convert_to_detectron2 $(CONVERT_IN) $(CONVERT_DIR)/backbone_d2.pkl $(CKPT_FLAGS)
+	$(RUN) tools.convert_to_mmseg $(CONVERT_IN) $(CONVERT_DIR)/backbone_mmseg.pth $(CKPT_FLAGS)
 
 # make demo: the whole chain on data/mini from a fresh clone (target: at most 30 minutes on 2 cores).
 # DEMO_EXP=cgh: CGH's chain; each method's chain without its `paper.demo_skip` steps, and its figures: the loss / kNN

@@ -4,7 +4,8 @@
 #   make eval-coco    EXP=lewel_b ARCH=fpn SCHED=1x|2x    Mask R-CNN R50-FPN SyncBN
 #   make eval-coco    EXP=mcl ARCH=retinanet SCHED=1x|2x|6x TRANSFER=bundle   RetinaNet R50-FPN (MCL Table 11)
 # CKPT=path|random:resnet50|supervised:/path/resnet50.pth overrides runs/<EXP>/backbone.pth (supervised: a
-# torchvision ImageNet classifier's weights you provide; nothing is downloaded). VOC_DATA / COCO_DATA (else
+# torchvision ImageNet classifier's weights you provide; nothing is downloaded; a published checkpoint's encoder:
+# CKPT_PREFIX / CKPT_LAYOUT, see mk/checkpoint.mk). VOC_DATA / COCO_DATA (else
 # DATA) is a real VOCdevkit / COCO root with the paper's configs; empty = the embedded mini data with the
 # mini_* configs. TRANSFER=trunk (default: the ResNet alone, the LEWEL / MoCo protocol) | bundle (also the
 # checkpoint's FPN and, for ARCH=fpn, its 4-conv box head, as MCL's converter loads them; ARCH=c4 has none).
@@ -41,7 +42,7 @@ endif
 # $(call _det_runs,<config>,<data root>,<given data>,<extra key=value>)
 _det_runs = @set -e; for s in $$(seq 0 $$(( $(SEEDS) - 1 ))); do \
 	  echo "== detection: config $(1) on $(if $(3),$(2),the embedded mini data (DATA=<root>: the paper's protocol)), seed $$s ($(DET_CKPT), transfer $(TRANSFER), backend $(BACKEND))"; \
-	  $(RUN) eval_detection --config $(1) --ckpt $(DET_CKPT) --data $(2) --seed $$s --backend $(BACKEND) \
+	  $(RUN) eval_detection --config $(1) --ckpt $(DET_CKPT) $(CKPT_FLAGS) --data $(2) --seed $$s --backend $(BACKEND) \
 	    --transfer $(TRANSFER) $(if $(OUT),--out $(OUT)/s$$s) $(ROW_ARG) $(4) $(ARGS); \
 	done
 

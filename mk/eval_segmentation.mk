@@ -9,6 +9,7 @@
 # ARGS="train_cfg.max_iters=40". Work dir: one per run identity (runs/<checkpoint>/eval_segmentation/...) or OUT.
 # LRS="0.005 0.01 0.02": the paper's search for the best fine-tuning learning rate (Sec. 4.3): one run per value
 # (its own job with LAUNCHER=slurm), each recorded as a point of the sweep; the tables report the best one.
+# CKPT_PREFIX / CKPT_LAYOUT: which encoder of a published checkpoint (mk/checkpoint.mk).
 SEG_CKPT  = $(or $(CKPT),$(RUNS)/$(EXP)/backbone.pth)
 SEG_DATA  = $(or $(VOC_DATA),$(DATA))
 SEG_CFG  ?= $(if $(SEG_DATA),voc12aug,mini)
@@ -19,6 +20,6 @@ LRS      ?=
 eval-voc-seg: $(STAMP) $(if $(SEG_DATA),,$(MINI_STAMP)) ## FCN-R50-D8 VOC12aug segmentation (mmseg) of CKPT; DATA=VOCdevkit, empty = mini
 	@echo "make eval-voc-seg: config $(SEG_CFG) on $(if $(SEG_DATA),$(SEG_DATA),the embedded mini data (DATA=/VOCdevkit: the paper protocol))"
 	@set -e; for lr in $(or $(LRS),-); do \
-	  $(RUN) eval_segmentation --config $(SEG_CFG) --ckpt $(SEG_CKPT) --data $(or $(SEG_DATA),$(MINI)/VOCdevkit) $(if $(OUT),--out $(OUT)$(if $(LRS),/lr$$lr)) $(ROW_ARG) $(ARGS) \
+	  $(RUN) eval_segmentation --config $(SEG_CFG) --ckpt $(SEG_CKPT) $(CKPT_FLAGS) --data $(or $(SEG_DATA),$(MINI)/VOCdevkit) $(if $(OUT),--out $(OUT)$(if $(LRS),/lr$$lr)) $(ROW_ARG) $(ARGS) \
 	    $$( [ "$$lr" = - ] || echo "$(SEG_LR_KEY)=$$lr --sweep $(SEG_LR_KEY)" ); \
 	done

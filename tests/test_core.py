@@ -72,7 +72,10 @@ def test_intake_formats_agree(tmp_path: Path) -> None:
         assert bb.arch == "resnet50" and not any(k.startswith("fc.") for k in bb.state_dict)
         for k, v in bb.state_dict.items():
             assert torch.equal(v, sd[k]), k
-    assert loaded[1].prefix == "module." and loaded[3].prefix == "online.encoder."
+    # the prefix taken is the full key path in the file (what --ckpt-prefix takes back), with the layout that chose it
+    assert [(b.layout, b.prefix) for b in loaded] == [
+        ("torchvision", ""), ("generic", "state_dict.module."), ("lewel_bench_backbone", "state_dict."),
+        ("lewel_bench_pretrain", "model.online.encoder.")]
     model = torchvision.models.resnet50()
     missing, unexpected = model.load_state_dict(torch.load(tmp_path / "backbone.pth")["state_dict"], strict=False)
     assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected

@@ -5,15 +5,18 @@ Usage::
     python -m tools.convert_to_detectron2 runs/lewel_b/backbone.pth runs/lewel_b/backbone_d2.pkl
     python -m tools.convert_to_detectron2 runs/mcl/backbone.pth runs/mcl/bundle_d2.pkl --parts fpn box_head
 
-Input: ``backbone.pth``, a full pretraining checkpoint or a plain torchvision ResNet state dict (read by
-:func:`lewel_bench.checkpoint.load_backbone`, which refuses partial backbones); ``--parts``: the transfer
-bundle's parts to export too. The format and the renames: :mod:`lewel_bench.transfer.detectron2`.
+Input: any checkpoint :func:`lewel_bench.checkpoint.load_backbone` reads (``backbone.pth``, a full pretraining
+checkpoint, a torchvision state dict, or a published file in one of the layouts of :mod:`lewel_bench.layouts`),
+which refuses partial backbones; the encoder taken is the one the layout's authors evaluate unless
+``--ckpt-prefix`` names another (``--layout`` names the layout of a file that matches several); ``--parts``: the
+transfer bundle's parts to export too. The format and the renames: :mod:`lewel_bench.transfer.detectron2`.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 
+from lewel_bench.layouts import names as layout_names
 from lewel_bench.stage import cli_entry
 from lewel_bench.transfer import PARTS
 from lewel_bench.transfer.detectron2 import convert
@@ -22,15 +25,20 @@ from lewel_bench.transfer.detectron2 import convert
 @cli_entry("convert_to_detectron2")
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m tools.convert_to_detectron2", description=__doc__.split("\n")[0])
-    p.add_argument("input", help="backbone.pth, a full pretraining checkpoint, or a torchvision ResNet state dict")
+    p.add_argument("input", help="backbone.pth, a full pretraining checkpoint, a torchvision ResNet state dict or a "
+                                 "published checkpoint (`make inspect CKPT=FILE` says what is in it)")
     p.add_argument("output", help="detectron2 .pkl to write")
-    p.add_argument("--prefix", default=None, help="backbone key prefix (default: from the checkpoint's meta / found)")
+    p.add_argument("--ckpt-prefix", "--prefix", dest="ckpt_prefix", default=None, metavar="PREFIX",
+                   help="the encoder to take: its key prefix in the input (default: the one its layout's authors "
+                        "evaluate; `make inspect CKPT=FILE` lists them)")
+    p.add_argument("--layout", default=None, choices=layout_names(), metavar="NAME",
+                   help=f"the input's checkpoint layout when it matches several (one of {', '.join(layout_names())})")
     p.add_argument("--arch", default=None, help="ResNet arch (default: from meta / inferred)")
     p.add_argument("--parts", nargs="*", default=[], choices=sorted(PARTS),
                    help="transfer-bundle parts to export besides the trunk (default: the trunk only)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    convert(args.input, args.output, prefix=args.prefix, arch=args.arch, parts=args.parts)
+    convert(args.input, args.output, prefix=args.ckpt_prefix, arch=args.arch, parts=args.parts, layout=args.layout)
 
 
 if __name__ == "__main__":

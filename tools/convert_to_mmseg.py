@@ -6,14 +6,16 @@ Usage::
     python -m tools.convert_to_mmseg random:resnet50 /tmp/random_mmseg.pth   # explicit random init
 
 Input: any ``--ckpt`` spec :func:`lewel_bench.checkpoint.resolve_backbone` accepts (``backbone.pth``, a full
-pretraining checkpoint, a plain torchvision state dict, ``random:<arch>``). The format and its checks:
-:mod:`lewel_bench.transfer.mmseg`.
+pretraining checkpoint, a plain torchvision state dict, a published checkpoint in one of the layouts of
+:mod:`lewel_bench.layouts`, ``random:<arch>``); ``--ckpt-prefix`` / ``--layout`` as for the evaluations. The
+format and its checks: :mod:`lewel_bench.transfer.mmseg`.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 
+from lewel_bench.layouts import names as layout_names
 from lewel_bench.stage import cli_entry
 from lewel_bench.transfer.mmseg import convert_to_mmseg
 
@@ -21,14 +23,20 @@ from lewel_bench.transfer.mmseg import convert_to_mmseg
 @cli_entry("convert_to_mmseg")
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m tools.convert_to_mmseg", description=__doc__.split("\n\n")[0])
-    p.add_argument("input", help="backbone.pth, full pretraining checkpoint, torchvision state dict or random:<arch>")
+    p.add_argument("input", help="backbone.pth, full pretraining checkpoint, torchvision state dict, a published "
+                                 "checkpoint or random:<arch>")
     p.add_argument("output", help="mmseg checkpoint to write (e.g. runs/EXP/backbone_mmseg.pth)")
-    p.add_argument("--prefix", default=None, help="backbone key prefix inside the input (default: found)")
+    p.add_argument("--ckpt-prefix", "--prefix", dest="ckpt_prefix", default=None, metavar="PREFIX",
+                   help="the encoder to take: its key prefix in the input (default: the one its layout's authors "
+                        "evaluate; `make inspect CKPT=FILE` lists them)")
+    p.add_argument("--layout", default=None, choices=layout_names(), metavar="NAME",
+                   help=f"the input's checkpoint layout when it matches several (one of {', '.join(layout_names())})")
     p.add_argument("--arch", default=None, help="resnet50, ... (default: from the checkpoint)")
     p.add_argument("--seed", type=int, default=0, help="seed of a random:<arch> initialisation")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    convert_to_mmseg(args.input, args.output, prefix=args.prefix, arch=args.arch, seed=args.seed)
+    convert_to_mmseg(args.input, args.output, prefix=args.ckpt_prefix, arch=args.arch, seed=args.seed,
+                     layout=args.layout)
 
 
 if __name__ == "__main__":

@@ -141,7 +141,8 @@ def setup_stage(name: str, args: argparse.Namespace, config_dir: str | Path, cod
     auto = args.config == "auto" and choose_config is not None
     cfg = None if auto else load_config(args.config, config_dir, args.overrides)
     try:
-        bb = resolve_backbone(args.ckpt, arch=cfg.get("arch") if cfg else None, seed=args.seed)
+        bb = resolve_backbone(args.ckpt, arch=cfg.get("arch") if cfg else None, seed=args.seed,
+                              prefix=getattr(args, "ckpt_prefix", None), layout=getattr(args, "layout", None))
     except BackboneError as e:
         hint = ("" if str(args.ckpt).startswith("random:") or Path(args.ckpt).exists() else
                 " (pretrain first, e.g. `make pretrain EXP=<exp>`, or pass another checkpoint with CKPT= / --ckpt)")

@@ -9,7 +9,9 @@ Transfer bundle: besides the trunk (always required, complete), a checkpoint may
 a detector can take (:data:`PARTS`). A part's tensors are named as detectron2 names them inside the
 module that holds them (``fpn``: ``fpn_lateral{2..5}``, ``fpn_output{2..5}`` with ``.norm`` when the FPN
 has BatchNorm; ``box_head``: ``conv{1..4}`` with ``.norm``), so the detectron2 converter writes them as
-they are (with :data:`PARTS`' prefix) and the torchvision backend maps them to its own modules.
+they are (with :data:`PARTS`' prefix) and the torchvision backend maps them to its own modules. A published
+checkpoint carries parts where its layout declares them (:mod:`lewel_bench.layouts`: the official MCL release's
+FPN and head convs, renamed as MCL's own converter renames them; CGH's hypercolumn conv).
 """
 from __future__ import annotations
 

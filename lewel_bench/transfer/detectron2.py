@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -31,6 +30,7 @@ import torch
 
 from ..checkpoint import Backbone, BackboneError, load_backbone
 from ..io import atomic_write_bytes
+from ..layouts import DETECTRON2_TO_TORCHVISION, apply_renames
 from ..models import build_backbone
 from . import PARTS
 
@@ -54,14 +54,8 @@ def tv_to_d2_name(k: str) -> str:
 
 
 def d2_to_tv_name(k: str) -> str:
-    """Inverse of :func:`tv_to_d2_name`."""
-    k = k.replace("shortcut.norm.", "downsample.1.")
-    k = k.replace("shortcut.", "downsample.0.")
-    k = re.sub(r"conv([123])\.norm\.", r"bn\1.", k)
-    k = re.sub(r"^res([2345])\.", lambda m: f"layer{int(m.group(1)) - 1}.", k)
-    if k.startswith("stem."):
-        k = k[len("stem."):]
-    return k
+    """Inverse of :func:`tv_to_d2_name` (the renames of the ``detectron2`` checkpoint layout)."""
+    return apply_renames(k, DETECTRON2_TO_TORCHVISION)
 
 
 def check_complete(state_dict: Mapping[str, Any], arch: str, where: str = "<input>") -> None:
@@ -110,9 +104,10 @@ def load_detectron2_pkl(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def convert(src: str | Path, dst: str | Path, prefix: str | None = None, arch: str | None = None,
-            parts: Sequence[str] = ()) -> Path:
-    """Read ``src`` (any format :func:`load_backbone` accepts) and write the detectron2 pickle ``dst``."""
-    bb = load_backbone(src, prefix=prefix, arch=arch, parts=parts)
+            parts: Sequence[str] = (), layout: str | None = None) -> Path:
+    """Read ``src`` (any format :func:`load_backbone` accepts; ``prefix`` / ``layout``: which encoder) and write
+    the detectron2 pickle ``dst``."""
+    bb = load_backbone(src, prefix=prefix, arch=arch, parts=parts, layout=layout)
     obj = to_detectron2(bb, parts)
     out = atomic_write_bytes(dst, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
     counts = ", ".join(f"{p} {len(bb.parts[p])}" for p in parts)

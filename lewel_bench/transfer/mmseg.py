@@ -13,6 +13,7 @@ pretrains, and the protocol's config uses ``ResNet``, not ``ResNetV1c``.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -37,15 +38,22 @@ class ConversionError(BackboneError):
 
 
 def mmseg_resnet_state_dict(arch: str) -> dict[str, torch.Tensor]:
-    """The state dict of mmseg's own ``ResNet`` (torchvision stem) for ``arch``: the conversion target."""
+    """The state dict of mmseg's own ``ResNet`` (torchvision stem) for ``arch``: the conversion target, on the meta
+    device (names, shapes and dtypes only; built once per arch)."""
     if arch not in DEPTHS:
         raise ConversionError(f"unsupported arch {arch!r} for mmseg's ResNet; expected one of {', '.join(DEPTHS)}")
+    return dict(_mmseg_resnet_reference(arch))
+
+
+@functools.lru_cache(maxsize=None)
+def _mmseg_resnet_reference(arch: str) -> dict[str, torch.Tensor]:
     from .mmcv_ops import install
 
     install()
     from mmseg.models.backbones import ResNet
 
-    return ResNet(depth=DEPTHS[arch], style="pytorch", deep_stem=False).state_dict()
+    with torch.device("meta"):
+        return ResNet(depth=DEPTHS[arch], style="pytorch", deep_stem=False).state_dict()
 
 
 def deep_stem_keys(obj: Any) -> list[str]:
@@ -91,7 +99,7 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], arch: str,
         v = state_dict.get(k)
         if v is None:
             if k.endswith(_OPTIONAL):
-                out[k] = t.clone()
+                out[k] = torch.zeros(t.shape, dtype=t.dtype)
             else:
                 missing.append(k)
         elif tuple(v.shape) != tuple(t.shape):
@@ -116,10 +124,11 @@ def _plain(meta: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(dict(meta), default=str))
 
 
-def load_for_mmseg(spec: str | Path, prefix: str | None = None, arch: str | None = None, seed: int = 0) -> Backbone:
+def load_for_mmseg(spec: str | Path, prefix: str | None = None, arch: str | None = None, seed: int = 0,
+                   layout: str | None = None) -> Backbone:
     """:func:`resolve_backbone`, with a deep-stem checkpoint refused with an explanation."""
     try:
-        return resolve_backbone(spec, prefix=prefix, arch=arch, seed=seed)
+        return resolve_backbone(spec, prefix=prefix, arch=arch, seed=seed, layout=layout)
     except BackboneError:
         if Path(str(spec)).is_file():
             refuse_deep_stem(spec)
@@ -131,14 +140,15 @@ def convert_backbone(bb: Backbone, out: str | Path) -> Path:
     sd = convert_state_dict(bb.state_dict, bb.arch, where=bb.path or "<backbone>")
     meta = _plain({**(bb.meta or {}), "format": MMSEG_FORMAT, "arch": bb.arch, "mmseg_backbone": "ResNet",
                    "depth": DEPTHS[bb.arch], "style": "pytorch", "deep_stem": False, "source": bb.path,
-                   "source_sha256": bb.sha256})
+                   "source_sha256": bb.sha256, "source_layout": bb.layout or None,
+                   "source_prefix": bb.prefix if bb.layout else None})
     path = atomic_torch_save({"state_dict": sd, "meta": meta}, out)
     log.info("wrote %s (%d tensors, mmseg ResNet depth %d) from %s", path, len(sd), DEPTHS[bb.arch], bb.path)
     return path
 
 
 def convert_to_mmseg(spec: str | Path, out: str | Path, prefix: str | None = None, arch: str | None = None,
-                     seed: int = 0) -> tuple[Path, Backbone]:
+                     seed: int = 0, layout: str | None = None) -> tuple[Path, Backbone]:
     """Read ``spec`` (any accepted checkpoint or ``random:<arch>``), write ``out``; returns (out, backbone)."""
-    bb = load_for_mmseg(spec, prefix=prefix, arch=arch, seed=seed)
+    bb = load_for_mmseg(spec, prefix=prefix, arch=arch, seed=seed, layout=layout)
     return convert_backbone(bb, out), bb
