@@ -453,13 +453,21 @@ def test_the_handler_installed_before_the_run_runs_after_the_checkpoint(data: Pa
 
 @pytest.mark.slow
 def test_ddp_processes_stop_at_the_same_step_when_one_is_signalled(data: Path, tmp_path: Path) -> None:
-    """Two gloo processes (one epoch of 6 steps); SIGTERM reaches only the second. Both stop after the same step,
-    the first writes that step's checkpoint, both end with status 143 and one line; the resumed pair logs the
-    losses of an unbroken pair."""
+    """Two gloo processes (one epoch of 10 steps). SIGTERM reaching only the second: both stop after the same
+    step, the first writes that step's checkpoint, both end with status 143 and one line. Then Ctrl-C to the
+    whole process group (a terminal's): the launcher ends with one line and 130, the ranks after one step. The
+    twice-resumed pair logs the losses of an unbroken pair."""
+    steps = 10
+
     def launch(out: Path) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "lewel_bench.launch", "--nproc", "2", "--",
-                                 *_cmd(data, out, "ckpt.every_iters=0", "epochs=1")[2:]], cwd=REPO_ROOT, env=ENV,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                 *_cmd(data, out, "ckpt.every_iters=0", "epochs=1", "data.max_images=80")[2:]],
+                                cwd=REPO_ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+
+    def stop_lines(stderr: str, name: str) -> list[str]:
+        assert "Traceback" not in stderr, stderr[-3000:]
+        return [x for x in stderr.splitlines() if x.startswith(f"pretrain: byol_mini: stopped by {name}")]
 
     ref = tmp_path / "ref"
     r = launch(ref)
@@ -474,11 +482,21 @@ def test_ddp_processes_stop_at_the_same_step_when_one_is_signalled(data: Path, t
     os.kill(ranks["RANK=1"], signal.SIGTERM)
     _, stderr = p.communicate(timeout=300)
     assert p.returncode != 0 and "a local rank exited with status 143" in stderr, stderr[-3000:]
-    assert "Traceback" not in stderr, stderr[-3000:]
-    lines = [x for x in stderr.splitlines() if x.startswith("pretrain: byol_mini: stopped by SIGTERM")]
+    lines = stop_lines(stderr, "SIGTERM")
     assert len(lines) == 2 and lines[0] == lines[1], lines  # both processes, the same step
-    stopped = _ck(out)["iteration"]
-    assert max(_losses(out)) == stopped and 2 <= stopped < IPE and f"after iteration {stopped} of {IPE}" in lines[0]
+    first = _ck(out)["iteration"]
+    assert max(_losses(out)) == first and 2 <= first <= 5 and f"after iteration {first} of {steps}" in lines[0]
+
+    p = launch(out)
+    _wait(p, out, first + 1)
+    os.killpg(p.pid, signal.SIGINT)
+    _, stderr = p.communicate(timeout=300)
+    assert p.returncode == 130 and stderr.strip().splitlines()[-1] == \
+        "pretrain: interrupted (Ctrl-C): the 2 local ranks were asked to stop", stderr[-3000:]
+    lines = stop_lines(stderr, "SIGINT (Ctrl-C)")
+    second = _ck(out)["iteration"]
+    assert len(lines) == 2 and lines[0] == lines[1] and f"after iteration {second} of {steps}" in lines[0], lines
+    assert first < second < steps and max(_losses(out)) == second
     r = launch(out)
     assert r.wait(timeout=600) == 0, r.communicate()[1][-3000:]
     assert _losses(out) == _losses(ref) and _knn(out) == _knn(ref)
