@@ -120,3 +120,18 @@ def remove_stale_temp(folder: str | os.PathLike) -> list[Path]:
             removed.append(p)
             log.info("removed %s (%.1f MB), the temporary file of a write that was interrupted", p, size / 2**20)
     return removed
+
+
+def require_writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """Refuse, before any work, a folder a run will write into at its end and could not: a file in its place or
+    above it, or a missing folder whose nearest existing parent is not writable. Nothing is created."""
+    path = Path(path).expanduser()
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        where = "is a file" if probe == path else f"is under the file {probe}"
+        raise StorageError(f"{what} {path} {where}: expected a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise StorageError(f"{what} {path} cannot be written ({probe} is not writable)")
+    return path

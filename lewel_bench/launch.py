@@ -218,7 +218,7 @@ def launch_local(stage: str, argv: list[str], nproc: int = 1) -> None:
         cmd = [sys.executable, "-m", "lewel_bench.launch", "--launcher", "local", "--nproc", "1", "--", stage, *argv]
         procs.append(subprocess.Popen(cmd, env=env))
     log.info("spawned %d local processes for %s (master port %s)", nproc, stage, port)
-    failed = None
+    failed, interrupted = None, False
     try:
         while procs and failed is None:
             for p in list(procs):
@@ -230,15 +230,27 @@ def launch_local(stage: str, argv: list[str], nproc: int = 1) -> None:
                     failed = rc
                     break
             time.sleep(0.2)
+    except KeyboardInterrupt:
+        interrupted = True  # Ctrl-C reached the ranks too (one terminal process group): each stops on its own
     finally:
-        for p in procs:              # a rank failed (or we were interrupted): stop the others
+        # a rank failed (or we were interrupted): ask the others to stop (SIGTERM: a stage finishes its step and
+        # saves it; one already stopping goes on), then wait for them; a further Ctrl-C kills them
+        for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
+        try:
+            for p in procs:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        except KeyboardInterrupt:
+            for p in procs:
                 p.kill()
+            interrupted = True
+    if interrupted:
+        sys.stderr.write(f"{stage}: interrupted (Ctrl-C): the {nproc} local ranks were asked to stop\n")
+        raise SystemExit(128 + signal.SIGINT)
     if failed is not None:
         raise SystemExit(f"{stage}: a local rank exited with status {failed}")
 

@@ -15,9 +15,11 @@ pretraining recipe the checkpoint came from: the runs the tables may average.
 Output folder (:class:`RunFolder`): ``--out``, or by default (under ``$LEWEL_RUNS_DIR``, else the
 repository's ``runs/``) ``runs/<checkpoint>/<stage>/<config>-<data>-
 s<seed>-<run_id[:8]>``, so that a run of another identity always has a folder of its own. The folder keeps
-``identity.json``; a folder that holds another identity is refused, naming every difference (``--fresh``
-discards its state and starts over). A finished run (``result.json`` of the same ``run_id``) is reported,
-not run again; temporary files of interrupted writes are removed when the run starts.
+``identity.json``; a folder that holds another identity is refused, naming every difference (or the newer
+code version that wrote it; ``--fresh`` discards its state and starts over). A finished run (``result.json``
+of the same ``run_id``) is reported, not run again; temporary files of interrupted writes are removed when
+the run starts. While it runs, the main process holds the folder (:class:`FolderLock`, a lock the kernel
+releases when the process ends): a second run started into it is refused, naming the holder.
 
 Result (:meth:`Stage.finish`): one record (``lewel_bench.records``) with the identity's ``data``,
 ``run_id`` and ``group``; a non-finite metric makes the record ``failed`` and the stage exits non-zero.
@@ -35,11 +37,16 @@ naming the file or key and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
+import fcntl
 import functools
 import hashlib
 import json
 import logging
+import os
 import re
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -175,18 +182,22 @@ class RunIdentity:
     code_version: int
     config: dict
     data: dict
-    checkpoint_sha256: str
-    seed: int
+    checkpoint_sha256: str | None = None  # None: a stage that starts from no checkpoint (pretraining)
+    seed: int | None = None               # None: the seed is the config's own ``seed`` key (pretraining)
     extra: dict = field(default_factory=dict)
     pretrain_group: str = ""
     checkpoint_source: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage, "code_version": self.code_version, "config": self.config,
-                "data": {k: self.data.get(k) for k in ("name", "fingerprint")}, "checkpoint_sha256":
-                self.checkpoint_sha256, **({"checkpoint_source": self.checkpoint_source} if self.checkpoint_source
-                                           else {}),
-                "seed": self.seed, **({"extra": self.extra} if self.extra else {})}
+        d = {"stage": self.stage, "code_version": self.code_version, "config": self.config,
+             "data": {k: self.data.get(k) for k in ("name", "fingerprint")}}
+        if self.checkpoint_sha256 is not None:
+            d["checkpoint_sha256"] = self.checkpoint_sha256
+        if self.checkpoint_source:
+            d["checkpoint_source"] = self.checkpoint_source
+        if self.seed is not None:
+            d["seed"] = self.seed
+        return {**d, **({"extra": self.extra} if self.extra else {})}
 
     @property
     def run_id(self) -> str:
@@ -196,8 +207,11 @@ class RunIdentity:
     def group(self) -> str:
         """Same for runs that differ only in their seeds (eval seed, pretraining seed): what may be averaged."""
         d = self.as_dict()
-        d.pop("seed")
-        d["checkpoint_sha256"] = self.pretrain_group or self.checkpoint_sha256
+        if self.seed is None:
+            d["config"] = {k: v for k, v in d["config"].items() if k != "seed"}
+        d.pop("seed", None)
+        if self.checkpoint_sha256 is not None:
+            d["checkpoint_sha256"] = self.pretrain_group or self.checkpoint_sha256
         return digest(d)
 
     def sweep(self, key: str) -> dict[str, Any]:
@@ -209,7 +223,7 @@ class RunIdentity:
             raise StageError(f"--sweep {key}: {e}") from None
         parts = key.split(".")
         d = self.as_dict()
-        d.pop("seed")
+        d.pop("seed", None)
         d["checkpoint_sha256"] = self.pretrain_group or self.checkpoint_sha256
         cfg = json.loads(json.dumps(d["config"]))
         leaf = cfg
@@ -260,16 +274,110 @@ def default_out_dir(bb: Any, stage: str, config: str, identity: RunIdentity) -> 
         f"{config_name(config)}-{data}-s{identity.seed}-{identity.run_id[:8]}"
 
 
+def on_main_rank(is_main: bool, work: Callable[[], Any]) -> Any:
+    """``work()`` on the main rank only (checks and writes that one process does), its result broadcast to every
+    rank; a :class:`LewelError` it raises is raised on every rank (the other ranks: a :class:`StageError` with
+    its message), so that no rank waits for one that has stopped."""
+    from .dist import broadcast_object
+
+    err: LewelError | None = None
+    result = None
+    if is_main:
+        try:
+            result = work()
+        except LewelError as e:
+            err = e
+    msg, result = broadcast_object((one_line(err) if err is not None else None, result))
+    if err is not None:
+        raise err
+    if msg is not None:
+        raise StageError(msg)
+    return result
+
+
+class FolderLock:
+    """A run's hold on its output folder: an exclusive POSIX record lock (``fcntl.lockf``) on ``<out>/.lock``.
+
+    The kernel releases it when the process ends, however it ends (kill -9, a SLURM requeue), so a re-run or
+    a requeued job takes the folder over; a second run started while the first holds it is refused, naming
+    the holder (pid, host, start time: written into the lock file by the holder). A record lock, not
+    ``flock``: forked loader workers do not inherit it, so a killed run's workers cannot keep it alive.
+    Multi-process runs: only the main process locks. Shared file systems: NFS carries these locks to the
+    server (NFSv4 natively, v3 through lockd), so runs on two nodes exclude each other; where the file
+    system cannot lock (an NFS mount with ``nolock``, Lustre without ``flock``), the run warns and goes on
+    unlocked. A lock left by a node that crashed is the server's to expire (NFSv4: its lease, about 90 s).
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / self.NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`StageError` naming the folder and its holder."""
+        if self._fd is not None:
+            return
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise StageError(f"output folder {self.folder}: cannot create it or its lock file "
+                             f"({e.strerror or e}); choose another --out") from None
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EACCES, errno.EAGAIN):
+                raise StageError(f"{self.folder} is in use by another run ({self.holder()}): two runs never share "
+                                 f"a folder; wait for that one to end, or choose another --out") from None
+            log.warning("%s cannot be locked (%s): the file system does not support locks; another run started "
+                        "into this folder at the same time would not be refused", self.path, e.strerror or e)
+            return
+        info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                           "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info.encode() + b"\n", 0)  # in place: a replaced file would be another lock
+        self._fd = fd
+
+    def holder(self) -> str:
+        """Who holds the lock, as its holder wrote it."""
+        try:
+            info = json.loads(self.path.read_text() or "{}")
+            return f"pid {info['pid']} on {info['host']} since {info['since']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "its holder did not say who it is"
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the file releases the record lock
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.release()
+
+
 class RunFolder:
     """A run's output folder bound to its identity (see the module docstring).
 
     ``state_files``: the names (or glob patterns) of the stage's saved state (checkpoints, results) that
-    ``--fresh`` removes.
+    ``--fresh`` removes. ``per_identity``: the stage's default folder is per identity (the evaluations), so a
+    refusal may suggest leaving ``--out`` out.
     """
 
-    def __init__(self, out: Path, identity: RunIdentity, state_files: Sequence[str] = (RESULT_FILE,)) -> None:
+    def __init__(self, out: Path, identity: RunIdentity, state_files: Sequence[str] = (RESULT_FILE,),
+                 per_identity: bool = True) -> None:
         self.out, self.identity = Path(out), identity
         self.state_files = tuple(dict.fromkeys((*state_files, RESULT_FILE, IDENTITY_FILE)))
+        self.per_identity = per_identity
+        self.lock = FolderLock(self.out)
+
+    @property
+    def remedy(self) -> str:
+        """What a refused run can do (the end of every refusal)."""
+        default = " (or none: the default folder is per identity)" if self.per_identity else ""
+        return f"choose another --out{default}, or pass --fresh to discard it"
 
     def _state_paths(self) -> list[Path]:
         """The saved-state files present (``state_files`` may hold glob patterns such as ``iter_*.pth``)."""
@@ -278,7 +386,8 @@ class RunFolder:
             found += [p for p in sorted(self.out.glob(pattern)) if p.is_file() and p not in found]
         return found
 
-    def _saved_identity(self) -> dict | None:
+    def saved_identity(self) -> dict | None:
+        """``identity.json`` of the folder (None when there is none)."""
         p = self.out / IDENTITY_FILE
         if not p.is_file():
             return None
@@ -287,12 +396,24 @@ class RunFolder:
         except (OSError, ValueError) as e:
             raise StageError(f"{p} cannot be read ({e}); delete it to start this run over") from None
 
+    def other_run(self, saved: Mapping[str, Any], where: Path | None = None) -> StageError:
+        """The refusal of a folder (or of its file ``where``) that holds the run of identity ``saved``: what
+        differs, or that a newer version of the code wrote it."""
+        own = self.identity.as_dict()
+        where = self.out if where is None else where
+        theirs, ours = saved.get("code_version"), own["code_version"]
+        if isinstance(theirs, int) and theirs > ours:
+            return StageError(f"{where} was written by a newer version of the {own['stage']} code (code version "
+                              f"{theirs}; this code: {ours}): update the code to use it, or {self.remedy}")
+        diff = differences(saved, own)
+        return StageError(f"{where} holds another run with other settings ({'; '.join(diff) or 'run id differs'}): "
+                          f"{self.remedy}")
+
     def check(self, fresh: bool) -> None:
-        """Refuse a folder that holds another run (every rank may call this; it only reads)."""
+        """Refuse a folder that holds another run (it only reads)."""
         if fresh or not self.out.is_dir():
             return
-        saved = self._saved_identity()
-        own = self.identity.as_dict()
+        saved = self.saved_identity()
         if saved is None:
             left = [p.name for p in self._state_paths()]
             if left:
@@ -300,16 +421,11 @@ class RunFolder:
                                  f"older version): pass --fresh to discard it, or choose another --out")
             return
         if saved.get("run_id") != self.identity.run_id:
-            diff = differences(saved.get("identity", {}), own)
-            raise StageError(f"{self.out} holds another run ({'; '.join(diff) or 'run id differs'}): choose another "
-                             f"--out (or none: the default folder is per identity), or pass --fresh to discard it")
+            raise self.other_run(saved.get("identity", {}))
 
-    def open(self, fresh: bool, is_main: bool = True) -> None:
-        """Check (see :meth:`check`); on the main rank create the folder, remove stale temporary files
-        (and with ``fresh`` the saved state) and write ``identity.json``."""
-        self.check(fresh)
-        if not is_main:
-            return
+    def prepare(self, fresh: bool) -> None:
+        """Main rank, holding the folder: create it, remove stale temporary files (and with ``fresh`` the saved
+        state), write ``identity.json``."""
         self.out.mkdir(parents=True, exist_ok=True)
         remove_stale_temp(self.out)
         if fresh:
@@ -318,6 +434,16 @@ class RunFolder:
                 log.info("--fresh: removed %s", p)
         atomic_write_json(self.out / IDENTITY_FILE, {"run_id": self.identity.run_id, "group": self.identity.group,
                                                      "identity": self.identity.as_dict()})
+
+    def open(self, fresh: bool, is_main: bool = True) -> None:
+        """On the main rank: hold the folder (:class:`FolderLock`), check it (see :meth:`check`), :meth:`prepare`
+        it; the other ranks raise what it met."""
+        def work() -> None:
+            self.lock.acquire()
+            self.check(fresh)
+            self.prepare(fresh)
+
+        on_main_rank(is_main, work)
 
     def finished(self) -> dict | None:
         """The result of this very run if it has finished (``result.json`` with this ``run_id``)."""

@@ -2,18 +2,24 @@
 
 EXP names a config in ``pretrain/configs`` or a YAML path. Overrides are checked against the config's
 schema (an unknown key or a value of the wrong type is an error naming it). Running the same command
-again resumes from ``<out>/checkpoint.pth``; a folder that holds a run with other settings is refused.
+again resumes from ``<out>/checkpoint.pth`` (a finished run is reported); a folder that holds a run with
+other settings, or that another run is using, is refused; ``--fresh`` discards the folder's saved state.
 Under torchrun or SLURM the process group is initialised from the environment (gloo on CPU, NCCL on CUDA).
+Ctrl-C, SIGTERM and SIGUSR2 finish the step in progress, save it and end with one line and the status
+128 + the signal (:mod:`lewel_bench.signals`); the same command resumes.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import textwrap
 from pathlib import Path
 
 from lewel_bench import dist as ldist
 from lewel_bench.config import ConfigError, get_key, load_config
+from lewel_bench.errors import one_line
+from lewel_bench.signals import Stopped, StopRequest
 from lewel_bench.stage import cli_entry
 from lewel_bench.utils import runs_dir, setup_logging
 
@@ -36,6 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--exp", default=None, help="the experiment's name in records and checkpoints (default: the "
                                                 "config's file name; make pretrain passes EXP)")
     p.add_argument("--records-dir", default=None, help="where the training-speed record goes (default results/records)")
+    p.add_argument("--fresh", action="store_true",
+                   help="discard the saved state in the output folder (checkpoint, backbone, metrics, ...) and start "
+                        "over")
     p.add_argument("--sweep", default=None, metavar="KEY",
                    help="this run is one point of a sweep over the config key KEY (e.g. model.beta, LEWEL Fig. 3): "
                         "the checkpoint and every record of its evaluations say so, and the tables keep the points "
@@ -47,6 +56,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 @cli_entry("pretrain")
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    with StopRequest("before training: nothing was trained") as stop:
+        try:
+            _run(args, stop)
+        except Stopped as e:  # one line; the status says which signal (130 Ctrl-C, 143 SIGTERM, 140 SIGUSR2)
+            sys.stderr.write(f"pretrain: {one_line(e)}\n")
+            raise SystemExit(e.exit_status) from None
+
+
+def _run(args: argparse.Namespace, stop: StopRequest) -> None:
     info = ldist.init_distributed()
     setup_logging(rank=info.rank)
     cfg = load_config(config_files().get(args.config, args.config), CONFIG_DIR, args.overrides)
@@ -67,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out) if args.out else runs_dir() / exp
     from .train import train  # heavy imports after argument checks
 
-    ckpt = train(cfg, out, exp, info, args.records_dir, sweep)
+    ckpt = train(cfg, out, exp, info, args.records_dir, sweep, fresh=args.fresh, stop=stop)
     if info.is_main:
         log.info("checkpoint: %s", ckpt)
         log.info("backbone:   %s", out / "backbone.pth")

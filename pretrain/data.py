@@ -22,6 +22,7 @@ from torch.utils.data import Dataset, Sampler
 from lewel_bench.data import BadImageError, read_image, scan_split
 from lewel_bench.data.imagenet import IMG_EXTENSIONS
 from lewel_bench.data.layout import DataLayoutError
+from lewel_bench.utils import default_num_workers
 
 from .augment import seeded
 
@@ -141,3 +142,9 @@ class EpochBatchSampler(Sampler):
         for it in range(self.start, self.iters):
             chunk = perm[it * gb:(it + 1) * gb][self.rank * self.b:(self.rank + 1) * self.b]
             yield [(self.epoch, i) for i in chunk]
+
+
+def loader_workers(cfg: dict) -> int:
+    """``data.num_workers``: auto = the machine's default (:func:`lewel_bench.utils.default_num_workers`)."""
+    n = cfg["data"].get("num_workers", "auto")
+    return default_num_workers() if n in (None, "auto") else int(n)

@@ -7,8 +7,9 @@
 Each (method, ``aug.batched``) pair runs the method's IN-1K config (``--arch``, ``--size``, ``--batch``
 override it) exactly as the pretraining loop does: ``ImageFolderList`` without cache -> ``MultiViewDataset``
 (the config's views) -> ``EpochBatchSampler`` -> ``DataLoader`` (``--workers``, default: the loop's default,
-every core but one) with pinned memory on CUDA -> views on the device (``aug.batched``: the photometric ops
-there) -> forward, backward, optimiser and EMA steps in the loop's precision (AMP and channels_last on CUDA).
+every core but one) with pinned memory on CUDA -> the loop's own step (``pretrain.loop.train_step``: views on
+the device (``aug.batched``: the photometric ops there), forward, backward, optimiser and EMA steps in the
+loop's precision, AMP and channels_last on CUDA).
 After ``--warmup`` steps it times ``--iters`` steps and reports images/s, the loader wait (time blocked on
 the next batch, as a share of the wall time), the device busy share (CUDA events around each step),
 milliseconds per step and the peak device memory, then the end-to-end ratios LEWEL_B / BYOL and
@@ -33,15 +34,18 @@ from torch.utils.data import DataLoader
 
 from lewel_bench.config import load_config
 from lewel_bench.io import atomic_write_json
-from lewel_bench.optim import optimizer_for, schedule_from_config, set_lr
-from lewel_bench.utils import amp_autocast, amp_step, channels_last_default, default_num_workers, setup_logging
-from pretrain.augment import build_views, view_specs, views_to_device
+from lewel_bench.utils import channels_last_default, default_num_workers, setup_logging
+from pretrain.augment import build_views, view_specs
 from pretrain.data import EpochBatchSampler, ImageFolderList, MultiViewDataset
 from pretrain.experiments import CONFIG_DIR
-from pretrain.methods import METHODS
+from pretrain.loop import build_step, train_step
+from pretrain.train import build_method
 from tools.bench_loader import data_or_synthetic
 
 log = logging.getLogger("tools.bench_e2e")
+
+#: Iterations per "epoch" of the lr schedule and the methods' own per-iteration schedules.
+STEPS_PER_EPOCH = 1000
 
 
 def pairs() -> list[tuple[str, str, float]]:
@@ -77,15 +81,11 @@ def run(method_name: str, root: Path, args: argparse.Namespace, batched: bool, d
     workers = default_num_workers() if args.workers is None else args.workers
     loader = DataLoader(ds, batch_sampler=Epochs(len(ds), args.batch), num_workers=workers, pin_memory=cuda,
                         prefetch_factor=4 if workers else None, persistent_workers=bool(workers))
-    method = METHODS.get(method_name)(cfg).to(device)
     amp = cuda if args.amp == "auto" else args.amp == "on"
     channels_last = (channels_last_default(device.type, args.size) if args.channels_last == "auto"
                      else args.channels_last == "on")
-    if channels_last:
-        method.to(memory_format=torch.channels_last)
-    optimizer = optimizer_for(method, cfg["optim"])
-    schedule = schedule_from_config(cfg["schedule"], args.warmup + args.iters, 1000, base_lr=cfg["optim"]["lr"])
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and cuda)
+    method = build_method(cfg, device, 1, channels_last, STEPS_PER_EPOCH)
+    state = build_step(method, cfg, device, args.warmup + args.iters, STEPS_PER_EPOCH, amp, channels_last, batched)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     method.train()
@@ -103,14 +103,7 @@ def run(method_name: str, root: Path, args: argparse.Namespace, batched: bool, d
         ev = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if cuda else None
         if ev:
             ev[0].record()
-        views = [views_to_device(v, device, batched) for v in batch]
-        if channels_last:
-            views = [x.contiguous(memory_format=torch.channels_last) for x in views]
-        set_lr(optimizer, schedule, it)
-        with amp_autocast(device, amp):
-            loss, _ = method(views)
-        amp_step(loss, optimizer, scaler, cfg["optim"].get("clip_grad_norm"))
-        method.update_target(method.momentum_at(it, args.warmup + args.iters))
+        train_step(state, batch, it)  # the loop's own step
         if ev:
             ev[1].record()
             torch.cuda.synchronize(device)

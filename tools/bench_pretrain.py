@@ -5,9 +5,10 @@
     make bench-pretrain BENCH_ARGS="--batch 128 --steps 10"      # on a GPU: AMP + channels_last
     python -m tools.bench_pretrain --methods mocov2 cgh --record results/records   # + a cost record per method
 
-One step = forward + backward + optimiser step (+ EMA update for the self-supervised methods), on
-random images (as many views as the method's config lists: two, MCL's 2 x 3), with each method's IN-1K
-config (paper head sizes), in the training loop's precision:
+One step = the training loop's own step (``pretrain.loop.train_step``: forward, backward, optimiser step,
+EMA update; the supervised baseline: forward, backward, optimiser step), on random images (as many views as
+the method's config lists: two, MCL's 2 x 3), with each method's IN-1K config (paper head sizes), in the
+training loop's precision:
 AMP (fp16 autocast, GradScaler) and channels_last on CUDA, fp32 on CPU and channels_last there from 128 px
 (``--amp``, ``--channels-last``).
 Methods are interleaved round by round and the median is reported, so a load change on a shared
@@ -55,8 +56,9 @@ from lewel_bench.utils import amp_autocast, amp_step, channels_last_default, kee
 from pretrain.augment import view_specs
 from pretrain.cli import CONFIG_DIR
 from pretrain.experiments import config_files
+from pretrain.loop import build_step, train_step
 from pretrain.methods import METHODS
-from lewel_bench.optim import optimizer_for
+from pretrain.train import build_method
 
 #: a target at or below the pair's FLOP ratio
 FLOOR = "floor"
@@ -131,22 +133,14 @@ def make_steps(arch: str, size: int, batch: int, device: torch.device, channels_
     for name in methods:
         cfg = cfgs[name]
         configs[name] = cfg
-        m = METHODS.get(name)(cfg).to(device).train()
-        m.iters_per_epoch = STEPS_PER_EPOCH
-        if channels_last:
-            m.to(memory_format=torch.channels_last)
-        m.check_views(len(view_specs(cfg["aug"])))
+        m = build_method(cfg, device, 1, channels_last, STEPS_PER_EPOCH).train()
         views = xs[:len(view_specs(cfg["aug"]))]
-        opt = optimizer_for(m, cfg["optim"])
+        state = build_step(m, cfg, device, STEPS_PER_EPOCH, STEPS_PER_EPOCH, amp, channels_last, schedule=False)
         count_pixels(m.online.backbone, pixels, name)
         count_pixels(m.target.backbone, pixels, f"{name}:target")
 
-        def step(m=m, opt=opt, views=views, cfg=cfg, scaler=torch.amp.GradScaler("cuda", enabled=amp)):
-            m.iteration += 1
-            with amp_autocast(device, amp):
-                loss, _ = m(views)
-            amp_step(loss, opt, scaler, cfg["optim"].get("clip_grad_norm"))
-            m.update_target(m.momentum_at(m.iteration, 1000))
+        def step(state=state, views=views):
+            train_step(state, views, state.method.iteration + 1)  # the loop's step, at the config's lr
 
         steps[name] = step
     return steps, configs

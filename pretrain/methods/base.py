@@ -5,7 +5,7 @@ A method is one file: a class registered in :data:`METHODS` whose ``forward(view
 views (a list of tensors, in the order of the config's ``aug.views``) and returns ``(loss, logs)``. It
 builds its ``online`` network from :class:`Encoder` (a torchvision trunk, the backbone stages it reads,
 and a head), its ``target`` with :meth:`SSLMethod.make_target`, and any number of :class:`FIFOQueue`
-modules. Checkpoints hold every parameter and buffer by the module tree (:func:`pretrain.train.checkpoint_state`).
+modules. Checkpoints hold every parameter and buffer by the module tree (:func:`pretrain.state.checkpoint_state`).
 """
 from __future__ import annotations
 
