@@ -11,9 +11,9 @@ bundle's parts to export too. The format and the renames: :mod:`lewel_bench.tran
 """
 from __future__ import annotations
 
-import argparse
 import logging
 
+from lewel_bench.args import ArgumentParser, PathArg
 from lewel_bench.stage import cli_entry
 from lewel_bench.transfer import PARTS
 from lewel_bench.transfer.detectron2 import convert
@@ -21,9 +21,9 @@ from lewel_bench.transfer.detectron2 import convert
 
 @cli_entry("convert_to_detectron2")
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m tools.convert_to_detectron2", description=__doc__.split("\n")[0])
-    p.add_argument("input", help="backbone.pth, a full pretraining checkpoint, or a torchvision ResNet state dict")
-    p.add_argument("output", help="detectron2 .pkl to write")
+    p = ArgumentParser(prog="python -m tools.convert_to_detectron2", description=__doc__.split("\n")[0])
+    p.add_argument("input", type=PathArg("file"), help="backbone.pth, a full pretraining checkpoint, or a torchvision ResNet state dict")
+    p.add_argument("output", type=PathArg("out_file"), help="detectron2 .pkl to write")
     p.add_argument("--prefix", default=None, help="backbone key prefix (default: from the checkpoint's meta / found)")
     p.add_argument("--arch", default=None, help="ResNet arch (default: from meta / inferred)")
     p.add_argument("--parts", nargs="*", default=[], choices=sorted(PARTS),

@@ -11,21 +11,21 @@ pretraining checkpoint, a plain torchvision state dict, ``random:<arch>``). The 
 """
 from __future__ import annotations
 
-import argparse
 import logging
 
+from lewel_bench.args import ArgumentParser, CheckpointArg, PathArg, seed_arg
 from lewel_bench.stage import cli_entry
 from lewel_bench.transfer.mmseg import convert_to_mmseg
 
 
 @cli_entry("convert_to_mmseg")
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m tools.convert_to_mmseg", description=__doc__.split("\n\n")[0])
-    p.add_argument("input", help="backbone.pth, full pretraining checkpoint, torchvision state dict or random:<arch>")
-    p.add_argument("output", help="mmseg checkpoint to write (e.g. runs/EXP/backbone_mmseg.pth)")
+    p = ArgumentParser(prog="python -m tools.convert_to_mmseg", description=__doc__.split("\n\n")[0])
+    p.add_argument("input", type=CheckpointArg(), help="backbone.pth, full pretraining checkpoint, torchvision state dict or random:<arch>")
+    p.add_argument("output", type=PathArg("out_file"), help="mmseg checkpoint to write (e.g. runs/EXP/backbone_mmseg.pth)")
     p.add_argument("--prefix", default=None, help="backbone key prefix inside the input (default: found)")
     p.add_argument("--arch", default=None, help="resnet50, ... (default: from the checkpoint)")
-    p.add_argument("--seed", type=int, default=0, help="seed of a random:<arch> initialisation")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of a random:<arch> initialisation")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     convert_to_mmseg(args.input, args.output, prefix=args.prefix, arch=args.arch, seed=args.seed)
