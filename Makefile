@@ -29,6 +29,11 @@ ARGS ?=
 ROW  ?=
 ROW_ARG = $(if $(ROW),--row '$(ROW)')
 $(foreach v,EVAL_ARGS DET_ARGS SEG_ARGS,$(if $($(v)),$(error $(v) is no longer read: every stage target takes its overrides from ARGS=...)))
+# Paths may hold spaces and non-ASCII characters (the recipes quote them), except these two, which name make
+# targets (make splits a target name at spaces).
+$(foreach v,VENV MINI,$(if $(filter-out 1,$(words $($(v)))),$(error $(v)='$($(v))': this path names make targets and cannot contain spaces or be empty)))
+# Counts the recipes loop over: a positive integer, checked before anything runs (a dry run `make -n` too).
+_posint = $(if $(shell printf '%s' '$(2)' | grep -Eqx '[1-9][0-9]{0,5}' && echo ok),,$(error $(1)='$(2)': expected a positive integer))
 
 # Where stages run: LAUNCHER=local (default) or slurm (through submitit; see mk/launch.mk).
 LAUNCHER    ?= local
@@ -43,19 +48,29 @@ export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD := 1
 help:
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed -e 's/:.*## /\t/' -e 's/\$$(EXP)/<EXP>/g' | sort
 
-$(STAMP): requirements.txt pyproject.toml
-	@echo "Creating $(VENV) from requirements.txt (first use only)"
-	rm -rf $(VENV)
-	$(PYTHON_SYS) -m venv $(VENV)
-	$(VENV)/bin/pip install --disable-pip-version-check --no-cache-dir -q -r requirements.txt
-	$(VENV)/bin/pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
-	touch $@
+# The stamp is named by the checksum of requirements.txt and pyproject.toml, so the venv is rebuilt when their
+# CONTENT changes, never because a checkout made them newer. A rebuild goes into $(VENV).new and replaces $(VENV)
+# only once complete: until then (and if it fails) the old $(VENV) stays as it was.
+_venv_abs = $(abspath $(VENV))
+$(STAMP):
+	@echo "Creating $(VENV) from requirements.txt ($(if $(wildcard $(VENV)/bin/python),requirements changed: building \
+	$(VENV).new beside the current $(VENV),first use))"
+	rm -rf "$(VENV).new"
+	$(PYTHON_SYS) -m venv "$(VENV).new"
+	"$(VENV).new/bin/pip" install --disable-pip-version-check --no-cache-dir -q -r requirements.txt
+	"$(VENV).new/bin/pip" install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	@# the scripts in bin/ name their folder: point them at $(VENV) before the swap
+	@grep -lIr --exclude-dir=__pycache__ "$(_venv_abs).new" "$(VENV).new/bin" | while IFS= read -r f; do \
+	  [ -L "$$f" ] || sed -i "s|$(_venv_abs).new|$(_venv_abs)|g" "$$f"; done
+	touch "$(VENV).new/$(notdir $(STAMP))"
+	rm -rf "$(VENV).old" && { [ ! -e "$(VENV)" ] || mv "$(VENV)" "$(VENV).old"; } && mv "$(VENV).new" "$(VENV)" && \
+	  rm -rf "$(VENV).old"
 
 venv: $(STAMP) ## create .venv from pinned requirements
 
 # Regenerated when the generator changes (generate_mini is a no-op when the version and sizes match).
 $(MINI_STAMP): lewel_bench/data/mini.py | $(STAMP)
-	$(PY) -m tools.make_mini_data --out $(MINI) --seed $(SEED)
+	$(PY) -m tools.make_mini_data --out "$(MINI)" --seed "$(SEED)"
 	@touch $@
 
 data: $(MINI_STAMP) ## generate the embedded mini benchmark under data/mini
@@ -64,6 +79,6 @@ test: $(STAMP) ## run the test suite
 	$(PY) -m pytest -q
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf "$(VENV)" "$(VENV).new" "$(VENV).old"
 
 -include mk/*.mk

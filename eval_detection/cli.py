@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 
-from lewel_bench.stage import cli_entry, parse_stage_args, stage_parser
+from lewel_bench.stage import cli_entry, parse_stage_args, stage_parser, yaml_config
 
 from .protocol import CONFIG_DIR, PROTOCOL_VERSION, TRANSFERS  # noqa: F401 (the stage's constants)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = stage_parser("python -m eval_detection", __doc__.split("\n")[0], None)
+def build_parser() -> argparse.ArgumentParser:
+    p = stage_parser("python -m eval_detection", __doc__.split("\n")[0], None, yaml_config(CONFIG_DIR))
     p.add_argument("--backend", choices=["auto", "torchvision", "detectron2"], default="auto")
     p.add_argument("--transfer", choices=list(TRANSFERS), default="trunk",
                    help="what the detector takes from the checkpoint: trunk (the ResNet; LEWEL / MoCo protocol) or "
@@ -32,7 +32,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-record", action="store_true", help="do not write a result record (smoke runs)")
     p.add_argument("--d2-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="detectron2 backend only: one more config override (repeatable), e.g. SOLVER.MAX_ITER=10")
-    return parse_stage_args(p, argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return parse_stage_args(build_parser(), argv)
 
 
 @cli_entry("eval_detection")

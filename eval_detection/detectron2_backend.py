@@ -35,25 +35,29 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from lewel_bench.checkpoint import BackboneError
+from lewel_bench.errors import LewelError
 
 log = logging.getLogger(__name__)
 
 D2_CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "detectron2"
-INSTALL_HINT = ("detectron2 is not installed. It is not on PyPI: on a GPU node with the cluster's torch/CUDA, run\n"
-                "    pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'\n"
-                "(see detectron2's INSTALL.md), or use --backend torchvision (same layout, schedule and metrics).")
+INSTALL_HINT = ("detectron2 is not installed. It is not on PyPI: on a GPU node with the cluster's torch/CUDA, run "
+                "pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'"
+                " (see detectron2's INSTALL.md), or use --backend torchvision (same layout, schedule and metrics).")
+
+
+class Detectron2Missing(LewelError, ImportError):
+    """The detectron2 backend was asked for where detectron2 cannot be imported."""
 
 
 def require_detectron2() -> None:
     try:
         import detectron2  # noqa: F401
     except ImportError as e:
-        raise SystemExit(f"{INSTALL_HINT}\n(import error: {e})") from None
+        raise Detectron2Missing(f"{INSTALL_HINT} (import error: {e})") from None
 
 
 _REGISTERED = False
@@ -84,14 +88,19 @@ def setup_cfg(config_file: str | Path, opts: Sequence[str]) -> Any:
     register_extra_norm_head()
     from detectron2.config import get_cfg
 
+    from detectron2.config import CfgNode
+
     cfg = get_cfg()
+    cfg.LEWEL = CfgNode(dict(LEWEL_D2_KEYS))  # what the suite adds (the log period of its trainer's writers)
     cfg.merge_from_file(str(config_file))
     cfg.merge_from_list(list(opts))
     return cfg
 
 
-def register_datasets(root: Path, fmt: str, class_names: Sequence[str], cfg: Any) -> None:
-    """(Re-)register the dataset names used by ``cfg`` at ``root``."""
+def register_datasets(root: Path, fmt: str, class_names: Sequence[str], cfg: Any,
+                      data: dict | None = None) -> None:
+    """(Re-)register the dataset names used by ``cfg`` at ``root`` (COCO: the annotation files and image folders of
+    the protocol config's ``data``, :func:`d2_dataset_names`)."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
@@ -108,8 +117,9 @@ def register_datasets(root: Path, fmt: str, class_names: Sequence[str], cfg: Any
             from detectron2.data.datasets import register_coco_instances
 
             split = name.split("_")[-1]  # coco_2017_train
-            register_coco_instances(name, {}, str(root / "annotations" / f"instances_{split}2017.json"),
-                                    str(root / f"{split}2017"))
+            part = (data or {}).get("train" if split == "train" else "test") or \
+                {"ann": f"annotations/instances_{split}2017.json", "images": f"{split}2017"}
+            register_coco_instances(name, {}, str(root / part["ann"]), str(root / part["images"]))
 
 
 def _trainer_cls() -> Any:
@@ -127,10 +137,20 @@ def _trainer_cls() -> Any:
         def build_writers(self):  # noqa: ANN201 - no TensorBoard writer: tensorboard is not a dependency
             return [CommonMetricPrinter(self.max_iter), JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.jsonl"))]
 
+        def build_hooks(self):  # noqa: ANN201 - the writers every solver.log_period iterations (LEWEL.LOG_PERIOD)
+            from detectron2.engine import hooks
+
+            out = super().build_hooks()
+            for h in out:
+                if isinstance(h, hooks.PeriodicWriter):
+                    h._period = int(self.cfg.LEWEL.LOG_PERIOD)
+            return out
+
     return Trainer
 
 
-def _worker(cfg_file: str, opts: list[str], root: str, fmt: str, class_names: list[str], out: str) -> None:
+def _worker(cfg_file: str, opts: list[str], root: str, fmt: str, class_names: list[str], out: str,
+            data: dict | None = None) -> None:
     """One detectron2 process: register, train (resuming), evaluate once; rank 0 writes ``d2_results.json``
     with the results and the config that ran (``cfg.dump()``).
 
@@ -144,7 +164,7 @@ def _worker(cfg_file: str, opts: list[str], root: str, fmt: str, class_names: li
     cfg = setup_cfg(cfg_file, opts)
     cfg.freeze()
     default_setup(cfg, argparse.Namespace(config_file=cfg_file, opts=opts, eval_only=False, resume=True))
-    register_datasets(Path(root), fmt, class_names, cfg)
+    register_datasets(Path(root), fmt, class_names, cfg, data)
     Trainer = _trainer_cls()
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=True)
@@ -171,89 +191,208 @@ def d2_metrics(res: dict, eval_name: str) -> dict[str, float]:
     return out
 
 
-@dataclass(frozen=True)
-class D2Arch:
-    """How a protocol config's ``arch`` maps onto detectron2's keys: where the class count goes, the norms a
-    CPU smoke run turns from SyncBN into BN, the model sizes of the mini protocol, and the model keys every
-    run passes on (``model``)."""
-
-    num_classes: str
-    norm_keys: tuple[str, ...]
-    mini: Callable[[dict], list[str]]
-    model: Callable[[dict], list[str]] = lambda m: []
-
-
-def _mini_rcnn(m: dict) -> list[str]:
-    return ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", str(m["roi_batch_per_image"]),
-            "MODEL.RPN.BATCH_SIZE_PER_IMAGE", str(m["rpn_batch_per_image"])]
-
-
-def _mini_c4(m: dict) -> list[str]:
-    return _mini_rcnn(m) + [
-        "MODEL.ANCHOR_GENERATOR.SIZES", str([list(m["anchor_sizes"])]),
-        "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", str(m["pooler_resolution"]),
-        "MODEL.RPN.PRE_NMS_TOPK_TRAIN", str(m["rpn_pre_nms_train"]),
-        "MODEL.RPN.POST_NMS_TOPK_TRAIN", str(m["rpn_post_nms_train"]),
-        "MODEL.RPN.PRE_NMS_TOPK_TEST", str(m["rpn_pre_nms_test"]),
-        "MODEL.RPN.POST_NMS_TOPK_TEST", str(m["rpn_post_nms_test"])]
-
-
-def _mini_fpn(m: dict) -> list[str]:
-    return _mini_rcnn(m) + [
-        "MODEL.ANCHOR_GENERATOR.SIZES", str([[a] for a in m["fpn_anchor_sizes"]]),
-        "MODEL.RPN.PRE_NMS_TOPK_TRAIN", str(m["fpn_rpn_pre_nms_train"]),
-        "MODEL.RPN.POST_NMS_TOPK_TRAIN", str(m["fpn_rpn_post_nms_train"]),
-        "MODEL.RPN.PRE_NMS_TOPK_TEST", str(m["fpn_rpn_pre_nms_test"]),
-        "MODEL.RPN.POST_NMS_TOPK_TEST", str(m["fpn_rpn_post_nms_test"])]
-
-
-def _mini_retinanet(m: dict) -> list[str]:
-    n = int(m["retinanet_scales_per_octave"])
-    sizes = [[float(x) * 2 ** (i / n) for i in range(n)] for x in m["retinanet_anchor_sizes"]]
-    return ["MODEL.ANCHOR_GENERATOR.SIZES", str(sizes),
-            "MODEL.RETINANET.TOPK_CANDIDATES_TEST", str(m["retinanet_topk_candidates"])]
-
-
-def _retinanet(m: dict) -> list[str]:
-    return ["MODEL.RETINANET.NORM", {"none": "", "gn": "GN"}[m["retinanet_head_norm"]]]
-
-
+# ------------------------------------------------------------------------------------------------
+# the protocol config -> detectron2's keys (every key reaches detectron2 or is refused, naming it)
+# ------------------------------------------------------------------------------------------------
 _RESNET_NORM, _FPN_NORM = "MODEL.RESNETS.NORM", "MODEL.FPN.NORM"
-#: protocol config ``arch`` -> its detectron2 keys
-D2_ARCHS: dict[str, D2Arch] = {
-    "c4": D2Arch("MODEL.ROI_HEADS.NUM_CLASSES", (_RESNET_NORM,), _mini_c4),
-    "fpn": D2Arch("MODEL.ROI_HEADS.NUM_CLASSES",
-                  (_RESNET_NORM, _FPN_NORM, "MODEL.ROI_BOX_HEAD.NORM", "MODEL.ROI_MASK_HEAD.NORM"), _mini_fpn),
-    "retinanet": D2Arch("MODEL.RETINANET.NUM_CLASSES", (_RESNET_NORM, _FPN_NORM), _mini_retinanet, _retinanet),
+#: protocol config ``arch`` -> (where its class count goes, the norms a CPU smoke run turns from SyncBN into BN)
+D2_ARCH_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "c4": ("MODEL.ROI_HEADS.NUM_CLASSES", (_RESNET_NORM,)),
+    "fpn": ("MODEL.ROI_HEADS.NUM_CLASSES",
+            (_RESNET_NORM, _FPN_NORM, "MODEL.ROI_BOX_HEAD.NORM", "MODEL.ROI_MASK_HEAD.NORM")),
+    "retinanet": ("MODEL.RETINANET.NUM_CLASSES", (_RESNET_NORM, _FPN_NORM)),
+}
+#: protocol config ``arch`` -> the detectron2 file's meta-architecture and backbone (read from the YAML)
+D2_FILE_ARCH = {"c4": ("GeneralizedRCNN", "build_resnet_backbone"),
+                "fpn": ("GeneralizedRCNN", "build_resnet_fpn_backbone"),
+                "retinanet": ("RetinaNet", "build_retinanet_resnet_fpn_backbone")}
+_FPN_NORMS = {"none": "", "bn": "SyncBN"}
+_HEAD_NORMS = {"none": "", "gn": "GN"}
+#: ``model.retinanet_box_loss`` -> (RETINANET.BBOX_REG_LOSS_TYPE, RETINANET.SMOOTH_L1_LOSS_BETA): torchvision's l1 is
+#: detectron2's smooth-L1 with beta 0, its smooth_l1 has beta 1/9
+_BOX_LOSSES = {"l1": ("smooth_l1", 0.0), "smooth_l1": ("smooth_l1", 1.0 / 9), "giou": ("giou", 0.0)}
+#: ``solver.no_decay`` rules detectron2 has a key for (the norm layers' and the biases' weight decay)
+_NO_DECAY = {"norm": "SOLVER.WEIGHT_DECAY_NORM", "bias": "SOLVER.WEIGHT_DECAY_BIAS"}
+#: Keys of the LEWEL node :func:`setup_cfg` adds to detectron2's config, with their defaults.
+LEWEL_D2_KEYS = {"LOG_PERIOD": 20}
+
+
+def _rcnn_model(m: dict, arch: str) -> dict[str, Any]:
+    """The R-CNN keys of ``arch`` (c4: its RPN and RoI sizes; fpn: the ``fpn_*`` ones, 7 x 7 box pooling)."""
+    fpn = arch == "fpn"
+    rpn = "fpn_rpn" if fpn else "rpn"
+    out = {"MODEL.ANCHOR_GENERATOR.SIZES": [[a] for a in m["fpn_anchor_sizes"]] if fpn else [list(m["anchor_sizes"])],
+           "MODEL.RPN.PRE_NMS_TOPK_TRAIN": m[f"{rpn}_pre_nms_train"],
+           "MODEL.RPN.POST_NMS_TOPK_TRAIN": m[f"{rpn}_post_nms_train"],
+           "MODEL.RPN.PRE_NMS_TOPK_TEST": m[f"{rpn}_pre_nms_test"],
+           "MODEL.RPN.POST_NMS_TOPK_TEST": m[f"{rpn}_post_nms_test"],
+           "MODEL.RPN.BATCH_SIZE_PER_IMAGE": m["rpn_batch_per_image"],
+           "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": m["roi_batch_per_image"],
+           "MODEL.ROI_HEADS.SCORE_THRESH_TEST": m["box_score_thresh"],
+           "MODEL.ROI_HEADS.NMS_THRESH_TEST": m["box_nms_thresh"]}
+    if fpn:
+        out["MODEL.FPN.NORM"] = _FPN_NORMS[m["fpn_norm"]]
+    else:
+        out["MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION"] = m["pooler_resolution"]
+    return out
+
+
+def _retinanet_model(m: dict) -> dict[str, Any]:
+    n = int(m["retinanet_scales_per_octave"])
+    loss, beta = _BOX_LOSSES[m["retinanet_box_loss"]]
+    return {"MODEL.ANCHOR_GENERATOR.SIZES": [[float(x) * 2 ** (i / n) for i in range(n)]
+                                             for x in m["retinanet_anchor_sizes"]],
+            "MODEL.FPN.NORM": _FPN_NORMS[m["fpn_norm"]],
+            "MODEL.RETINANET.IOU_THRESHOLDS": list(m["retinanet_iou_thresholds"]),
+            "MODEL.RETINANET.TOPK_CANDIDATES_TEST": m["retinanet_topk_candidates"],
+            "MODEL.RETINANET.PRIOR_PROB": m["retinanet_prior_prob"],
+            "MODEL.RETINANET.BBOX_REG_LOSS_TYPE": loss, "MODEL.RETINANET.SMOOTH_L1_LOSS_BETA": beta,
+            "MODEL.RETINANET.NORM": _HEAD_NORMS[m["retinanet_head_norm"]],
+            "MODEL.RETINANET.SCORE_THRESH_TEST": m["box_score_thresh"],
+            "MODEL.RETINANET.NMS_THRESH_TEST": m["box_nms_thresh"]}
+
+
+def d2_dataset_names(data: dict) -> tuple[list[str], list[str]]:
+    """detectron2's dataset names of the protocol's splits (:func:`register_datasets` registers them at the
+    config's paths): ``voc_<year>_<split>`` (its evaluator reads the year), ``coco_2017_train`` / ``_val``."""
+    if data["format"] == "voc":
+        return [f"voc_{y}_{s}" for y, s in data["train"]], [f"voc_{data['test'][0]}_{data['test'][1]}"]
+    return ["coco_2017_train"], ["coco_2017_val"]
+
+
+def d2_settings(tv_cfg: dict, class_names: Sequence[str], weights: Path, out: Path, seed: int) -> dict[str, Any]:
+    """Every setting of the protocol config (:file:`configs/torchvision`) as detectron2 keys -> values, so that
+    both backends run what the config says, the defaults and every override alike (``solver.base_lr``,
+    ``model.min_size_train``, ...). What detectron2 cannot run is refused first (:func:`check_for_detectron2`).
+    ``amp: auto`` / ``num_workers: auto`` keep the detectron2 file's own choice (fp32, as the papers' runs)."""
+    import torch
+
+    check_for_detectron2(tv_cfg)
+    arch, m, s, test = tv_cfg["arch"], tv_cfg["model"], tv_cfg["solver"], tv_cfg.get("test", {})
+    classes_key, norm_keys = D2_ARCH_KEYS[arch]
+    train, test_sets = d2_dataset_names(tv_cfg["data"])
+    d: dict[str, Any] = {
+        "MODEL.WEIGHTS": str(weights), "OUTPUT_DIR": str(out), "SEED": int(seed), classes_key: len(class_names),
+        "DATASETS.TRAIN": train, "DATASETS.TEST": test_sets,
+        "INPUT.MIN_SIZE_TRAIN": list(m["min_size_train"]), "INPUT.MIN_SIZE_TRAIN_SAMPLING": "choice",
+        "INPUT.MAX_SIZE_TRAIN": int(m.get("max_size_train") or m["max_size"]),
+        "INPUT.MIN_SIZE_TEST": m["min_size_test"], "INPUT.MAX_SIZE_TEST": m["max_size"],
+        "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS": [list(m["aspect_ratios"])],
+        "TEST.DETECTIONS_PER_IMAGE": m["detections_per_img"],
+        "SOLVER.IMS_PER_BATCH": s["ims_per_batch"], "SOLVER.BASE_LR": s["base_lr"], "SOLVER.MOMENTUM": s["momentum"],
+        "SOLVER.WEIGHT_DECAY": s["weight_decay"],
+        "SOLVER.MAX_ITER": s["max_iter"], "SOLVER.STEPS": list(s["steps"]), "SOLVER.GAMMA": s["gamma"],
+        "SOLVER.WARMUP_ITERS": s["warmup_iters"], "SOLVER.WARMUP_FACTOR": s["warmup_factor"],
+        "SOLVER.WARMUP_METHOD": "linear", "SOLVER.CHECKPOINT_PERIOD": s["checkpoint_period"],
+        "LEWEL.LOG_PERIOD": s["log_period"],
+        "TEST.PRECISE_BN.ENABLED": int(test.get("precise_bn_iters", 0)) > 0,
+        "TEST.PRECISE_BN.NUM_ITER": max(1, int(test.get("precise_bn_iters", 0))),
+    }
+    for rule, key in _NO_DECAY.items():  # excluded from weight decay: 0; else the common weight decay
+        d[key] = 0.0 if rule in s["no_decay"] else s["weight_decay"]
+    if arch == "retinanet":
+        d.update(_retinanet_model(m))
+    else:
+        d["MODEL.MASK_ON"] = bool(tv_cfg["mask"])
+        d.update(_rcnn_model(m, arch))
+    if tv_cfg.get("amp", "auto") != "auto":
+        d["SOLVER.AMP.ENABLED"] = bool(tv_cfg["amp"])
+    if tv_cfg.get("num_workers", "auto") != "auto":
+        d["DATALOADER.NUM_WORKERS"] = int(tv_cfg["num_workers"])
+    if not torch.cuda.is_available():  # a CPU smoke run: SyncBN needs GPUs, plain BN instead
+        d["MODEL.DEVICE"] = "cpu"
+        for key in norm_keys:
+            if d.get(key, "SyncBN") != "":
+                d[key] = "BN"
+    return d
+
+
+def _voc07(c: dict) -> Any:
+    return str(c["data"]["test"][0]) == "2007" if c["data"]["format"] == "voc" else c["data"].get("use_07_metric")
+
+
+#: Protocol config keys detectron2 has no setting for: refused with the detectron2 backend unless they hold the
+#: value detectron2 runs anyway (key -> (that value for the config, why)).
+D2_FIXED: dict[str, tuple[Callable[[dict], Any], str]] = {
+    "test.batch": (lambda c: 1, "detectron2's test loader takes one image per GPU"),
+    "test.max_images": (lambda c: None, "detectron2 evaluates the whole test split"),
+    "data.use_07_metric": (_voc07, "detectron2's VOC evaluator takes the 11-point VOC07 AP for a 2007 test split "
+                                   "and the area AP for another year"),
 }
 
 
-def d2_opts_for(tv_cfg: dict, class_names: Sequence[str], weights: Path, out: Path, seed: int) -> list[str]:
-    """Overrides that bind a protocol config to this run: weights, output, seed, classes; the schedule (the
-    protocol config's ``max_iter`` and resolved ``steps``: the detectron2 file's unless overridden); MCL's
-    ``INPUT.MAX_SIZE_TRAIN`` (``model.max_size_train``); RetinaNet's head norm; the mini protocol's sizes."""
-    import torch
+def check_for_detectron2(tv_cfg: dict) -> None:
+    """Refuse (naming the key and the backend) what detectron2 cannot run as the config says: a key of
+    :data:`D2_FIXED` with another value, ``solver.no_decay`` rules besides norm / bias, an ``arch`` that is not the
+    detectron2 file's."""
+    from lewel_bench.config import ConfigError, get_key
 
-    arch = D2_ARCHS[tv_cfg["arch"]]
-    m, s = tv_cfg["model"], tv_cfg["solver"]
-    opts = ["MODEL.WEIGHTS", str(weights), "OUTPUT_DIR", str(out), "SEED", str(seed),
-            arch.num_classes, str(len(class_names)),
-            "SOLVER.MAX_ITER", str(s["max_iter"]), "SOLVER.STEPS", str(tuple(s["steps"]))]
-    if not torch.cuda.is_available():  # a CPU smoke run: SyncBN needs GPUs, plain BN instead
-        opts += ["MODEL.DEVICE", "cpu"]
-        for key in arch.norm_keys:
-            opts += [key, "BN"]
-    if tv_cfg.get("dataset") == "mini":  # the mini protocol's sizes and schedule
-        opts += ["INPUT.MIN_SIZE_TRAIN", str(tuple(m["min_size_train"])), "INPUT.MIN_SIZE_TEST", str(m["min_size_test"]),
-                 "INPUT.MAX_SIZE_TRAIN", str(m["max_size"]), "INPUT.MAX_SIZE_TEST", str(m["max_size"]),
-                 "SOLVER.IMS_PER_BATCH", str(s["ims_per_batch"]), "SOLVER.BASE_LR", str(s["base_lr"]),
-                 "SOLVER.WARMUP_ITERS", str(s["warmup_iters"]), "SOLVER.CHECKPOINT_PERIOD", str(s["checkpoint_period"]),
-                 "TEST.DETECTIONS_PER_IMAGE", str(m["detections_per_img"]),
-                 "TEST.PRECISE_BN.NUM_ITER", str(tv_cfg.get("test", {}).get("precise_bn_iters", 20) or 1),
-                 "DATALOADER.NUM_WORKERS", "0"] + arch.mini(m)
-    if m.get("max_size_train"):
-        opts += ["INPUT.MAX_SIZE_TRAIN", str(m["max_size_train"])]
-    return opts + arch.model(m)
+    for key, (value_of, why) in D2_FIXED.items():
+        try:
+            got = get_key(tv_cfg, key)
+        except ConfigError:
+            continue
+        want = value_of(tv_cfg)
+        if got != want:
+            shown = {None: "null", True: "true", False: "false"}.get(want, want)
+            raise ConfigError(f"{key}={got} is not possible with the detectron2 backend ({why}): leave it "
+                              f"{shown} or use --backend torchvision")
+    other = [r for r in tv_cfg["solver"].get("no_decay", []) if r not in _NO_DECAY]
+    if other:
+        raise ConfigError(f"solver.no_decay {other} is not possible with the detectron2 backend (it has weight-decay "
+                          f"settings for {' and '.join(_NO_DECAY)} only): use --backend torchvision")
+    cfg_file = D2_CONFIG_DIR / tv_cfg["detectron2_config"]
+    arch = d2_file_arch(cfg_file) if cfg_file.is_file() else None
+    if arch is not None and arch != tv_cfg["arch"]:
+        raise ConfigError(f"arch={tv_cfg['arch']} is not possible with the detectron2 backend: it runs "
+                          f"{cfg_file.name}, a {arch} detector (detectron2_config names the protocol's detectron2 file)")
+
+
+def d2_yaml(cfg_file: str | Path) -> dict:
+    """A detectron2 YAML with its ``_BASE_`` chain merged (plain YAML, detectron2 not needed)."""
+    from lewel_bench.config import load_yaml_file
+
+    cfg_file = Path(cfg_file)
+    data = load_yaml_file(cfg_file, "detectron2 config") or {}
+    base = data.pop("_BASE_", None)
+    if base is None:
+        return data
+
+    def merge(a: dict, b: dict) -> dict:
+        out = dict(a)
+        for k, v in b.items():
+            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        return out
+
+    return merge(d2_yaml(cfg_file.parent / base), data)
+
+
+def d2_file_arch(cfg_file: str | Path) -> str | None:
+    """The protocol ``arch`` (c4, fpn, retinanet) of a detectron2 config file, or None when it is none of them."""
+    model = d2_yaml(cfg_file).get("MODEL", {})
+    pair = (model.get("META_ARCHITECTURE"), (model.get("BACKBONE") or {}).get("NAME"))
+    return next((a for a, p in D2_FILE_ARCH.items() if p == pair), None)
+
+
+def _d2_value(v: Any) -> str:
+    """A value as detectron2's ``merge_from_list`` reads it back (``literal_eval``; strings stay strings)."""
+    if isinstance(v, (list, tuple)):
+        return str(tuple(_plain(x) for x in v))
+    return str(_plain(v))
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return tuple(_plain(x) for x in v)
+    return float(v) if isinstance(v, float) else v
+
+
+def d2_opts_for(tv_cfg: dict, class_names: Sequence[str], weights: Path, out: Path, seed: int) -> list[str]:
+    """:func:`d2_settings` as detectron2's flat ``[KEY, VALUE, ...]`` override list."""
+    opts: list[str] = []
+    for k, v in d2_settings(tv_cfg, class_names, weights, out, seed).items():
+        opts += [k, _d2_value(v)]
+    return opts
 
 
 #: torchvision ResNet -> detectron2's RESNETS.DEPTH (the protocol configs say 50; a mini run may bring a ResNet-18)
@@ -368,7 +507,7 @@ def run_detectron2(tv_cfg: dict, args: argparse.Namespace, bb: Any, root: Path, 
     gpus = max(1, torch.cuda.device_count())
     log.info("detectron2: %s on %d %s, opts %s", cfg_file, gpus, "GPU(s)" if torch.cuda.is_available() else "CPU", opts)
     launch(_worker, gpus, num_machines=1, machine_rank=0, dist_url="auto",
-           args=(cfg_file, opts, str(root), fmt, class_names, str(out)))
+           args=(cfg_file, opts, str(root), fmt, class_names, str(out), tv_cfg["data"]))
     import yaml
 
     res = json.loads((out / "d2_results.json").read_text())

@@ -19,8 +19,8 @@ from lewel_bench.records import now_iso
 from lewel_bench.stage import identity_config, open_stage
 from lewel_bench.utils import REPO_ROOT, default_num_workers, resolve_auto, seed_everything, setup_logging
 
-from .protocol import (CONFIG_DIR, METRIC_KEYS, PROTOCOL_VERSION, STATE_FILES, choose_backend, d2_pairs, data_parts,
-                       resolve_steps, transfer_parts)
+from .protocol import (CONFIG_DIR, METRIC_KEYS, PROTOCOL_VERSION, STATE_FILES, check_overrides, choose_backend,
+                       d2_pairs, data_parts, resolve_steps, transfer_parts)
 
 log = logging.getLogger("eval_detection")
 
@@ -135,7 +135,13 @@ def run(args: argparse.Namespace) -> None:
     start = now_iso()
     cfg = load_config(args.config, CONFIG_DIR, args.overrides)
     cfg["solver"]["steps"] = resolve_steps(cfg["solver"], f"config {args.config}")
+    check_overrides(cfg, f"config {args.config}")
     backend = choose_backend(args.backend)
+    if backend == "detectron2":  # what detectron2 cannot run as the config says: refused before any work
+        from .detectron2_backend import check_for_detectron2, require_detectron2
+
+        check_for_detectron2(cfg)
+        require_detectron2()
     d2_opts = d2_pairs(args.d2_opt)
     if d2_opts and backend != "detectron2":
         raise ConfigError(f"--d2-opt is for the detectron2 backend; this run uses {backend}")

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from lewel_bench.config import ConfigError
+from lewel_bench.config import ConfigError, override_keys
 
 from .declaration import PROTOCOL_VERSION  # noqa: F401 (declared with the evaluation's protocols)
 
@@ -43,6 +43,34 @@ def d2_pairs(items: list[str]) -> list[str]:
         k, v = it.split("=", 1)
         out += [k.strip(), v]
     return out
+
+
+_RPN_C4 = ("rpn_pre_nms_train", "rpn_post_nms_train", "rpn_pre_nms_test", "rpn_post_nms_test")
+_RPN_FPN = tuple(f"fpn_{k}" for k in _RPN_C4)
+_RETINANET = ("retinanet_anchor_sizes", "retinanet_scales_per_octave", "retinanet_iou_thresholds",
+              "retinanet_topk_candidates", "retinanet_prior_prob", "retinanet_box_loss", "retinanet_head_norm")
+#: detector (config ``arch``) -> the ``model`` keys it does not read, which its config inherits from a config of
+#: another detector (the FPN pools its boxes at 7 x 7, RetinaNet has no RPN and no RoI heads): an override of one
+#: would change nothing in either backend, so it is refused naming the key
+UNUSED_MODEL_KEYS: dict[str, tuple[str, ...]] = {
+    "c4": ("fpn_anchor_sizes", "fpn_norm", *_RPN_FPN, *_RETINANET),
+    "fpn": ("anchor_sizes", "pooler_resolution", *_RPN_C4, *_RETINANET),
+    "retinanet": ("anchor_sizes", "fpn_anchor_sizes", "pooler_resolution", "rpn_batch_per_image",
+                  "roi_batch_per_image", *_RPN_C4, *_RPN_FPN),
+}
+
+
+def check_overrides(cfg: dict, where: str) -> None:
+    """Refuse an override (``cfg["_meta"]["overrides"]``) of a key the config's detector does not read
+    (:data:`UNUSED_MODEL_KEYS`), naming it and the detector, for both backends."""
+    if cfg["arch"] == "retinanet" and cfg.get("mask"):
+        raise ConfigError(f"mask=true with {where}: RetinaNet has no mask head (both backends)")
+    unused = {f"model.{k}" for k in UNUSED_MODEL_KEYS[cfg["arch"]]}
+    for key in override_keys((cfg.get("_meta") or {}).get("overrides", [])):
+        hit = next((u for u in unused if key == u or key.startswith(u + ".")), None)
+        if hit:
+            raise ConfigError(f"override of {hit} with {where}: the {cfg['arch']} detector does not read it (the config "
+                              f"inherits it from another detector's), so it would change nothing in either backend")
 
 
 def data_parts(cfg: dict) -> list[str]:

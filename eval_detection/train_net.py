@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lewel_bench.args import ArgumentParser, CheckpointArg, PathArg, seed_arg
 from lewel_bench.config import ConfigError, load_config
 from lewel_bench.stage import cli_entry
 
@@ -38,15 +39,15 @@ def protocol_for(config_file: str | Path) -> str:
 
 @cli_entry("train_net")
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m eval_detection.train_net", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m eval_detection.train_net", description=__doc__.split("\n\n")[0])
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--config-file", help="one of eval_detection/configs/detectron2/*.yaml")
+    which.add_argument("--config-file", type=PathArg("file"), help="one of eval_detection/configs/detectron2/*.yaml")
     which.add_argument("--config", help="a protocol config of eval_detection/configs/torchvision (mini_* for the mini data)")
-    p.add_argument("--ckpt", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--records-dir", default=None)
+    p.add_argument("--ckpt", required=True, type=CheckpointArg())
+    p.add_argument("--data", required=True, type=PathArg("dir"))
+    p.add_argument("--out", default=None, type=PathArg("out_dir"))
+    p.add_argument("--seed", type=seed_arg, default=0)
+    p.add_argument("--records-dir", default=None, type=PathArg("out_dir"))
     p.add_argument("--fresh", action="store_true")
     p.add_argument("--transfer", choices=list(TRANSFERS), default="trunk",
                    help="trunk, or bundle: also the checkpoint's FPN / box head (see python -m eval_detection --help)")

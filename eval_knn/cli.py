@@ -17,7 +17,7 @@ from pathlib import Path
 from lewel_bench import classification as C
 from lewel_bench.dist import cleanup
 from lewel_bench.knn import knn_predict
-from lewel_bench.stage import cli_entry, parse_stage_args, stage_parser
+from lewel_bench.stage import cli_entry, parse_stage_args, stage_parser, yaml_config
 
 from .declaration import PROTOCOL_VERSION  # noqa: F401 (declared with the evaluation's protocols)
 
@@ -25,9 +25,13 @@ log = logging.getLogger("eval_knn")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
+def build_parser():
+    return stage_parser("python -m eval_knn", __doc__.split("\n")[0], "k20", yaml_config(CONFIG_DIR))
+
+
 @cli_entry("eval_knn")
 def main(argv: list[str] | None = None) -> None:
-    args = parse_stage_args(stage_parser("python -m eval_knn", __doc__.split("\n")[0], "k20"), argv)
+    args = parse_stage_args(build_parser(), argv)
     st = C.setup_stage("eval_knn", args, CONFIG_DIR, PROTOCOL_VERSION)
     cfg, dev = st.cfg, st.info.device
     if st.finished():

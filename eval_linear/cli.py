@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from lewel_bench import classification as C
 from lewel_bench.checkpoint import resolve_backbone
 from lewel_bench.dist import cleanup
-from lewel_bench.stage import cli_entry, parse_stage_args, stage_parser
+from lewel_bench.stage import cli_entry, parse_stage_args, stage_parser, yaml_config
 from lewel_bench.optim import build_optimizer, param_groups
 from lewel_bench.utils import amp_autocast
 
@@ -41,9 +41,9 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 def recipe_for(bb: C.Backbone) -> str:
     """``--config auto``: the paper's linear recipe for the checkpoint's method (``configs/_recipes.yaml``)."""
-    import yaml
+    from lewel_bench.config import load_yaml_file
 
-    recipes = yaml.safe_load((CONFIG_DIR / "_recipes.yaml").read_text())
+    recipes = load_yaml_file(CONFIG_DIR / "_recipes.yaml")
     return recipes["by_method"].get(bb.meta.get("method"), recipes["default"])
 
 
@@ -73,9 +73,13 @@ def cached_feature_loaders(model: C.LinearProbe, train_set: Dataset, val_set: Da
             C.make_loader(val_feats, cfg["batch_size"], False, seed, 0))
 
 
+def build_parser():
+    return stage_parser("python -m eval_linear", __doc__.split("\n")[0], "lewel_b_sgd", yaml_config(CONFIG_DIR))
+
+
 @cli_entry("eval_linear")
 def main(argv: list[str] | None = None) -> None:
-    args = parse_stage_args(stage_parser("python -m eval_linear", __doc__.split("\n")[0], "lewel_b_sgd"), argv)
+    args = parse_stage_args(build_parser(), argv)
     st = C.setup_stage("eval_linear", args, CONFIG_DIR, PROTOCOL_VERSION, choose_config=recipe_for)
     cfg, dev = st.cfg, st.info.device
     if st.finished():

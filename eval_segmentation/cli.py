@@ -22,7 +22,9 @@ Steps (each resumable):
    ``<out>/backbone_mmseg.pth`` with :mod:`lewel_bench.transfer.mmseg`;
 3. completes it for this run: the checkpoint (``model.backbone.init_cfg``), the per-process batch
    (``total_batch_size / world size``), the seed, the launcher, and ``resume=True`` when the work dir
-   holds an mmengine checkpoint; ``Runner.from_cfg(cfg).train()`` then ``.test()`` (``IoUMetric`` on val);
+   holds an mmengine checkpoint, and the checking loaders in every pipeline (:func:`checked_pipelines`: a mask
+   of another size than its image or with labels outside 0..C-1 and 255 is refused naming the file, in
+   training and in the test); ``Runner.from_cfg(cfg).train()`` then ``.test()`` (``IoUMetric`` on val);
 4. rank 0 writes the result record (eval ``voc_seg``, protocol ``fcn_d8_20k``, mIoU / aAcc in %,
    ``per_class_iou``) and ``result.json``; running again after that does nothing (``--fresh`` runs again).
 
@@ -41,11 +43,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import yaml
-
 from lewel_bench import dist
 from lewel_bench.checkpoint import Backbone, torch_load
-from lewel_bench.config import ConfigError, _numbers
+from lewel_bench.args import ConfigArg
+from lewel_bench.config import ConfigError, check_python_config, override_values
 from lewel_bench.tblog import log_options
 from lewel_bench.errors import LewelError
 from lewel_bench.records import now_iso
@@ -75,50 +76,24 @@ class SegmentationError(LewelError, RuntimeError):
     """Bad input for the segmentation evaluation (config, data layout, work dir)."""
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = stage_parser("python -m eval_segmentation", __doc__.split("\n\n")[0], "voc12aug")
+def build_parser() -> argparse.ArgumentParser:
+    p = stage_parser("python -m eval_segmentation", __doc__.split("\n\n")[0], "voc12aug", CONFIG_ARG)
     p.add_argument("--prefix", dest="ckpt_prefix", default=None, help=argparse.SUPPRESS)  # older name of --ckpt-prefix
     p.add_argument("--arch", default=None, help="backbone arch (default: from the checkpoint)")
     p.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
                    help="mixed precision (mmengine AmpOptimWrapper); auto = on CUDA only")
-    return parse_stage_args(p, argv)
+    return p
 
 
-def _lookup(cfg: Any, key: str) -> tuple[bool, Any]:
-    node = cfg
-    for part in key.split("."):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        else:
-            return False, None
-    return True, node
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return parse_stage_args(build_parser(), argv)
 
 
 def parse_overrides(cfg: Any, items: list[str], source: str) -> dict[str, Any]:
-    """``key=value`` items as mmengine's ``merge_from_dict`` mapping; every key must exist in ``cfg`` and keep
-    its type (an int may become a float; a list stays a list), else :class:`ConfigError` naming it."""
-    out: dict[str, Any] = {}
-    tree = cfg.to_dict() if hasattr(cfg, "to_dict") else cfg
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        key, raw = (x.strip() for x in item.split("=", 1))
-        try:
-            value = _numbers(yaml.safe_load(raw) if raw else "")
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from None
-        found, old = _lookup(tree, key)
-        if not found:
-            raise ConfigError(f"override {item!r}: {source} has no key {key!r}")
-        num = (int, float)
-        same = (old is None or value is None or (isinstance(old, bool) == isinstance(value, bool)
-                and (isinstance(old, num) and isinstance(value, num) or type(old) is type(value)
-                     or isinstance(old, (list, tuple)) and isinstance(value, (list, tuple)))))
-        if not same:
-            raise ConfigError(f"override {item!r}: {key} is {type(old).__name__} ({old!r} in {source}), "
-                              f"got {type(value).__name__} {value!r}")
-        out[key] = value
-    return out
+    """``key=value`` items as mmengine's ``merge_from_dict`` mapping (dotted leaves), read by the suite's one
+    override parser (:func:`lewel_bench.config.override_values`): every key must exist in ``cfg`` and keep its
+    type (an int may become a float; a list stays a list); a mapping sets the keys it names."""
+    return override_values(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg, items, source)
 
 
 def config_path(name: str, depth: int = 50) -> Path:
@@ -184,14 +159,32 @@ def set_norm(cfg: Any, norm_type: str) -> None:
             nc["type"] = norm_type
 
 
-def protocol_cfg(args: argparse.Namespace, depth: int) -> Any:
-    """The mmseg config of this protocol run (step 1 of the module docstring): what the run's identity holds."""
+def read_config(name: str, overrides: list[str] | tuple[str, ...] = (), depth: int = 50) -> Any:
+    """The mmengine config of ``name`` (a key of :data:`CONFIGS` or a file) for a ResNet of ``depth``, with the
+    overrides: a syntax error, a key given twice, an unknown key or a value of another type is a
+    :class:`~lewel_bench.config.ConfigError` naming the file or the override."""
     from mmengine.config import Config
 
+    path = config_path(name, depth)
+    check_python_config(path)
+    try:
+        cfg = Config.fromfile(str(path))  # custom_imports: mmcv.ops shim + PerClassIoUMetric
+    except Exception as e:  # a user's config: its errors are bad input, named with the file
+        raise ConfigError(f"config file {path} cannot be read by mmengine ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:300]})") from None
+    if overrides:
+        cfg.merge_from_dict(parse_overrides(cfg, list(overrides), str(path)))
+    return cfg
+
+
+#: ``--config``: a name of :data:`CONFIGS` or a ``.py`` config file.
+CONFIG_ARG = ConfigArg(CONFIG_DIR, suffixes=(".py",), loader=lambda spec, ov: read_config(spec, ov))
+
+
+def protocol_cfg(args: argparse.Namespace, depth: int) -> Any:
+    """The mmseg config of this protocol run (step 1 of the module docstring): what the run's identity holds."""
     path = config_path(args.config, depth)
-    cfg = Config.fromfile(str(path))  # custom_imports: mmcv.ops shim + PerClassIoUMetric
-    if args.overrides:
-        cfg.merge_from_dict(parse_overrides(cfg, args.overrides, str(path)))
+    cfg = read_config(args.config, args.overrides, depth)
     for d in dataset_cfgs(cfg):
         if args.data:
             d["data_root"] = str(resolve_data_root(args.data))
@@ -222,9 +215,38 @@ def identity_of(cfg: Any) -> dict:
     return doc
 
 
+#: pipeline step -> the step that loads the same way and checks what it read (eval_segmentation/mmseg_ext.py)
+CHECKED_STEPS = {"LoadImageFromFile": "CheckedLoadImageFromFile", "LoadAnnotations": "CheckedLoadAnnotations"}
+
+
+def checked_pipelines(cfg: Any) -> int:
+    """Put the checking loaders in place of mmseg's in every pipeline of the train / val / test loaders: an image
+    that cannot be decoded, a mask of another size than its image, a colour mask or labels other than the
+    config's classes and 255 are refused naming the file, in training and in the test alike (the checks do not
+    change what is read: not part of the run's identity). Returns the number of steps replaced."""
+    heads = [cfg.model.get("decode_head") or {}]
+    num_classes = int(heads[0].get("num_classes", 0))
+    ignore = int(heads[0].get("ignore_index", 255))
+    n = 0
+    for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        for d in walk_dicts(cfg.get(key)):
+            for step in d.get("pipeline") or []:
+                if isinstance(step, dict) and step.get("type") in CHECKED_STEPS:
+                    if step["type"] == "LoadAnnotations":
+                        if num_classes < 1:
+                            raise SegmentationError("model.decode_head.num_classes is not set: the masks cannot be "
+                                                    "checked against the classes")
+                        step.update(num_classes=num_classes, ignore_index=ignore)
+                    step["type"] = CHECKED_STEPS[step["type"]]
+                    n += 1
+    return n
+
+
 def runtime_cfg(cfg: Any, args: argparse.Namespace, converted: Path, work_dir: Path, info: dist.DistInfo) -> Any:
     """Step 3 of the module docstring: the protocol config completed for this process and work dir."""
     from mmengine.runner import find_latest_checkpoint
+
+    checked_pipelines(cfg)
 
     cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=str(converted))
     if not any(k.startswith("train_dataloader.batch_size") for k in args.overrides):

@@ -15,6 +15,7 @@ missing ones. Top-1 / top-5 on the full val set; one record, eval ``semisup``, p
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -26,7 +27,9 @@ from lewel_bench.data.layout import DataError, DataLayoutError
 from lewel_bench.dist import cleanup
 from lewel_bench.optim import build_optimizer
 from lewel_bench.optim import param_groups as shared_param_groups
-from lewel_bench.stage import cli_entry, parse_stage_args, stage_parser
+from lewel_bench.args import PathArg, check_path
+from lewel_bench.errors import PathError
+from lewel_bench.stage import cli_entry, parse_stage_args, stage_parser, yaml_config
 
 from .declaration import PROTOCOL_VERSION  # noqa: F401 (declared with the evaluation's protocols)
 
@@ -52,16 +55,37 @@ def resolve_subset(subset: str | None, data_root: Path) -> Path:
     if not p.is_absolute() and not p.exists():
         p = data_root / p
     if not p.is_file():
-        raise DataLayoutError(f"subset file not found: {subset} (also tried {data_root / subset}). The official "
-                              "1percent.txt / 10percent.txt are in the SimCLR repository's imagenet_subsets folder")
+        try:
+            check_path(p, "file", "subset file")
+        except PathError as e:
+            raise DataLayoutError(f"{e}{f' (also tried {subset})' if p != Path(subset) else ''}. The official "
+                                  "1percent.txt / 10percent.txt are in the SimCLR repository's imagenet_subsets "
+                                  "folder") from None
     return p
+
+
+class SubsetArg(PathArg):
+    """``--subset``: a file (checked when the line is parsed), or a bare file name looked up in the data root."""
+
+    def __init__(self) -> None:
+        super().__init__("file")
+
+    def __call__(self, text: str) -> str:
+        if os.sep not in text and not Path(text).exists():
+            return text  # a name in the data root (resolve_subset)
+        return super().__call__(text)
+
+
+def build_parser():
+    parser = stage_parser("python -m eval_semisup", __doc__.split("\n")[0], "1pct", yaml_config(CONFIG_DIR))
+    parser.add_argument("--subset", default=None, type=SubsetArg(),
+                        help="SimCLR split file, or a file name in the data root (default: config data.subset)")
+    return parser
 
 
 @cli_entry("eval_semisup")
 def main(argv: list[str] | None = None) -> None:
-    parser = stage_parser("python -m eval_semisup", __doc__.split("\n")[0], "1pct")
-    parser.add_argument("--subset", default=None, help="SimCLR split file (default: config data.subset)")
-    args = parse_stage_args(parser, argv)
+    args = parse_stage_args(build_parser(), argv)
 
     found: list[Path] = []
 

@@ -143,7 +143,9 @@ def _variables(items: Sequence[str], data: str | None) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lewel_bench.chain", description=__doc__.split("\n\n")[0])
+    from .args import ArgumentParser  # one-line errors, exit 2
+
+    p = ArgumentParser(prog="python -m lewel_bench.chain", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("vars", help="the make variables the evaluations read")
     ab = sub.add_parser("ablations", help="the runs the ablation tables (key exp) have rows for")

@@ -4,6 +4,15 @@ A config file may name a ``_base_`` (a path relative to itself, or a list of the
 deep-merged over the base. Command-line overrides are ``dotted.key=value`` strings whose value is
 parsed as YAML (``lr=0.1``, ``aug.scale=[0.2,1.0]``, ``amp=false``). Overriding a key that the config
 does not define is an error that lists the closest known keys, so a typo never silently does nothing.
+A mapping value sets the keys it names and keeps the others (``optim={lr: 0.1}`` is ``optim.lr=0.1``:
+each key is checked as if given alone), unless the schema types the key ``map`` or ``any`` (then the
+mapping is the value); a list is one value (checked against the key's type). Without a schema an override
+keeps the key's type (an int may become a float, a list stays a list, null and a value are
+interchangeable). :func:`override_values` is the one override parser: every stage uses it, the
+segmentation stage for mmengine's Python configs too.
+
+Every YAML file the suite reads goes through :func:`load_yaml_text`: a syntax error names the file and the
+line, and a key given twice in one mapping is refused (YAML would silently keep the last one).
 
 Schema: a config (usually its base file) declares the type and allowed values of every key once, under
 ``_schema_`` (dotted key -> type expression, inherited through ``_base_`` like any key), e.g.::
@@ -16,7 +25,8 @@ Schema: a config (usually its base file) declares the type and allowed values of
       aug.scale: list[float >= 0]{2}
 
 Type expressions: alternatives separated by ``|``; each is ``null``, ``bool``, ``str``, ``any``, ``map``
-(a free-form mapping), ``int`` / ``float`` with optional bounds (``>= 0``, ``> 0``, ``<= 1``, ``< 1``),
+(a free-form mapping), ``seed`` (an integer in ``0 .. 2**32 - 1``, :data:`lewel_bench.args.SEED_MAX`: the one
+range of every seed), ``int`` / ``float`` with optional bounds (``>= 0``, ``> 0``, ``<= 1``, ``< 1``),
 ``list[<expression>]`` with an optional length ``{n}`` or ``{min,max}``, or a literal word (``auto``,
 ``sgd``). A config with a schema is checked when loaded: a key the schema does not declare, or a value
 outside its type, is a :class:`ConfigError` naming the key, the file or override, what was expected and
@@ -36,12 +46,64 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-
+from .args import SEED_MAX
 from .errors import LewelError
 
 
 class ConfigError(LewelError, ValueError):
     """A config file or an override is malformed; the message names the file or key."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping."""
+
+
+def _strict_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            first = seen.get(key)
+        except TypeError:  # an unhashable key: SafeLoader's own error follows
+            break
+        if first is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} is given twice (first on line {first}); YAML would keep the last "
+                f"silently: keep one", key_node.start_mark)
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _strict_mapping)
+
+
+def load_yaml_text(text: str, where: str) -> Any:
+    """Parse YAML ``text`` read from ``where`` (a file, an override): a syntax error or a duplicate key is a
+    :class:`ConfigError` naming ``where`` and the line."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f", line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        what = " ".join(x for x in (e.context, e.problem) if x)
+        raise ConfigError(f"{where}{at}: not valid YAML: {what}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML: {e}") from None
+
+
+def load_yaml_file(path: str | Path, what: str = "config file") -> Any:
+    """A YAML file through :func:`load_yaml_text` (a missing or unreadable file is a :class:`ConfigError`)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{what} {path} cannot be read ({e.strerror or e})") from None
+    return load_yaml_text(text, f"{what} {path}")
 
 
 #: Scientific notation without a dot (``5e-4``): YAML 1.1 (PyYAML) reads it as a string, we read a float.
@@ -74,12 +136,7 @@ def _deep_merge(base: dict, over: Mapping) -> dict:
 
 
 def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    data = load_yaml_file(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -123,37 +180,106 @@ def get_key(cfg: Mapping, key: str, what: str = "config") -> Any:
     return node
 
 
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"dotted.key=value"`` -> ``(key, value)`` with the value read as YAML (:func:`load_yaml_text`)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has no key before '='")
+    return key, _numbers(load_yaml_text(raw, f"override {item!r}") if raw.strip() != "" else "")
+
+
+def _same_kind(old: Any, new: Any) -> bool:
+    """An override without a schema keeps the key's type (int <-> float, list <-> tuple, null <-> anything)."""
+    if old is None or new is None:
+        return True
+    if isinstance(old, bool) or isinstance(new, bool):
+        return isinstance(old, bool) and isinstance(new, bool)
+    if _is_number(old) or _is_number(new):
+        return _is_number(old) and _is_number(new)
+    if isinstance(old, (list, tuple)) or isinstance(new, (list, tuple)):
+        return isinstance(old, (list, tuple)) and isinstance(new, (list, tuple))
+    if isinstance(old, Mapping) or isinstance(new, Mapping):
+        return isinstance(old, Mapping) and isinstance(new, Mapping)
+    return type(old) is type(new)
+
+
+def _kind(v: Any) -> str:
+    return "null" if v is None else {bool: "bool", int: "int", float: "float", str: "str", list: "list", tuple: "list",
+                                    dict: "mapping"}.get(type(v), type(v).__name__)
+
+
+def override_values(cfg: Mapping, overrides: Iterable[str], source: str = "config",
+                    schema: "Schema | None" = None) -> dict[str, Any]:
+    """``key=value`` overrides as ``{dotted key: value}`` leaves, each checked against ``cfg`` (the key exists)
+    and the ``schema`` (or, without one, the key's current type); see the module docstring for mappings and
+    lists. The one override parser of the suite (YAML configs and mmengine's Python configs alike)."""
+    known = set(flatten_keys(cfg))
+    out: dict[str, Any] = {}
+
+    def unknown(key: str, item: str) -> ConfigError:
+        close = difflib.get_close_matches(key, sorted(known), n=5, cutoff=0.5)
+        hint = f" Close matches: {', '.join(close)}." if close else ""
+        return ConfigError(f"unknown key {key!r} in override {item!r} for {source}.{hint}")
+
+    def put(key: str, value: Any, item: str) -> None:
+        if key not in known:
+            raise unknown(key, item)
+        old = get_key(cfg, key)
+        declared = schema is not None and schema.covers(key)
+        whole = declared and (schema._owner(key) != key or schema.is_container(key))
+        if isinstance(value, Mapping) and isinstance(old, Mapping) and not whole:
+            if not value:
+                raise ConfigError(f"override {item!r}: an empty mapping for {key} sets nothing (give key: value "
+                                  f"pairs, e.g. {key}.<key>=<value>)")
+            for k, v in value.items():
+                put(f"{key}.{k}", v, item)
+            return
+        if declared:
+            schema.check_value(key, value, f"override {item!r}")
+        elif isinstance(old, Mapping) and not isinstance(value, Mapping):
+            raise ConfigError(f"override {item!r}: {key} is a mapping in {source} (keys "
+                              f"{', '.join(map(str, list(old)[:6]))}), got {_kind(value)} {value!r}; set its keys "
+                              f"({key}.<key>=<value>)")
+        elif not _same_kind(old, value):
+            raise ConfigError(f"override {item!r}: {key} is {_kind(old)} ({old!r} in {source}), got "
+                              f"{_kind(value)} {value!r}")
+        out[key] = value
+
+    for item in overrides:
+        key, value = parse_override(item)
+        put(key, value, item)
+    return out
+
+
+def override_keys(overrides: Iterable[str]) -> list[str]:
+    """The dotted keys the overrides set (a mapping value sets its leaves: ``optim={lr: 1}`` -> ``optim.lr``)."""
+    def leaves(key: str, value: Any) -> list[str]:
+        if isinstance(value, Mapping) and value:
+            return [k for sub, v in value.items() for k in leaves(f"{key}.{sub}", v)]
+        return [key]
+
+    return [k for item in overrides for k in leaves(*parse_override(item))]
+
+
+def set_key(cfg: dict, key: str, value: Any) -> None:
+    """Set the value at dotted ``key`` (its parents exist)."""
+    node = cfg
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node[p]
+    node[parts[-1]] = value
+
+
 def apply_overrides(cfg: dict, overrides: Iterable[str], source: str = "config",
                     schema: "Schema | None" = None) -> dict:
-    """Apply ``dotted.key=value`` overrides; unknown keys raise ``ConfigError`` with close matches.
-
-    With a ``schema``, each value is checked against its key's type at once (the error names the override).
-    """
+    """A copy of ``cfg`` with the ``dotted.key=value`` overrides (:func:`override_values`) applied; an unknown
+    key is a ``ConfigError`` with close matches, a value of the wrong type one naming the override."""
     cfg = copy.deepcopy(cfg)
-    known = flatten_keys(cfg)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=5, cutoff=0.5)
-            hint = f" Close matches: {', '.join(close)}." if close else ""
-            raise ConfigError(f"unknown key {key!r} in override {item!r} for {source}.{hint}")
-        try:
-            value = _numbers(yaml.safe_load(raw) if raw != "" else "")
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from None
-        node = cfg
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node[p]
-        if schema is not None and schema.covers(key):
-            schema.check_value(key, value, f"override {item!r}")
-        elif _is_number(node[parts[-1]]) and not _is_number(value):
-            raise ConfigError(f"override {item!r}: {key} is a number ({node[parts[-1]]!r} in {source}), "
-                              f"got {value!r}")
-        node[parts[-1]] = value
+    for key, value in override_values(cfg, overrides, source, schema).items():
+        set_key(cfg, key, value)
     return cfg
 
 
@@ -163,7 +289,7 @@ def apply_overrides(cfg: dict, overrides: Iterable[str], source: str = "config",
 _BOUND = re.compile(r"(>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
 _LIST = re.compile(r"^list\[(.+)\](?:\{(\d+)(?:,(\d+))?\})?$")
 _WORD = re.compile(r"^[A-Za-z0-9_.+\-/]+$")
-_KINDS = ("null", "bool", "str", "any", "map")
+_KINDS = ("null", "bool", "str", "any", "map", "seed")
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 
 
@@ -225,6 +351,8 @@ class TypeExpr:
             return True
         if kind == "map":
             return isinstance(v, Mapping)
+        if kind == "seed":
+            return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= SEED_MAX
         if kind == "literal":
             return isinstance(v, str) and v == alt[1]
         if kind == "int":
@@ -244,7 +372,7 @@ class TypeExpr:
         return any(self._fits(a, v) for a in self.alts)
 
     def __str__(self) -> str:
-        return self.text
+        return re.sub(r"\bseed\b", f"seed (an integer in 0..{SEED_MAX})", self.text)
 
 
 class Schema:
@@ -273,6 +401,10 @@ class Schema:
     def covers(self, key: str) -> bool:
         return self._owner(key) is not None
 
+    def is_container(self, key: str) -> bool:
+        """``key`` is declared ``map`` or ``any``: a mapping override is its whole value."""
+        return key in self.types and any(a[0] in ("map", "any") for a in self.types[key].alts)
+
     def check_value(self, key: str, value: Any, source: str) -> None:
         owner = self._owner(key)
         if owner is None:
@@ -293,6 +425,42 @@ class Schema:
                     self.validate(v, source, key + ".")
                 continue
             self.check_value(key, v, source)
+
+
+def check_python_config(path: str | Path, _seen: tuple = ()) -> None:
+    """Refuse a Python config (mmengine's ``.py`` configs) with a syntax error or a literal mapping that gives a
+    key twice (``{'lr': 0.1, 'lr': 0.2}``: Python keeps the last silently), naming the file and the line;
+    its ``_base_`` files (literal relative paths) are checked too."""
+    import ast
+
+    path = Path(path).resolve()
+    if path in _seen or not path.is_file():
+        return
+    try:
+        text = path.read_text(encoding="utf-8")
+        tree = ast.parse(text, filename=str(path))
+    except SyntaxError as e:
+        raise ConfigError(f"config file {path}, line {e.lineno}: not valid Python: {e.msg}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} cannot be read ({e})") from None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            seen: dict[Any, int] = {}
+            for k in node.keys:
+                if isinstance(k, ast.Constant):
+                    if k.value in seen:
+                        raise ConfigError(f"config file {path}, line {k.lineno}: key {k.value!r} is given twice in "
+                                          f"one mapping (first on line {seen[k.value]}); Python would keep the last "
+                                          f"silently: keep one")
+                    seen[k.value] = k.lineno
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_base_" for t in node.targets):
+            try:
+                bases = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+            for b in [bases] if isinstance(bases, str) else list(bases):
+                if isinstance(b, str) and not b.startswith(("mmseg::", "mmdet::", "mmpretrain::")):
+                    check_python_config(path.parent / b, _seen + (path,))
 
 
 def resolve_config_path(name: str | Path, config_dir: str | Path) -> Path:

@@ -103,6 +103,14 @@ def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
         f.write(json.dumps(obj, sort_keys=True, default=str) + "\n")
 
 
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append one line of text (job id files): one short ``write``, like :func:`append_jsonl`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(line.rstrip("\n") + "\n")
+
+
 def remove_stale_temp(folder: str | os.PathLike) -> list[Path]:
     """Delete the temporary files (``.<name>.<random>.tmp``) that killed atomic writes left in ``folder``.
 

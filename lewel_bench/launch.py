@@ -40,12 +40,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .args import COUNT, NON_NEGATIVE, ArgumentParser, Number, PathArg
+from .errors import EXIT_FAILED, CommandExit, LewelError
+from .stage import cli_entry
+
 log = logging.getLogger(__name__)
 
 PLACEHOLDER = re.compile(r"^<.*>$")
 
 
-class LaunchError(ValueError):
+class LaunchError(LewelError, ValueError):
     """Bad launcher options or config (the message names the option / file)."""
 
 
@@ -115,15 +119,13 @@ def parse_time_minutes(t: str | int | float) -> int:
 
 def load_launch_config(path: str | Path) -> dict:
     """Read a launcher YAML: ``{launcher: slurm, nproc: 1, slurm: {partition: ..., ...}}``."""
-    import yaml
+    from .config import ConfigError, load_yaml_file
 
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except FileNotFoundError:
-        raise LaunchError(f"launcher config not found: {p}") from None
-    except yaml.YAMLError as e:
-        raise LaunchError(f"launcher config {p} is not valid YAML: {e}") from None
+        data = load_yaml_file(p, "launcher config") or {}
+    except ConfigError as e:
+        raise LaunchError(str(e)) from None
     if not isinstance(data, dict):
         raise LaunchError(f"launcher config {p}: expected a mapping at the top level")
     unknown = set(data) - {"launcher", "nproc", "slurm"}
@@ -144,19 +146,19 @@ def load_launch_config(path: str | Path) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lewel_bench.launch",
+    p = ArgumentParser(prog="python -m lewel_bench.launch",
                                 description="Run a stage locally or on SLURM: ... -- <stage> [args]")
-    p.add_argument("--config", help="launcher YAML (e.g. launch/slurm.yaml)")
+    p.add_argument("--config", type=PathArg("file"), help="launcher YAML (e.g. launch/slurm.yaml)")
     p.add_argument("--launcher", choices=["local", "slurm"])
-    p.add_argument("--nproc", type=int, help="local: number of processes (torchrun-style); default 1")
+    p.add_argument("--nproc", type=COUNT, help="local: number of processes (torchrun-style); default 1")
     g = p.add_argument_group("slurm")
     g.add_argument("--partition")
-    g.add_argument("--nodes", type=int)
-    g.add_argument("--gpus-per-node", type=int, dest="gpus_per_node")
-    g.add_argument("--tasks-per-node", type=int, dest="tasks_per_node",
+    g.add_argument("--nodes", type=COUNT)
+    g.add_argument("--gpus-per-node", type=NON_NEGATIVE, dest="gpus_per_node")
+    g.add_argument("--tasks-per-node", type=COUNT, dest="tasks_per_node",
                    help="default: gpus-per-node (one task per GPU), 1 without GPUs")
-    g.add_argument("--cpus-per-task", type=int, dest="cpus_per_task")
-    g.add_argument("--mem-gb", type=float, dest="mem_gb")
+    g.add_argument("--cpus-per-task", type=COUNT, dest="cpus_per_task")
+    g.add_argument("--mem-gb", type=Number(float, lo=0, lo_open=True), dest="mem_gb")
     g.add_argument("--time", help="minutes or [D-]HH:MM[:SS]")
     g.add_argument("--account")
     g.add_argument("--qos")
@@ -164,19 +166,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--job-name", dest="job_name")
     g.add_argument("--dependency", help="e.g. afterok:123 or afterok:123:124")
     g.add_argument("--folder", help="submitit log folder (%%j = job id)")
-    g.add_argument("--signal-delay-s", type=int, dest="signal_delay_s")
-    g.add_argument("--max-requeues", type=int, dest="max_requeues")
+    g.add_argument("--signal-delay-s", type=NON_NEGATIVE, dest="signal_delay_s")
+    g.add_argument("--max-requeues", type=NON_NEGATIVE, dest="max_requeues")
     p.add_argument("--wait", action="store_true", help="slurm: wait for the job and re-raise its error")
-    p.add_argument("--job-id-file", dest="job_id_file", help="slurm: append the job id to this file")
+    p.add_argument("--job-id-file", dest="job_id_file", type=PathArg("out_file"), help="slurm: append the job id to this file")
     return p
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     argv = list(argv)
-    if "--" not in argv:
-        raise SystemExit("usage: python -m lewel_bench.launch [options] -- <stage> [args]")
-    i = argv.index("--")
-    args = build_parser().parse_args(argv[:i])
+    parser = build_parser()
+    i = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:i])  # the options are checked first, then the stage's place
+    if i == len(argv):
+        parser.error("no '--' before the stage: python -m lewel_bench.launch [options] -- <stage> [args]")
     return args, argv[i + 1:]
 
 
@@ -186,7 +189,9 @@ def resolve_options(args: argparse.Namespace) -> tuple[str, int, SlurmOptions]:
     launcher = args.launcher or cfg.get("launcher") or "local"
     if launcher not in ("local", "slurm"):
         raise LaunchError(f"launcher must be local or slurm, got {launcher!r}")
-    nproc = args.nproc if args.nproc is not None else int(cfg.get("nproc", 1))
+    nproc = args.nproc if args.nproc is not None else cfg.get("nproc", 1)
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise LaunchError(f"launcher config {args.config}: nproc must be an integer >= 1, got {nproc!r}")
     opts = SlurmOptions(**(cfg.get("slurm") or {}))
     for f in fields(SlurmOptions):
         v = getattr(args, f.name, None)
@@ -252,7 +257,10 @@ def launch_local(stage: str, argv: list[str], nproc: int = 1) -> None:
         sys.stderr.write(f"{stage}: interrupted (Ctrl-C): the {nproc} local ranks were asked to stop\n")
         raise SystemExit(128 + signal.SIGINT)
     if failed is not None:
-        raise SystemExit(f"{stage}: a local rank exited with status {failed}")
+        line = f"{stage}: a local rank exited with status {failed}"
+        if failed not in (2, 130):  # bad input and Ctrl-C: the rank has said why in one line
+            print(line, file=sys.stderr, flush=True)
+        raise CommandExit(line, failed if 0 < failed < 256 else EXIT_FAILED)
 
 
 # --------------------------------------------------------------------------- slurm
@@ -300,7 +308,8 @@ class StageJob:
                 raise
             if e.code in (0, None):
                 return None
-            raise RuntimeError(f"stage {self.stage} exited with status {e.code}") from e
+            raise RuntimeError(f"stage {self.stage} exited with status {int(e.code) if isinstance(e.code, int) else 1}: "
+                               f"{e}") from e
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         import submitit
@@ -365,9 +374,9 @@ def launch_slurm(stage: str, argv: list[str], opts: SlurmOptions, wait: bool = F
     print(job.job_id, flush=True)
     log.info("submitted %s as SLURM job %s (logs: %s)", stage, job.job_id, str(job.paths.stdout))
     if job_id_file:
-        Path(job_id_file).parent.mkdir(parents=True, exist_ok=True)
-        with open(job_id_file, "a") as f:
-            f.write(f"{job.job_id}\n")
+        from .io import append_line
+
+        append_line(job_id_file, str(job.job_id))
     if wait:
         job.results()   # one result per task
         log.info("job %s finished", job.job_id)
@@ -375,21 +384,25 @@ def launch_slurm(stage: str, argv: list[str], opts: SlurmOptions, wait: bool = F
 
 
 # --------------------------------------------------------------------------- entry point
-def main(argv: list[str] | None = None) -> Any:
+def _main(argv: list[str] | None = None) -> Any:
     args, stage_argv = parse_args(sys.argv[1:] if argv is None else argv)
     if not stage_argv:
-        raise SystemExit("no stage given after --")
+        raise LaunchError("no stage given after --: python -m lewel_bench.launch [options] -- <stage> [args]")
     if not logging.getLogger().handlers:
         from .utils import setup_logging
         setup_logging(rank=int(os.environ.get("RANK", "0")))
     stage, rest = stage_argv[0], stage_argv[1:]
-    try:
-        launcher, nproc, opts = resolve_options(args)
-        if launcher == "local":
-            return launch_local(stage, rest, nproc)
-        return launch_slurm(stage, rest, opts, wait=args.wait, job_id_file=args.job_id_file)
-    except LaunchError as e:
-        raise SystemExit(f"lewel_bench.launch: {e}") from None
+    launcher, nproc, opts = resolve_options(args)
+    if launcher == "local":
+        return launch_local(stage, rest, nproc)
+    return launch_slurm(stage, rest, opts, wait=args.wait, job_id_file=args.job_id_file)
+
+
+@cli_entry("lewel_bench.launch")
+def main(argv: list[str] | None = None) -> Any:
+    """``python -m lewel_bench.launch``: a bad option is one line (exit 2), Ctrl-C one line (130); the stage's own
+    errors and exit status pass through."""
+    return _main(argv)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,13 @@ not the config's ``_neutral_`` keys), so the tables can tell a run in the paper'
 not part of the run's identity; asking a finished run again with another ``--row`` writes its record again
 with that row (nothing is recomputed; the tables count the latest record of a run).
 
+If the record cannot be written (a read-only records folder, a full disk), nothing is lost: ``result.json``
+is written first and keeps the metrics and the record; the error names it, and running the same command again
+writes the record without running again.
+
 Errors (:func:`cli_entry`): any :class:`~lewel_bench.errors.LewelError` ends the command with one line
-naming the file or key and a non-zero exit, never a traceback.
+naming the file or key and its exit status (2: bad input or a refused run, 1: a failed run; the table in
+:mod:`lewel_bench.errors`), Ctrl-C with one line and status 130, never a traceback.
 """
 from __future__ import annotations
 
@@ -46,13 +51,15 @@ import logging
 import os
 import re
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from .args import ArgumentParser, CheckpointArg, ConfigArg, PathArg, check_path, make_dir, seed_arg
 from .config import ConfigError, get_key
-from .errors import LewelError, NonFiniteError, one_line
+from .errors import EXIT_INTERRUPTED, CommandExit, LewelError, NonFiniteError, StorageError, one_line
 from .io import atomic_write_json, remove_stale_temp
 from .layouts import names as layout_names
 from .paths import runs_dir
@@ -70,13 +77,20 @@ class StageError(LewelError, RuntimeError):
 # --------------------------------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------------------------------
-def stage_parser(prog: str, description: str, default_config: str | None) -> argparse.ArgumentParser:
-    """The arguments every evaluation takes; stages add their own (``--subset``, ``--backend``, ...)."""
-    p = argparse.ArgumentParser(prog=prog, description=description)
+def stage_parser(prog: str, description: str, default_config: str | None,
+                 config: ConfigArg | None = None) -> argparse.ArgumentParser:
+    """The arguments every evaluation takes; stages add their own (``--subset``, ``--backend``, ...).
+
+    Paths are checked when the line is parsed (:mod:`lewel_bench.args`): ``--data`` an existing folder,
+    ``--ckpt`` a checkpoint file or spec, ``--out`` / ``--records-dir`` folders that can be written, ``--config``
+    a name or a config file (``config``: the stage's configs folder, file suffixes and loader); ``--seed`` an
+    integer in ``0 .. 2**32 - 1``."""
+    p = ArgumentParser(prog=prog, description=description)
     p.add_argument("--config", default=default_config, required=default_config is None,
+                   type=config or ConfigArg("."),
                    help="config name in the stage's configs/ folder or a file path"
                         + (f" (default {default_config})" if default_config else ""))
-    p.add_argument("--ckpt", required=True,
+    p.add_argument("--ckpt", required=True, type=CheckpointArg(),
                    help="backbone.pth, a full pretraining checkpoint, a torchvision state dict, random:<arch> "
                         "for an explicit random-init baseline, or supervised:<file> for the supervised ImageNet "
                         "baseline (a torchvision classifier's weights you provide)")
@@ -87,11 +101,13 @@ def stage_parser(prog: str, description: str, default_config: str | None) -> arg
     p.add_argument("--layout", default=None, choices=layout_names(), metavar="NAME",
                    help="the checkpoint's layout, when the file matches several (default: recognised); one of "
                         + ", ".join(layout_names()))
-    p.add_argument("--data", default=None, help="dataset root (default: the config's data root)")
-    p.add_argument("--out", default=None,
+    p.add_argument("--data", default=None, type=PathArg("dir"),
+                   help="dataset root (default: the config's data root)")
+    p.add_argument("--out", default=None, type=PathArg("out_dir"),
                    help="output folder (default runs/<checkpoint>/<stage>/<config>-<data>-s<seed>-<run id>)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--records-dir", default=None, help="where the result record goes (default results/records)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="an integer in 0..2**32-1 (default 0)")
+    p.add_argument("--records-dir", default=None, type=PathArg("out_dir"),
+                   help="where the result record goes (default results/records)")
     p.add_argument("--fresh", action="store_true",
                    help="discard the saved state / finished result in the output folder and start over")
     p.add_argument("--sweep", default=None, metavar="KEY",
@@ -105,16 +121,47 @@ def stage_parser(prog: str, description: str, default_config: str | None) -> arg
     return p
 
 
+def yaml_config(config_dir: str | Path) -> ConfigArg:
+    """``--config`` of a stage whose configs are YAML files in ``config_dir`` (read by
+    :func:`lewel_bench.config.load_config`)."""
+    from .config import load_config
+
+    return ConfigArg(config_dir, loader=lambda spec, overrides: load_config(spec, config_dir, overrides))
+
+
 def parse_stage_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse with ``key=value`` overrides allowed anywhere on the line."""
-    import sys
-
     return parser.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
 
 
+INTERRUPTED = ("interrupted (Ctrl-C): files are written whole or not at all, so nothing is half-written; "
+               "the same command resumes or starts again")
+
+
+def _close_progress_bars() -> None:
+    """Close the open tqdm bars (a loop that stopped leaves its bar without a newline), so the line that follows
+    stands on its own and last."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - a bar that cannot be closed must not hide the message
+            pass
+
+
+def _exit(name: str, message: str, status: int) -> CommandExit:
+    line = message if message.startswith(f"{name}: ") else f"{name}: {message}"
+    _close_progress_bars()
+    print(line, file=sys.stderr, flush=True)
+    return CommandExit(line, status)
+
+
 def cli_entry(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorate a stage's ``main(argv)``: a :class:`LewelError` becomes ``SystemExit("<name>: <message>")``
-    (one line on stderr, exit status 1) instead of a traceback."""
+    """Decorate a command line's ``main(argv)`` (every stage and tool): a :class:`LewelError` becomes one line
+    ``<name>: <message>`` on stderr and its exit status (2 bad input, 1 a failed run), Ctrl-C one line and
+    status 130; never a traceback. The exit is a :class:`~lewel_bench.errors.CommandExit` (a ``SystemExit``
+    whose ``code`` is the status and whose ``str`` is the line). Anything else is a bug and keeps its
+    traceback."""
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def wrapped(*a: Any, **k: Any) -> Any:
@@ -122,7 +169,10 @@ def cli_entry(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 return fn(*a, **k)
             except LewelError as e:
                 log.debug("%s failed", name, exc_info=True)
-                raise SystemExit(f"{name}: {one_line(e)}") from None
+                raise _exit(name, one_line(e), e.exit_status) from None
+            except KeyboardInterrupt:
+                raise _exit(name, INTERRUPTED, EXIT_INTERRUPTED) from None
+        wrapped.command_name = name  # type: ignore[attr-defined]
         return wrapped
     return deco
 
@@ -319,8 +369,8 @@ class FolderLock:
         """Take the lock or raise :class:`StageError` naming the folder and its holder."""
         if self._fd is not None:
             return
+        make_dir(self.folder, "output folder")
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
             raise StageError(f"output folder {self.folder}: cannot create it or its lock file "
@@ -426,7 +476,7 @@ class RunFolder:
     def prepare(self, fresh: bool) -> None:
         """Main rank, holding the folder: create it, remove stale temporary files (and with ``fresh`` the saved
         state), write ``identity.json``."""
-        self.out.mkdir(parents=True, exist_ok=True)
+        make_dir(self.out, "output folder")
         remove_stale_temp(self.out)
         if fresh:
             for p in self._state_paths():
@@ -460,6 +510,29 @@ class RunFolder:
         atomic_write_json(self.out / RESULT_FILE, {"run_id": self.identity.run_id, "metrics": dict(metrics),
                                                    "record": record, **extra})
 
+    def write_record(self, records_dir: str | Path | None) -> Path:
+        """Write the record that ``result.json`` keeps (``pending_record``) into ``records_dir`` and note its path
+        there. A record that cannot be written is a :class:`~lewel_bench.errors.StorageError` naming
+        ``result.json`` (which keeps the metrics and the record) and what to do."""
+        from .records import default_records_dir, write_record
+
+        path = self.out / RESULT_FILE
+        res = json.loads(path.read_text())
+        rec = res["pending_record"]
+        where = Path(records_dir) if records_dir else default_records_dir()
+        try:
+            check_path(where, "out_dir", "records folder")
+            written = write_record(rec, where)
+        except (LewelError, OSError) as e:
+            metrics = ", ".join(f"{k} {v}" for k, v in (rec.get("metrics") or {}).items())
+            raise StorageError(f"the result ({metrics}) is kept in {path}, but its record cannot be written: "
+                               f"{one_line(e)}; run the same command again once the records folder is writable "
+                               f"(or pass --records-dir): it writes the record without running again") from None
+        res.pop("pending_record")
+        res["record"] = str(written)
+        atomic_write_json(path, res)
+        return written
+
 
 # --------------------------------------------------------------------------------------------------
 # the stage
@@ -480,6 +553,7 @@ class Stage:
     folder: RunFolder | None = None
     sweep_key: str | None = None
     row: str | None = None
+    records_dir: str | None = None
     _writer: Any = field(default=None, repr=False)
 
     @property
@@ -501,6 +575,10 @@ class Stage:
         record is written again with that row (:meth:`relabel`)."""
         res = self.folder.finished() if self.folder else None
         if res:
+            if res.get("pending_record") and self.info.is_main:  # its record could not be written last time
+                path = self.folder.write_record(self.records_dir)
+                log.info("%s: writing the record of the finished run -> %s", self.name, path)
+                res = {k: v for k, v in res.items() if k != "pending_record"} | {"record": str(path)}
             if self.row and self.row != res.get("row") and self.info.is_main:
                 res = self.relabel(res)
             log.info("%s: already finished (%s): %s; pass --fresh to run it again", self.name,
@@ -550,13 +628,16 @@ class Stage:
             result_overrides=changing_overrides(meta.get("overrides", []), meta.get("neutral", [])),
             **({"protocol_version": ident.code_version} if ident else {}), **({"row": self.row} if self.row else {}),
             **({"sweep": ident.sweep(self.sweep_key)} if ident and self.sweep_key else {}), **status, **extra)
-        path = write_record(rec, records_dir)
         self.writer.scalars(clean, int(extra.get("epochs") or 0), f"eval/{eval_name}_{protocol}")
         self.writer.close()
         if bad:
+            path = write_record(rec, records_dir)
             raise NonFiniteError(f"{eval_name} {protocol}: {status['failure']}; recorded as a failed run in {path}")
-        if self.folder:
-            self.folder.write_result(metrics, str(path), **({"row": self.row} if self.row else {}))
+        if self.folder:  # the result first, in the run folder: a record that cannot be written loses nothing
+            self.folder.write_result(metrics, None, pending_record=rec, **({"row": self.row} if self.row else {}))
+            path = self.folder.write_record(records_dir)
+        else:
+            path = write_record(rec, records_dir)
         log.info("%s %s: %s -> record %s", eval_name, protocol,
                  ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()), path)
         return path
@@ -607,10 +688,18 @@ def open_stage(name: str, args: argparse.Namespace, cfg: dict, bb: Any, info: An
         ident.sweep(sweep_key)  # the key must be in the config: refused before any work
     row = check_row(getattr(args, "row", None))
     out = Path(args.out) if args.out else default_out_dir(bb, name, args.config, ident)
+    check_path(out, "out_dir", "output folder" if args.out is None else "--out")
+    records_dir = getattr(args, "records_dir", None)
+    if info.is_main:  # refused before any work, not after it
+        from .records import default_records_dir
+
+        check_path(records_dir or default_records_dir(), "out_dir", "--records-dir" if records_dir else
+                   "records folder (--records-dir; default results/records or $LEWEL_RESULTS_DIR/records)")
     folder = RunFolder(out, ident, state_files)
     folder.open(args.fresh, is_main=info.is_main)
     barrier()
     log.info("%s: run %s (group %s), data %s [%s], out %s", name, ident.run_id, ident.group, data["name"],
              data["fingerprint"][:12], out)
     return Stage(name=name, cfg=cfg, bb=bb, info=info, out=out, data_root=Path(data_root), seed=int(args.seed),
-                 start_time=start_time, identity=ident, folder=folder, sweep_key=sweep_key, row=row)
+                 start_time=start_time, identity=ident, folder=folder, sweep_key=sweep_key, row=row,
+                 records_dir=records_dir)

@@ -28,10 +28,10 @@ ABLATION_RUNS = $(sort $(ABLATIONS))
 _abl_chain = $(RUNS)/$(1)/chain
 ifeq ($(LAUNCHER),slurm)
 # $(call _abl_after,<run>,<steps it waits for>,<this step>)
-_abl_after = $(if $(2),DEPENDENCY=afterok:$$(cat $(foreach s,$(2),$(call _abl_chain,$(1))/$(s).id) | paste -sd: -)) \
-             JOB_ID_FILE=$(call _abl_chain,$(1))/$(3).id
-_abl_tables_after = DEPENDENCY=afterok:$$(cat $(foreach r,$(1),$(call _abl_chain,$(r))/linear.id \
-                    $(call _abl_chain,$(r))/voc-seg.id) | paste -sd: -)
+_abl_after = $(if $(2),DEPENDENCY=afterok:$$(cat $(foreach s,$(2),"$(call _abl_chain,$(1))/$(s).id") | paste -sd: -)) \
+             JOB_ID_FILE="$(call _abl_chain,$(1))/$(3).id"
+_abl_tables_after = DEPENDENCY=afterok:$$(cat $(foreach r,$(1),"$(call _abl_chain,$(r))/linear.id" \
+                    "$(call _abl_chain,$(r))/voc-seg.id") | paste -sd: -)
 else
 _abl_after =
 _abl_tables_after =
@@ -43,12 +43,12 @@ define _abl_nl
 endef
 # $(call _abl_run,<run folder name>,<EXP>,<extra pretraining arguments>): pretrain, linear, segmentation
 define _abl_run
-@mkdir -p $(call _abl_chain,$(1)) && rm -f $(call _abl_chain,$(1))/*.id
-+$(MAKE) --no-print-directory pretrain EXP=$(2) OUT=$(RUNS)/$(1) ARGS="$(strip $(ARGS) $(3))" \
+@mkdir -p "$(call _abl_chain,$(1))" && rm -f "$(call _abl_chain,$(1))"/*.id
++$(MAKE) --no-print-directory pretrain EXP=$(2) OUT="$(RUNS)/$(1)" ARGS="$(strip $(ARGS) $(3))" \
   $(call _abl_after,$(1),,pretrain)
-+$(MAKE) --no-print-directory eval-linear EXP=$(2) CKPT=$(RUNS)/$(1)/backbone.pth OUT= ARGS="$(ABLATION_LINEAR_ARGS)" \
++$(MAKE) --no-print-directory eval-linear EXP=$(2) CKPT="$(RUNS)/$(1)/backbone.pth" OUT= ARGS="$(ABLATION_LINEAR_ARGS)" \
   $(call _abl_after,$(1),pretrain,linear)
-+$(MAKE) --no-print-directory eval-voc-seg EXP=$(2) CKPT=$(RUNS)/$(1)/backbone.pth DATA=$(VOC_DATA) OUT= \
++$(MAKE) --no-print-directory eval-voc-seg EXP=$(2) CKPT="$(RUNS)/$(1)/backbone.pth" DATA="$(VOC_DATA)" OUT= \
   ARGS="$(ABLATION_SEG_ARGS)" $(call _abl_after,$(1),pretrain,voc-seg)
 endef
 

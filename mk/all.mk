@@ -47,9 +47,9 @@ _chain_lines = $(subst $(_chain_rs),$(_chain_nl),$(shell $(PY) -m lewel_bench.ch
 
 ifeq ($(LAUNCHER),slurm)
 # $(call _chain_after,<steps>,<this step>): wait for the jobs of <steps>, record this step's job id
-_chain_ids   = $(foreach s,$(1),$(CHAIN_DIR)/$(s).id)
+_chain_ids   = $(foreach s,$(1),"$(CHAIN_DIR)/$(s).id")
 _chain_after = $(if $(1),DEPENDENCY=afterok:$$(cat $(call _chain_ids,$(1)) 2>/dev/null | paste -sd: -)) \
-               JOB_ID_FILE=$(CHAIN_DIR)/$(2).id
+               JOB_ID_FILE="$(CHAIN_DIR)/$(2).id"
 else
 _chain_after =
 endif
@@ -66,22 +66,22 @@ chain-check: $(STAMP)
 	  $(PY) -m lewel_bench.chain check $(_chain_sel)
 
 all: chain-check ## pretrain EXP, convert, its paper's evaluations (CHAIN_EVALS), tables; LAUNCHER=slurm chains jobs
-	@mkdir -p $(CHAIN_DIR) && rm -f $(CHAIN_DIR)/*.id
+	@mkdir -p "$(CHAIN_DIR)" && rm -f "$(CHAIN_DIR)"/*.id
 	@echo "== chain $(EXP): pretrain -> convert -> $(_chain_steps) -> tables ($(LAUNCHER))"
 	$(MAKE) --no-print-directory pretrain EXP=$(EXP) $(call _chain_after,,pretrain)
-	$(MAKE) --no-print-directory convert EXP=$(EXP) CKPT=$(CHAIN_CKPT) OUT= ARGS= $(CHAIN_CPU_ARGS) \
+	$(MAKE) --no-print-directory convert EXP=$(EXP) CKPT="$(CHAIN_CKPT)" OUT= ARGS= $(CHAIN_CPU_ARGS) \
 	  $(call _chain_after,pretrain,convert)
 	$(_chain_lines)
 	$(MAKE) --no-print-directory tables OUT= ARGS= $(CHAIN_CPU_ARGS) $(call _chain_after,$(_chain_steps),tables)
 	@if [ "$(LAUNCHER)" = slurm ]; then echo "== submitted; job ids in $(CHAIN_DIR)/:"; \
-	  for f in $(CHAIN_DIR)/*.id; do echo "   $$(basename $$f .id): $$(paste -sd' ' $$f)"; done; fi
+	  for f in "$(CHAIN_DIR)"/*.id; do echo "   $$(basename $$f .id): $$(paste -sd' ' $$f)"; done; fi
 
 # The transfer stages' input formats, written next to the backbone (<folder of CKPT>/backbone_{d2.pkl,mmseg.pth}).
 CONVERT_IN  = $(or $(CKPT),$(RUNS)/$(EXP)/backbone.pth)
 CONVERT_DIR = $(patsubst %/,%,$(dir $(CONVERT_IN)))
 convert: $(STAMP) ## convert CKPT (default runs/EXP/backbone.pth) for detectron2 and mmseg
-	$(RUN) tools.convert_to_detectron2 $(CONVERT_IN) $(CONVERT_DIR)/backbone_d2.pkl $(CKPT_FLAGS)
-	$(RUN) tools.convert_to_mmseg $(CONVERT_IN) $(CONVERT_DIR)/backbone_mmseg.pth $(CKPT_FLAGS)
+	$(RUN) tools.convert_to_detectron2 "$(CONVERT_IN)" "$(CONVERT_DIR)/backbone_d2.pkl" $(CKPT_FLAGS)
+	$(RUN) tools.convert_to_mmseg "$(CONVERT_IN)" "$(CONVERT_DIR)/backbone_mmseg.pth" $(CKPT_FLAGS)
 
 # make demo: the whole chain on data/mini from a fresh clone (target: at most 30 minutes on 2 cores).
 # DEMO_EXP=cgh: CGH's chain; each method's chain without its `paper.demo_skip` steps, and its figures: the loss / kNN

@@ -7,12 +7,12 @@
 # By default the encoder taken is the one the file's layout says its authors evaluate (logged; see README).
 CKPT_PREFIX ?=
 CKPT_LAYOUT ?=
-CKPT_FLAGS   = $(if $(CKPT_PREFIX),--ckpt-prefix $(CKPT_PREFIX)) $(if $(CKPT_LAYOUT),--layout $(CKPT_LAYOUT))
+CKPT_FLAGS   = $(if $(CKPT_PREFIX),--ckpt-prefix '$(CKPT_PREFIX)') $(if $(CKPT_LAYOUT),--layout '$(CKPT_LAYOUT)')
 
 .PHONY: inspect inspect-layouts
 inspect: $(STAMP) ## what is in CKPT=FILE: layout, encoder candidates, arch, epochs, parts, non-finite tensors, sha256
 	@if [ -z "$(CKPT)" ]; then echo "make inspect: pass CKPT=FILE (a checkpoint to describe)" >&2; exit 2; fi
-	$(PY) -m tools.inspect_checkpoint $(CKPT) $(CKPT_FLAGS)
+	$(PY) -m tools.inspect_checkpoint "$(CKPT)" $(CKPT_FLAGS)
 
 inspect-layouts: $(STAMP) ## the checkpoint layouts the evaluations read, and the encoder each one's authors evaluate
 	$(PY) -m tools.inspect_checkpoint --list

@@ -30,6 +30,7 @@ DET_VOC_CFG  ?= $(if $(DET_VOC_DATA),,mini_)voc_c4_24k
 DET_COCO_CFG ?= $(if $(DET_COCO_DATA),,mini_)coco_$(ARCH)_$(SCHED)
 # Checked when the targets are asked for (a dry run `make -n` says so too).
 ifneq ($(filter eval-coco eval-voc-det eval-detection,$(MAKECMDGOALS)),)
+$(call _posint,SEEDS,$(SEEDS))
 ifeq ($(filter trunk bundle,$(TRANSFER)),)
 $(error TRANSFER must be trunk or bundle, got '$(TRANSFER)')
 endif
@@ -42,8 +43,8 @@ endif
 # $(call _det_runs,<config>,<data root>,<given data>,<extra key=value>)
 _det_runs = @set -e; for s in $$(seq 0 $$(( $(SEEDS) - 1 ))); do \
 	  echo "== detection: config $(1) on $(if $(3),$(2),the embedded mini data (DATA=<root>: the paper's protocol)), seed $$s ($(DET_CKPT), transfer $(TRANSFER), backend $(BACKEND))"; \
-	  $(RUN) eval_detection --config $(1) --ckpt $(DET_CKPT) $(CKPT_FLAGS) --data $(2) --seed $$s --backend $(BACKEND) \
-	    --transfer $(TRANSFER) $(if $(OUT),--out $(OUT)/s$$s) $(ROW_ARG) $(4) $(ARGS); \
+	  $(RUN) eval_detection --config "$(1)" --ckpt "$(DET_CKPT)" $(CKPT_FLAGS) --data "$(2)" --seed $$s --backend $(BACKEND) \
+	    --transfer $(TRANSFER) $(if $(OUT),--out "$(OUT)/s$$s") $(ROW_ARG) $(4) $(ARGS); \
 	done
 
 .PHONY: eval-voc-det eval-coco eval-detection

@@ -15,7 +15,7 @@ SUBSET     ?=
 EVAL_CKPT   = $(or $(CKPT),$(RUNS)/$(EXP)/backbone.pth)
 EVAL_DATA   = $(if $(DATA),$(DATA),$(MINI)/imagenet)
 EVAL_DEPS   = $(STAMP) $(if $(DATA),,$(MINI_STAMP))
-EVAL_OUT    = $(if $(OUT),--out $(OUT))
+EVAL_OUT    = $(if $(OUT),--out "$(OUT)")
 LINEAR_CFG  ?= $(if $(DATA),auto,mini)
 LINEAR_FEATURE ?=
 SEMISUP_CFG ?= $(if $(DATA),,mini_)$(PCT)pct
@@ -26,16 +26,16 @@ _eval_says = @echo "make $(1): config $(2) on $(if $(DATA),DATA=$(DATA),the embe
 .PHONY: eval-linear eval-semisup eval-knn eval-image
 eval-linear: $(EVAL_DEPS) ## linear probe of CKPT (default runs/$(EXP)/backbone.pth); resumes if interrupted
 	$(call _eval_says,eval-linear,$(LINEAR_CFG))
-	$(RUN) eval_linear --config $(LINEAR_CFG) --ckpt $(EVAL_CKPT) $(CKPT_FLAGS) --data $(EVAL_DATA) $(EVAL_OUT) $(ROW_ARG) $(if $(LINEAR_FEATURE),feature=$(LINEAR_FEATURE)) $(ARGS)
+	$(RUN) eval_linear --config "$(LINEAR_CFG)" --ckpt "$(EVAL_CKPT)" $(CKPT_FLAGS) --data "$(EVAL_DATA)" $(EVAL_OUT) $(ROW_ARG) $(if $(LINEAR_FEATURE),feature=$(LINEAR_FEATURE)) $(ARGS)
 
 eval-semisup: $(EVAL_DEPS) ## semi-supervised fine-tuning, PCT=1 or 10 (SUBSET=/path/1percent.txt for ImageNet)
 	@case "$(PCT)" in 1|10) ;; *) echo "PCT must be 1 or 10, got '$(PCT)'" >&2; exit 2;; esac
 	$(call _eval_says,eval-semisup,$(SEMISUP_CFG))
-	$(RUN) eval_semisup --config $(SEMISUP_CFG) --ckpt $(EVAL_CKPT) $(CKPT_FLAGS) --data $(EVAL_DATA) $(if $(SUBSET),--subset $(SUBSET)) $(EVAL_OUT) $(ROW_ARG) $(ARGS)
+	$(RUN) eval_semisup --config "$(SEMISUP_CFG)" --ckpt "$(EVAL_CKPT)" $(CKPT_FLAGS) --data "$(EVAL_DATA)" $(if $(SUBSET),--subset "$(SUBSET)") $(EVAL_OUT) $(ROW_ARG) $(ARGS)
 
 eval-knn: $(EVAL_DEPS) ## weighted kNN (k=20, T=0.07) of CKPT
 	$(call _eval_says,eval-knn,$(KNN_CFG))
-	$(RUN) eval_knn --config $(KNN_CFG) --ckpt $(EVAL_CKPT) $(CKPT_FLAGS) --data $(EVAL_DATA) $(EVAL_OUT) $(ROW_ARG) $(ARGS)
+	$(RUN) eval_knn --config "$(KNN_CFG)" --ckpt "$(EVAL_CKPT)" $(CKPT_FLAGS) --data "$(EVAL_DATA)" $(EVAL_OUT) $(ROW_ARG) $(ARGS)
 
 eval-image: eval-knn eval-linear ## kNN, linear, semi-supervised 1% and 10% of CKPT
 	$(MAKE) eval-semisup PCT=1

@@ -20,6 +20,6 @@ LRS      ?=
 eval-voc-seg: $(STAMP) $(if $(SEG_DATA),,$(MINI_STAMP)) ## FCN-R50-D8 VOC12aug segmentation (mmseg) of CKPT; DATA=VOCdevkit, empty = mini
 	@echo "make eval-voc-seg: config $(SEG_CFG) on $(if $(SEG_DATA),$(SEG_DATA),the embedded mini data (DATA=/VOCdevkit: the paper protocol))"
 	@set -e; for lr in $(or $(LRS),-); do \
-	  $(RUN) eval_segmentation --config $(SEG_CFG) --ckpt $(SEG_CKPT) $(CKPT_FLAGS) --data $(or $(SEG_DATA),$(MINI)/VOCdevkit) $(if $(OUT),--out $(OUT)$(if $(LRS),/lr$$lr)) $(ROW_ARG) $(ARGS) \
+	  $(RUN) eval_segmentation --config "$(SEG_CFG)" --ckpt "$(SEG_CKPT)" $(CKPT_FLAGS) --data "$(or $(SEG_DATA),$(MINI)/VOCdevkit)" $(if $(OUT),--out "$(OUT)$(if $(LRS),/lr$$lr)") $(ROW_ARG) $(ARGS) \
 	    $$( [ "$$lr" = - ] || echo "$(SEG_LR_KEY)=$$lr --sweep $(SEG_LR_KEY)" ); \
 	done

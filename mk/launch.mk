@@ -21,7 +21,7 @@ JOB_ID_FILE   ?=
 WAIT          ?=
 SLURM_FOLDER  ?=
 
-_launch_opt = $(if $(strip $(2)),$(1) $(strip $(2)))
+_launch_opt = $(if $(strip $(2)),$(1) "$(strip $(2))")
 LAUNCH_ARGS += $(call _launch_opt,--config,$(LAUNCH_CONFIG)) $(call _launch_opt,--nproc,$(NPROC)) \
   $(call _launch_opt,--partition,$(PARTITION)) $(call _launch_opt,--nodes,$(NODES)) \
   $(call _launch_opt,--gpus-per-node,$(GPUS_PER_NODE)) $(call _launch_opt,--cpus-per-task,$(CPUS_PER_TASK)) \

@@ -21,7 +21,7 @@ BENCH_THREADS_ARGS ?=
 pretrain: $(STAMP) $(if $(DATA),,$(MINI_STAMP)) ## pretrain EXP (mini data unless DATA=...) into OUT (default runs/EXP)
 	@cfg=$$($(PY) -m pretrain.experiments resolve '$(EXP)' $(if $(DATA),--full)) || exit 2; \
 	echo "make pretrain: EXP=$(EXP) $(if $(DATA),with DATA=$(DATA): the full-data config $$cfg,on the embedded mini data: config $$cfg (with DATA=/path: the full-data config $(EXP)))"; \
-	set -x; $(RUN) pretrain $$cfg --exp $(EXP) --data $(PRETRAIN_DATA) --out $(PRETRAIN_OUT) $(ARGS)
+	set -x; $(RUN) pretrain "$$cfg" --exp "$(EXP)" --data "$(PRETRAIN_DATA)" --out "$(PRETRAIN_OUT)" $(ARGS)
 
 bench-pretrain: $(STAMP) ## step time of supervised and of every method, and the ratios their configs declare (paper.cost)
 	$(PY) -m tools.bench_pretrain $(BENCH_ARGS)

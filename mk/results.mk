@@ -22,16 +22,16 @@ tables: $(STAMP) ## aggregate results/records into the paper's Tables 1-8 (resul
 	$(RUN) tools.make_tables $(if $(filter 1 yes true,$(STRICT)),--strict) $(TABLES_ARGS)
 
 curves: $(STAMP) ## loss, lr, EMA momentum and kNN curves of runs/EXP/metrics.jsonl -> results/figures/
-	$(PY) -m tools.plot_curves $(RUNS)/$(EXP)/metrics.jsonl $(FIGURES_DIR)/$(EXP)_curves.png
+	$(PY) -m tools.plot_curves "$(RUNS)/$(EXP)/metrics.jsonl" "$(FIGURES_DIR)/$(EXP)_curves.png"
 
 align-maps: $(STAMP) ## Fig. 5: image, augmented view, strongest alignment maps of a LEWEL checkpoint
-	$(PY) -m tools.visualize_alignment $(ALIGN_CKPT) $(ALIGN_IMAGES) $(FIGURES_DIR)/$(EXP)_alignment.png $(ALIGN_ARGS)
+	$(PY) -m tools.visualize_alignment "$(ALIGN_CKPT)" $(if $(ALIGN_IMAGES),"$(ALIGN_IMAGES)") "$(FIGURES_DIR)/$(EXP)_alignment.png" $(ALIGN_ARGS)
 
 figures: curves align-maps ## every figure for EXP
 
 # One static page (no server; opens offline): docs/report.md. BENCH=file.json adds a benchmark's cost ratios.
 report: $(STAMP) ## the report page: tables, run index, curves, alignment maps -> results/report/index.html
-	$(PY) -m tools.make_report --runs $(RUNS) --out $(REPORT_DIR) $(if $(BENCH),--bench $(BENCH)) $(REPORT_ARGS)
+	$(PY) -m tools.make_report --runs "$(RUNS)" --out "$(REPORT_DIR)" $(if $(BENCH),--bench "$(BENCH)") $(REPORT_ARGS)
 
 tensorboard: $(STAMP) ## TensorBoard on RUNS (pretraining and evaluation scalars, LEWEL alignment maps); TB_PORT=6006
-	$(PY) -m tensorboard.main --logdir $(RUNS) --port $(TB_PORT)
+	$(PY) -m tensorboard.main --logdir "$(RUNS)" --port $(TB_PORT)

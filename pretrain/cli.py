@@ -17,6 +17,7 @@ import textwrap
 from pathlib import Path
 
 from lewel_bench import dist as ldist
+from lewel_bench.args import ArgumentParser, ConfigArg, PathArg, check_path
 from lewel_bench.config import ConfigError, get_key, load_config
 from lewel_bench.errors import one_line
 from lewel_bench.signals import Stopped, StopRequest
@@ -28,20 +29,29 @@ from .experiments import CONFIG_DIR, config_files, configs
 log = logging.getLogger("pretrain")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def load_experiment(config: str, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """The experiment's config (a name of :func:`config_files` or a YAML path) with the overrides."""
+    return load_config(config_files().get(config, config), CONFIG_DIR, list(overrides))
+
+
+def build_parser() -> argparse.ArgumentParser:
     names = textwrap.fill(" ".join(configs()), width=100, initial_indent="  ", subsequent_indent="  ")
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m pretrain", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Self-supervised pretraining (MoCo v2, BYOL, LEWEL_M, LEWEL_B, CGH, MCL): resumable, DDP under "
                     "torchrun or SLURM.",
         epilog=f"experiments (pretrain/configs/<name>.yaml; *_mini: the embedded mini data):\n{names}\n\n"
                "example: python -m pretrain lewel_m_mini --data data/mini/imagenet --out runs/lewel_m epochs=2")
-    p.add_argument("config", help="experiment config name (pretrain/configs, $LEWEL_CONFIG_PATH) or a YAML path")
-    p.add_argument("--data", default=None, help="dataset root holding train/ and val/ (default: the config's data.root)")
-    p.add_argument("--out", default=None, help="output folder (default: runs/<exp>, or $LEWEL_RUNS_DIR/<exp>)")
+    p.add_argument("config", type=ConfigArg(CONFIG_DIR, loader=load_experiment),
+                   help="experiment config name (pretrain/configs, $LEWEL_CONFIG_PATH) or a YAML path")
+    p.add_argument("--data", default=None, type=PathArg("dir"),
+                   help="dataset root holding train/ and val/ (default: the config's data.root)")
+    p.add_argument("--out", default=None, type=PathArg("out_dir"),
+                   help="output folder (default: runs/<exp>, or $LEWEL_RUNS_DIR/<exp>)")
     p.add_argument("--exp", default=None, help="the experiment's name in records and checkpoints (default: the "
                                                 "config's file name; make pretrain passes EXP)")
-    p.add_argument("--records-dir", default=None, help="where the training-speed record goes (default results/records)")
+    p.add_argument("--records-dir", default=None, type=PathArg("out_dir"),
+                   help="where the training-speed record goes (default results/records)")
     p.add_argument("--fresh", action="store_true",
                    help="discard the saved state in the output folder (checkpoint, backbone, metrics, ...) and start "
                         "over")
@@ -50,7 +60,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "the checkpoint and every record of its evaluations say so, and the tables keep the points "
                         "apart from the experiment's own runs")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (dotted keys)")
-    return p.parse_intermixed_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_intermixed_args(argv)
 
 
 @cli_entry("pretrain")
@@ -67,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
 def _run(args: argparse.Namespace, stop: StopRequest) -> None:
     info = ldist.init_distributed()
     setup_logging(rank=info.rank)
-    cfg = load_config(config_files().get(args.config, args.config), CONFIG_DIR, args.overrides)
+    cfg = load_experiment(args.config, args.overrides)
     from .methods import import_custom  # a method defined outside the suite registers itself
 
     import_custom(cfg)
@@ -83,6 +97,12 @@ def _run(args: argparse.Namespace, stop: StopRequest) -> None:
     sweep = {"key": args.sweep, "value": get_key(cfg, args.sweep, f"--sweep {args.sweep}: the config")} \
         if args.sweep else None
     out = Path(args.out) if args.out else runs_dir() / exp
+    check_path(out, "out_dir", "--out" if args.out else "output folder (--out; default runs/<exp>)")
+    if info.is_main:  # the speed record's folder, refused before training rather than after it
+        from lewel_bench.records import default_records_dir
+
+        check_path(args.records_dir or default_records_dir(), "out_dir", "--records-dir" if args.records_dir else
+                   "records folder (--records-dir; default results/records or $LEWEL_RESULTS_DIR/records)")
     from .train import train  # heavy imports after argument checks
 
     ckpt = train(cfg, out, exp, info, args.records_dir, sweep, fresh=args.fresh, stop=stop)

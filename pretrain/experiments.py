@@ -14,7 +14,6 @@ its code). A suite config is printed by name, any other by path (``--path``: alw
 """
 from __future__ import annotations
 
-import argparse
 import difflib
 import os
 import sys
@@ -151,7 +150,9 @@ def figures(exp: str, full: bool) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pretrain.experiments", description=__doc__.split("\n\n")[0])
+    from lewel_bench.args import ArgumentParser
+
+    p = ArgumentParser(prog="python -m pretrain.experiments", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("resolve", help="print the config EXP selects")
     r.add_argument("exp")

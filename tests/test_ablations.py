@@ -27,7 +27,7 @@ ABLATION_TABLES = ("table5_components", "table6_heads", "table7_num_aligned", "f
 def _dry(*args: str) -> list[str]:
     r = subprocess.run(["make", "-n", "RUNS=runs", *args], cwd=REPO_ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    return r.stdout.splitlines()
+    return r.stdout.replace('"', "").splitlines()  # the recipes quote every path (a path may hold spaces): compared without the quotes
 
 
 def _rows(name: str) -> list[dict]:

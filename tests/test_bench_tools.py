@@ -3,6 +3,8 @@ import re
 
 import pytest
 
+from lewel_bench.errors import LewelError
+
 
 def test_bench_pretrain_prints_ratios(capsys):
     from tools.bench_pretrain import main
@@ -103,12 +105,12 @@ def test_bench_threads_policies_and_metrics(tmp_path):
     assert policy_env("passive-2") == ({"OMP_WAIT_POLICY": "PASSIVE"}, ["num_threads=2", fixed])
     assert policy_env("active-4") == ({"OMP_WAIT_POLICY": "ACTIVE"}, ["num_threads=4", fixed])
     assert policy_env("threads-1") == ({}, ["num_threads=1", fixed]) and policy_env("auto") == ({}, [])
-    with pytest.raises(SystemExit, match="expected auto, threads-1, active-N or passive-N"):
+    with pytest.raises(LewelError, match="expected auto, threads-1, active-N or passive-N"):
         policy_env("lazy-2")
     m = tmp_path / "metrics.jsonl"
     m.write_text("".join(f'{{"iter": {i}, "images_per_s": {v}}}\n' for i, v in enumerate([5.0, 100.0, 100.0, 25.0])))
     # the first (warm-up) iteration is left out; a slow one counts for its time (3 batches in 0.06 batch-s)
     assert images_per_s(m) == pytest.approx(50.0)
     m.write_text('{"iter": 0, "images_per_s": 5.0}\n')
-    with pytest.raises(SystemExit, match="fewer than two logged iterations"):
+    with pytest.raises(LewelError, match="fewer than two logged iterations"):
         images_per_s(m)

@@ -41,7 +41,7 @@ def test_config_base_and_overrides(tmp_path: Path) -> None:
     # scientific notation without a dot is a float (PyYAML alone reads "5e-4" as a string), in files too
     (tmp_path / "sci.yaml").write_text("_base_: base.yaml\noptim: {wd: 5e-4}\n")
     assert load_config("sci", tmp_path, ["optim.lr=1e-2"])["optim"] == {"lr": 0.01, "wd": 0.0005}
-    with pytest.raises(ConfigError, match="optim.lr is a number"):
+    with pytest.raises(ConfigError, match=r"optim.lr is float \(0\.2 in config\), got str 'fast'"):
         apply_overrides(cfg, ["optim.lr=fast"])
 
 

@@ -125,8 +125,9 @@ def test_a_new_method_trains_checkpoints_resumes_and_exports(config: Path, mini_
         return real(self, views)
 
     monkeypatch.setattr(TwoQueueMethod, "forward", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit, match="interrupted") as e:  # Ctrl-C: one line, status 130
         _run(config, data, run)
+    assert e.value.code == 130
     assert torch.load(run / "checkpoint.pth", weights_only=False)["iteration"] == 2
     monkeypatch.setattr(TwoQueueMethod, "forward", real)
     _run(config, data, run)

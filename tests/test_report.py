@@ -238,8 +238,8 @@ def test_make_report_target(tmp_path):
     r = subprocess.run(["make", "-n", "report", f"RUNS={tmp_path}/runs", "BENCH=b.json"], cwd=REPO_ROOT,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert "-m tools.make_report" in r.stdout and f"--runs {tmp_path}/runs" in r.stdout
-    assert "--bench b.json" in r.stdout and "--out results/report" in r.stdout
+    assert "-m tools.make_report" in r.stdout and f'--runs "{tmp_path}/runs"' in r.stdout
+    assert '--bench "b.json"' in r.stdout and '--out "results/report"' in r.stdout
     assert "report" in subprocess.run(["make", "help"], cwd=REPO_ROOT, capture_output=True, text=True,
                                       timeout=60).stdout
 

@@ -110,7 +110,11 @@ def test_strict_exits_nonzero_on_unmatched(tmp_path):
     with pytest.raises(SystemExit) as e:
         mt.main(["--records", str(FIX / "records"), "--out", str(tmp_path / "t"), "--strict"])
     assert e.value.code == 1
+    (tmp_path / "empty").mkdir()
     assert mt.main(["--records", str(tmp_path / "empty"), "--out", str(tmp_path / "t2"), "--strict"]) == 0
+    with pytest.raises(SystemExit, match=r"argument --records: .*missing: no such folder") as e:  # a typo: refused
+        mt.main(["--records", str(tmp_path / "missing"), "--out", str(tmp_path / "t3")])
+    assert e.value.code == 2
 
 
 def test_paper_file_errors_name_file_and_column(tmp_path):
@@ -138,7 +142,7 @@ def _make_n(*args: str) -> list[str]:
     r = subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=REPO_ROOT, capture_output=True,
                        text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    return r.stdout.splitlines()
+    return r.stdout.replace('"', "").splitlines()  # the recipes quote every path (a path may hold spaces): compared without the quotes
 
 
 def _first(lines: list[str], pattern: str) -> int:

@@ -32,8 +32,10 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader
 
+from lewel_bench.args import COUNT, NON_NEGATIVE, ArgumentParser, PathArg
 from lewel_bench.config import load_config
 from lewel_bench.io import atomic_write_json
+from lewel_bench.stage import cli_entry
 from lewel_bench.utils import channels_last_default, default_num_workers, setup_logging
 from pretrain.augment import build_views, view_specs
 from pretrain.data import EpochBatchSampler, ImageFolderList, MultiViewDataset
@@ -135,25 +137,26 @@ def ratios(rows: list[dict]) -> list[dict]:
     return out
 
 
+@cli_entry("bench_e2e")
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m tools.bench_e2e", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m tools.bench_e2e", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", type=Path, help="ImageNet-style root (reads <root>/train/<class>/*)")
-    src.add_argument("--synthetic", type=int, metavar="N", help="write N ImageNet-sized JPEGs to a temp dir")
+    src.add_argument("--data", type=PathArg("dir"), help="ImageNet-style root (reads <root>/train/<class>/*)")
+    src.add_argument("--synthetic", type=COUNT, metavar="N", help="write N ImageNet-sized JPEGs to a temp dir")
     p.add_argument("--methods", nargs="+", default=None,
                    help="default: the methods the paper timed against their baselines, each after its baseline")
     p.add_argument("--batched", nargs="+", choices=("on", "off"), default=["on", "off"], help="aug.batched settings")
     p.add_argument("--arch", default="resnet50")
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--batch", type=int, default=128, help="per-process batch")
-    p.add_argument("--iters", type=int, default=200, help="timed steps per run")
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--workers", type=int, default=None, help="loader workers (default: every core but one)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads in the main process (default: torch's)")
+    p.add_argument("--size", type=COUNT, default=224)
+    p.add_argument("--batch", type=COUNT, default=128, help="per-process batch")
+    p.add_argument("--iters", type=COUNT, default=200, help="timed steps per run")
+    p.add_argument("--warmup", type=NON_NEGATIVE, default=20)
+    p.add_argument("--workers", type=NON_NEGATIVE, default=None, help="loader workers (default: every core but one)")
+    p.add_argument("--threads", type=COUNT, default=None, help="torch threads in the main process (default: torch's)")
     p.add_argument("--amp", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--json", type=Path, default=None, help="also write the rows and ratios to this JSON file")
+    p.add_argument("--json", type=PathArg("out_file"), default=None, help="also write the rows and ratios to this JSON file")
     args = p.parse_args(argv)
     if args.methods is None:
         args.methods = list(dict.fromkeys(m for a, b, _ in pairs() for m in (b, a)))

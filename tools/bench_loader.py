@@ -16,7 +16,6 @@ Synthetic images are smooth noise plus texture saved as quality-90 JPEGs of Imag
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 import time
@@ -27,6 +26,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from lewel_bench.args import COUNT, NON_NEGATIVE, ArgumentParser, PathArg
+from lewel_bench.stage import cli_entry
 from lewel_bench.utils import setup_logging
 from lewel_bench.config import load_config
 from pretrain.augment import build_views, view_specs, views_to_device
@@ -93,18 +94,19 @@ def measure(root: Path, workers: int, batch: int, exp: str, size: int, batches: 
     return n / dt
 
 
+@cli_entry("bench_loader")
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m tools.bench_loader", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", type=Path, help="ImageNet-style root (reads <root>/train/<class>/*)")
-    src.add_argument("--synthetic", type=int, metavar="N", help="write N ImageNet-sized JPEGs to a temp dir")
-    p.add_argument("--workers", type=int, nargs="+", default=[4, 8])
-    p.add_argument("--batch", type=int, default=128, help="per-process batch")
-    p.add_argument("--batches", type=int, default=10, help="timed batches per worker count")
+    src.add_argument("--data", type=PathArg("dir"), help="ImageNet-style root (reads <root>/train/<class>/*)")
+    src.add_argument("--synthetic", type=COUNT, metavar="N", help="write N ImageNet-sized JPEGs to a temp dir")
+    p.add_argument("--workers", type=NON_NEGATIVE, nargs="+", default=[4, 8])
+    p.add_argument("--batch", type=COUNT, default=128, help="per-process batch")
+    p.add_argument("--batches", type=COUNT, default=10, help="timed batches per worker count")
     p.add_argument("--aug", default="byol", help="the pretraining config whose aug.views the loader draws "
                                                  "(byol: BYOL's pair, mocov2: MoCo v2's, any pretrain/configs name)")
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--threads", type=int, default=1, help="torch threads in the main process")
+    p.add_argument("--size", type=COUNT, default=224)
+    p.add_argument("--threads", type=COUNT, default=1, help="torch threads in the main process")
     p.add_argument("--modes", nargs="+", default=["pil", "batched-workers", "batched"],
                    choices=("pil", "batched", "batched-workers"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",

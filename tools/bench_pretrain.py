@@ -38,7 +38,6 @@ Epoch" of the same method; the benchmark's settings and device are the record's 
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import platform
 import statistics
@@ -49,9 +48,11 @@ from typing import Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from lewel_bench.args import COUNT, NON_NEGATIVE, ArgumentParser, PathArg
 from lewel_bench.config import load_config, load_yaml_config
 from lewel_bench.declare import Paper, paper_of
 from lewel_bench.models import build_torchvision_resnet
+from lewel_bench.stage import cli_entry
 from lewel_bench.utils import amp_autocast, amp_step, channels_last_default, keep_freed_memory
 from pretrain.augment import view_specs
 from pretrain.cli import CONFIG_DIR
@@ -175,15 +176,16 @@ def write_records(out: str | Path, med: dict[str, float], flops: dict[str, float
     return paths
 
 
+@cli_entry("bench_pretrain")
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m tools.bench_pretrain", description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="resnet50")
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--batch", type=int, default=16, help="images per step (MCL: a multiple of 16)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscribing a shared CPU)")
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--steps", type=int, default=1, help="steps per timed round (use ~10 on a GPU)")
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--size", type=COUNT, default=224)
+    p.add_argument("--batch", type=COUNT, default=16, help="images per step (MCL: a multiple of 16)")
+    p.add_argument("--threads", type=COUNT, default=1, help="torch threads (1 avoids oversubscribing a shared CPU)")
+    p.add_argument("--reps", type=COUNT, default=5)
+    p.add_argument("--steps", type=COUNT, default=1, help="steps per timed round (use ~10 on a GPU)")
+    p.add_argument("--warmup", type=NON_NEGATIVE, default=1)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     on_off = {"auto": None, "on": True, "off": False}
     p.add_argument("--amp", choices=on_off, default="auto", help="fp16 autocast + GradScaler (auto: on CUDA)")
@@ -198,10 +200,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--external", nargs="+", default=[], metavar="NAME",
                    help="public implementations to time in the same rounds (tools/bench_external.py): "
                         "lightly_byol lightly_mocov2 official_lewel_b; one not installed is skipped, saying why")
-    p.add_argument("--official-root", default=None, metavar="PATH",
+    p.add_argument("--official-root", default=None, metavar="PATH", type=PathArg("dir"),
                    help="a checkout of the official LEWEL code for official_lewel_b (default: $LEWEL_OFFICIAL_ROOT)")
-    p.add_argument("--json", default=None, metavar="PATH", help="also write the step times and ratios as JSON")
-    p.add_argument("--record", metavar="DIR", default=None,
+    p.add_argument("--json", default=None, metavar="PATH", type=PathArg("out_file"), help="also write the step times and ratios as JSON")
+    p.add_argument("--record", metavar="DIR", default=None, type=PathArg("out_dir"),
                    help="write one cost record per method into DIR (e.g. results/records) for make tables")
     args = p.parse_args(argv)
     from lewel_bench.records import now_iso

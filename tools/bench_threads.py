@@ -27,6 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from lewel_bench.args import COUNT, ArgumentParser, PathArg
+from lewel_bench.errors import LewelError
+from lewel_bench.stage import cli_entry
 from lewel_bench.utils import REPO_ROOT
 
 COMPETITORS = {
@@ -44,7 +47,7 @@ def policy_env(policy: str) -> tuple[dict[str, str], list[str]]:
         return {}, ["num_threads=1", "threads_adapt=false"]
     wait, _, n = policy.partition("-")
     if wait not in ("active", "passive") or not n.isdigit():
-        raise SystemExit(f"--policies {policy!r}: expected auto, threads-1, active-N or passive-N")
+        raise LewelError(f"--policies {policy!r}: expected auto, threads-1, active-N or passive-N")
     return {"OMP_WAIT_POLICY": wait.upper()}, [f"num_threads={n}", "threads_adapt=false"]
 
 
@@ -54,7 +57,7 @@ def images_per_s(metrics: Path) -> float:
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     rates = [r["images_per_s"] for r in rows[1:] if r.get("images_per_s")]
     if not rates:
-        raise SystemExit(f"{metrics}: fewer than two logged iterations (raise --images)")
+        raise LewelError(f"{metrics}: fewer than two logged iterations (raise --images)")
     return statistics.harmonic_mean(rates)
 
 
@@ -78,17 +81,18 @@ def run_once(args: argparse.Namespace, policy: str, busy: bool, tmp: Path) -> fl
     return images_per_s(out / "metrics.jsonl")
 
 
+@cli_entry("bench_threads")
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m tools.bench_threads", description=__doc__.split("\n\n")[0])
     from pretrain.experiments import DEFAULT_EXP, resolve
 
     p.add_argument("--config", default=resolve(DEFAULT_EXP, full=False),
                    help="a mini pretraining config (default: that of make pretrain's default experiment)")
-    p.add_argument("--data", default=str(REPO_ROOT / "data" / "mini" / "imagenet"))
-    p.add_argument("--images", type=int, default=1920, help="training images of the one-epoch run")
+    p.add_argument("--data", default=str(REPO_ROOT / "data" / "mini" / "imagenet"), type=PathArg("dir"))
+    p.add_argument("--images", type=COUNT, default=1920, help="training images of the one-epoch run")
     p.add_argument("--policies", nargs="+", default=["active-2", "passive-2", "threads-1", "auto"])
     p.add_argument("--competitor", choices=COMPETITORS, default="spin")
-    p.add_argument("--json", default=None, metavar="PATH")
+    p.add_argument("--json", default=None, metavar="PATH", type=PathArg("out_file"))
     args = p.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_threads_") as d:

@@ -13,9 +13,9 @@ transfer bundle's parts to export too. The format and the renames: :mod:`lewel_b
 """
 from __future__ import annotations
 
-import argparse
 import logging
 
+from lewel_bench.args import ArgumentParser, PathArg
 from lewel_bench.layouts import names as layout_names
 from lewel_bench.stage import cli_entry
 from lewel_bench.transfer import PARTS
@@ -24,10 +24,11 @@ from lewel_bench.transfer.detectron2 import convert
 
 @cli_entry("convert_to_detectron2")
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m tools.convert_to_detectron2", description=__doc__.split("\n")[0])
-    p.add_argument("input", help="backbone.pth, a full pretraining checkpoint, a torchvision ResNet state dict or a "
-                                 "published checkpoint (`make inspect CKPT=FILE` says what is in it)")
-    p.add_argument("output", help="detectron2 .pkl to write")
+    p = ArgumentParser(prog="python -m tools.convert_to_detectron2", description=__doc__.split("\n")[0])
+    p.add_argument("input", type=PathArg("file"),
+                   help="backbone.pth, a full pretraining checkpoint, a torchvision ResNet state dict or a published "
+                        "checkpoint (`make inspect CKPT=FILE` says what is in it)")
+    p.add_argument("output", type=PathArg("out_file"), help="detectron2 .pkl to write")
     p.add_argument("--ckpt-prefix", "--prefix", dest="ckpt_prefix", default=None, metavar="PREFIX",
                    help="the encoder to take: its key prefix in the input (default: the one its layout's authors "
                         "evaluate; `make inspect CKPT=FILE` lists them)")

@@ -12,9 +12,9 @@ format and its checks: :mod:`lewel_bench.transfer.mmseg`.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 
+from lewel_bench.args import ArgumentParser, CheckpointArg, PathArg, seed_arg
 from lewel_bench.layouts import names as layout_names
 from lewel_bench.stage import cli_entry
 from lewel_bench.transfer.mmseg import convert_to_mmseg
@@ -22,17 +22,18 @@ from lewel_bench.transfer.mmseg import convert_to_mmseg
 
 @cli_entry("convert_to_mmseg")
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m tools.convert_to_mmseg", description=__doc__.split("\n\n")[0])
-    p.add_argument("input", help="backbone.pth, full pretraining checkpoint, torchvision state dict, a published "
-                                 "checkpoint or random:<arch>")
-    p.add_argument("output", help="mmseg checkpoint to write (e.g. runs/EXP/backbone_mmseg.pth)")
+    p = ArgumentParser(prog="python -m tools.convert_to_mmseg", description=__doc__.split("\n\n")[0])
+    p.add_argument("input", type=CheckpointArg(),
+                   help="backbone.pth, full pretraining checkpoint, torchvision state dict, a published checkpoint "
+                        "or random:<arch>")
+    p.add_argument("output", type=PathArg("out_file"), help="mmseg checkpoint to write (e.g. runs/EXP/backbone_mmseg.pth)")
     p.add_argument("--ckpt-prefix", "--prefix", dest="ckpt_prefix", default=None, metavar="PREFIX",
                    help="the encoder to take: its key prefix in the input (default: the one its layout's authors "
                         "evaluate; `make inspect CKPT=FILE` lists them)")
     p.add_argument("--layout", default=None, choices=layout_names(), metavar="NAME",
                    help=f"the input's checkpoint layout when it matches several (one of {', '.join(layout_names())})")
     p.add_argument("--arch", default=None, help="resnet50, ... (default: from the checkpoint)")
-    p.add_argument("--seed", type=int, default=0, help="seed of a random:<arch> initialisation")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of a random:<arch> initialisation")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     convert_to_mmseg(args.input, args.output, prefix=args.ckpt_prefix, arch=args.arch, seed=args.seed,

@@ -6,20 +6,22 @@ complete build of the same source (then nothing is done). Pretrain on it with
 """
 from __future__ import annotations
 
-import argparse
 import logging
 
+from lewel_bench.args import ArgumentParser, PathArg
 from lewel_bench.data.in100 import LINK_MODES, build_in100
 from lewel_bench.data.layout import DataLayoutError
+from lewel_bench.stage import cli_entry
 from lewel_bench.utils import setup_logging
 
 log = logging.getLogger("tools.make_in100")
 
 
+@cli_entry("make_in100")
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m tools.make_in100", description=__doc__.split("\n\n")[0])
-    p.add_argument("--imagenet", required=True, help="ImageNet-1k root with <split>/<wnid>/*.JPEG")
-    p.add_argument("--out", required=True, help="output folder (new, empty, or a previous build)")
+    p = ArgumentParser(prog="python -m tools.make_in100", description=__doc__.split("\n\n")[0])
+    p.add_argument("--imagenet", required=True, type=PathArg("dir"), help="ImageNet-1k root with <split>/<wnid>/*.JPEG")
+    p.add_argument("--out", required=True, type=PathArg("out_dir"), help="output folder (new, empty, or a previous build)")
     p.add_argument("--splits", nargs="+", default=["train", "val"], help="splits to link (default: train val)")
     p.add_argument("--link", choices=LINK_MODES, default="symlink", help="link type (default: symlink)")
     args = p.parse_args(argv)

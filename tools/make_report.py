@@ -11,16 +11,17 @@ malformed run file, benchmark file or table) stops with one line naming the file
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+from lewel_bench.args import COUNT, ArgumentParser, Number, PathArg
 from lewel_bench.declare import DeclarationError, paper_of
 from lewel_bench.records import default_records_dir
 from lewel_bench.report import ReportError, delta_style  # noqa: F401 (this command's vocabulary)
 from lewel_bench.report import make_report as _make_report
+from lewel_bench.stage import cli_entry
 from lewel_bench.utils import REPO_ROOT, runs_dir
 
 log = logging.getLogger("tools.make_report")
@@ -65,20 +66,21 @@ def make_report(records_dir: Path, runs_root: Path, out_dir: Path, tables_dir: P
                         alignment_errors=errors or (), variants=variants(), cost_pairs=cost_pairs())
 
 
+@cli_entry("make_report")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.make_report", description=__doc__.split("\n\n")[0])
-    p.add_argument("--records", default=None, help="records folder (default results/records or "
+    p = ArgumentParser(prog="python -m tools.make_report", description=__doc__.split("\n\n")[0])
+    p.add_argument("--records", default=None, type=PathArg("dir"), help="records folder (default results/records or "
                                                    "$LEWEL_RESULTS_DIR/records)")
-    p.add_argument("--runs", default=None, help="runs folder (default runs/ or $LEWEL_RUNS_DIR)")
-    p.add_argument("--tables", default=None, help="a folder make tables wrote (default: regenerate the tables "
+    p.add_argument("--runs", default=None, type=PathArg("dir"), help="runs folder (default runs/ or $LEWEL_RUNS_DIR)")
+    p.add_argument("--tables", default=None, type=PathArg("dir"), help="a folder make tables wrote (default: regenerate the tables "
                                                   "from --records into a temporary folder)")
-    p.add_argument("--paper", default=None, help="paper data folder (default results/paper)")
-    p.add_argument("--out", default=str(REPORT_DIR), help="output folder (default results/report)")
-    p.add_argument("--bench", default=None, help="a benchmark's JSON file of cost ratios to show")
-    p.add_argument("--random-knn", type=float, default=None, metavar="VALUE",
+    p.add_argument("--paper", default=None, type=PathArg("dir"), help="paper data folder (default results/paper)")
+    p.add_argument("--out", default=str(REPORT_DIR), type=PathArg("out_dir"), help="output folder (default results/report)")
+    p.add_argument("--bench", default=None, type=PathArg("file"), help="a benchmark's JSON file of cost ratios to show")
+    p.add_argument("--random-knn", type=Number(float, 0, 100), default=None, metavar="VALUE",
                    help="random-init kNN top-1 for runs that no record (eval knn, method random, same data) gives one")
     p.add_argument("--no-align", action="store_true", help="leave out the alignment maps (they load each checkpoint)")
-    p.add_argument("--align-images", type=int, default=4, help="images per alignment figure (default 4)")
+    p.add_argument("--align-images", type=COUNT, default=4, help="images per alignment figure (default 4)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

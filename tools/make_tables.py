@@ -9,7 +9,6 @@ The tables are declared in ``results/paper/tables.yaml`` (and by evaluations); h
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -17,8 +16,10 @@ from pathlib import Path
 import pandas as pd
 
 from lewel_bench import tables as T
+from lewel_bench.args import ArgumentParser, PathArg
 from lewel_bench.records import default_records_dir
 from lewel_bench.tables import PaperFileError, read_paper_csv  # noqa: F401 (this command's vocabulary)
+from lewel_bench.stage import cli_entry
 from lewel_bench.tables.spec import TableSpec
 from lewel_bench.utils import REPO_ROOT
 
@@ -41,11 +42,12 @@ def make_tables(records_dir: Path, paper_dir: Path = PAPER_DIR, out_dir: Path = 
     return T.make_tables(Path(records_dir), Path(paper_dir), Path(out_dir), variants())
 
 
+@cli_entry("make_tables")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.make_tables", description=__doc__.split("\n\n")[0])
-    p.add_argument("--records", default=None, help="records folder (default results/records or $LEWEL_RESULTS_DIR/records)")
-    p.add_argument("--paper", default=str(PAPER_DIR), help="paper data folder (default results/paper)")
-    p.add_argument("--out", default=str(TABLES_DIR), help="output folder (default results/tables)")
+    p = ArgumentParser(prog="python -m tools.make_tables", description=__doc__.split("\n\n")[0])
+    p.add_argument("--records", default=None, type=PathArg("dir"), help="records folder (default results/records or $LEWEL_RESULTS_DIR/records)")
+    p.add_argument("--paper", default=str(PAPER_DIR), type=PathArg("dir"), help="paper data folder (default results/paper)")
+    p.add_argument("--out", default=str(TABLES_DIR), type=PathArg("out_dir"), help="output folder (default results/tables)")
     p.add_argument("--strict", action="store_true", help="exit 1 if any record is malformed or unmatched")
     p.add_argument("--print", action="store_true", help="print the Markdown rendering")
     args = p.parse_args(argv)

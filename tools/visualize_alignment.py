@@ -29,7 +29,6 @@ registry, so any checkpoint of ``make pretrain`` whose method has alignment maps
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import logging
@@ -40,7 +39,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lewel_bench.args import COUNT, ArgumentParser, Number, check_path, seed_arg
 from lewel_bench.errors import LewelError
+from lewel_bench.stage import cli_entry
 
 log = logging.getLogger("tools.visualize_alignment")
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -265,8 +266,7 @@ def pick_images(files: Sequence[Path], view_tf: Any, n: int, seed: int = 0, min_
     """Up to ``n`` images whose augmented view holds at least ``min_object`` of the object (see the module
     docstring), and the criterion in words. When fewer qualify among the candidates, the best-covered others
     fill the rows (their coverage is shown)."""
-    from PIL import Image
-
+    from lewel_bench.data import read_image
     from pretrain.augment import seeded
 
     if mode not in ("auto", "contrast", "centre"):
@@ -281,7 +281,7 @@ def pick_images(files: Sequence[Path], view_tf: Any, n: int, seed: int = 0, min_
         if len(good) >= n:
             break
         try:
-            img = Image.open(f).convert("RGB")
+            img = read_image(f)  # every image mode the suite's readers take (lewel_bench.data.read_image)
         except OSError as e:
             log.warning("%s: unreadable image skipped (%s)", f, e)
             continue
@@ -421,19 +421,20 @@ def draw(ckpt: str | Path, images: str | Path | None, out: str | Path, n_images:
     return out
 
 
+@cli_entry("visualize_alignment")
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m tools.visualize_alignment", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m tools.visualize_alignment", description=__doc__.split("\n\n")[0])
     p.add_argument("paths", nargs="+", metavar="CKPT [IMAGES] OUT",
                    help="full LEWEL pretraining checkpoint (runs/<exp>/checkpoint.pth), optionally an image file or "
                         "folder (searched recursively; default: the val split of the checkpoint's pretraining data), "
                         "and the output PNG")
-    p.add_argument("--num-images", type=int, default=4)
-    p.add_argument("--maps", type=int, default=4, help="alignment maps per image (the strongest)")
-    p.add_argument("--size", type=int, default=None, help="view size (default: the checkpoint's aug.size)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--min-object", type=float, default=0.8,
+    p.add_argument("--num-images", type=COUNT, default=4)
+    p.add_argument("--maps", type=COUNT, default=4, help="alignment maps per image (the strongest)")
+    p.add_argument("--size", type=COUNT, default=None, help="view size (default: the checkpoint's aug.size)")
+    p.add_argument("--seed", type=seed_arg, default=0)
+    p.add_argument("--min-object", type=Number(float, 0, 1, lo_open=True), default=0.8,
                    help="fraction of the object the view's crop must hold (default 0.8)")
-    p.add_argument("--tries", type=int, default=8, help="view draws per image to find such a crop")
+    p.add_argument("--tries", type=COUNT, default=8, help="view draws per image to find such a crop")
     p.add_argument("--object", choices=("auto", "contrast", "centre"), default="auto",
                    help="object estimate: the mini shapes' contrast foreground, the image centre, or auto (contrast "
                         "on the mini data, else centre)")
@@ -443,6 +444,10 @@ def main(argv: list[str] | None = None) -> None:
         p.error("give CKPT [IMAGES] OUT")
     ckpt, out = args.paths[0], args.paths[-1]
     images = args.paths[1] if len(args.paths) == 3 else None
+    check_path(ckpt, "file", "CKPT")
+    if images is not None and not Path(images).is_dir():
+        check_path(images, "file", "IMAGES")
+    check_path(out, "out_file", "OUT")
     try:
         draw(ckpt, images, out, args.num_images, args.maps, args.seed, args.size, args.min_object, args.tries,
              args.object)

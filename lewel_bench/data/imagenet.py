@@ -39,11 +39,63 @@ class BadImageError(LewelError, OSError):
     """An image file is empty, truncated or not an image; the message names it."""
 
 
+#: Modes with an alpha band: the colour bands are the image (alpha dropped, as torchvision's and OpenCV's readers do).
+_ALPHA = {"RGBA": "RGB", "RGBa": "RGB", "LA": "L", "La": "L", "PA": "RGB"}
+#: Modes PIL converts to RGB itself, correctly: grayscale, 1-bit, CMYK (JPEG's inverted CMYK included), YCbCr.
+_DIRECT = ("L", "1", "CMYK", "YCbCr", "RGBX")
+
+
+def _high_depth_to_rgb(im: Image.Image, path: str | Path) -> Image.Image:
+    """A 16-bit / 32-bit integer or float grayscale image scaled to 8 bits by its depth (``I;16*``: 65535 is white;
+    ``I`` / ``F``: by the range the values are in: 0..1 (``F``), 0..255, 0..65535), never clipped to white."""
+    import numpy as np
+
+    a = np.asarray(im)
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise BadImageError(f"image {path}: mode {im.mode} with NaN or inf pixels")
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if im.mode.startswith("I;16"):
+        full = 65535.0
+    else:
+        full = next((f for f in ((1.0,) if im.mode == "F" else ()) + (255.0, 65535.0) if hi <= f), None)
+    if lo < 0 or full is None:
+        raise BadImageError(f"image {path}: mode {im.mode} with values {lo:g}..{hi:g}: no known range to read it as "
+                            f"8-bit RGB (expected 0..255 or 0..65535); convert it to an 8-bit RGB image")
+    out = np.clip(np.rint(a.astype(np.float64) * (255.0 / full)), 0, 255).astype(np.uint8)
+    return Image.fromarray(out, "L").convert("RGB")
+
+
+def to_rgb(im: Image.Image, path: str | Path) -> Image.Image:
+    """``im`` as an 8-bit RGB image, for every mode real datasets hold (see :func:`read_image`); another mode is a
+    :class:`BadImageError` naming the file and the mode."""
+    mode = im.mode
+    if mode == "RGB":
+        return im.convert("RGB")  # a copy detached from the file
+    if mode in _DIRECT:
+        return im.convert("RGB")
+    if mode == "P":  # palette: its colours (a transparent index keeps its colour, as the alpha modes)
+        return im.convert("RGBA").convert("RGB") if "transparency" in im.info else im.convert("RGB")
+    if mode in _ALPHA:
+        return (im.convert("RGBA") if mode in ("PA", "RGBa", "La") else im).convert(_ALPHA[mode]).convert("RGB")
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return _high_depth_to_rgb(im, path)
+    raise BadImageError(f"image {path}: mode {mode} cannot be read as RGB (expected RGB, grayscale, palette, CMYK, "
+                        f"an alpha variant of these, or 16-bit grayscale); convert it to an RGB image")
+
+
 def read_image(path: str | Path) -> Image.Image:
-    """The RGB image at ``path``, fully decoded; :class:`BadImageError` naming the file if it cannot be."""
+    """The RGB image at ``path``, fully decoded; :class:`BadImageError` naming the file if it cannot be.
+
+    Every mode real datasets hold is converted to 8-bit RGB (:func:`to_rgb`): grayscale (``L``, ``1``), palette
+    (``P``), ``CMYK``, ``YCbCr``, the alpha modes (``RGBA``, ``LA``, ``PA``: the colour bands, alpha dropped),
+    16-bit grayscale (``I;16``: scaled by 65535, never clipped to a white image) and 32-bit ``I`` / ``F``
+    (scaled by the range their values are in); any other mode is refused naming the file.
+    """
     try:
         with open(path, "rb") as f, Image.open(f) as im:
-            return im.convert("RGB")
+            return to_rgb(im, path)
+    except BadImageError:
+        raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         size = os.path.getsize(path) if os.path.exists(path) else None
         what = "empty (0 bytes)" if size == 0 else f"unreadable ({type(e).__name__}: {e})"

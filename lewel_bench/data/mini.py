@@ -35,7 +35,14 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from lewel_bench.errors import LewelError
 from lewel_bench.io import atomic_write_json
+
+from .layout import DataError
+
+
+class ForeignFolderError(LewelError, FileExistsError):
+    """The output folder of the generator holds files it did not make."""
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +390,7 @@ def write_imagenet(root: Path, seed: int, train_per_class: int, val_per_class: i
                    workers: int = 1) -> None:
     """ImageNet folder layout plus SimCLR-style class-balanced 1% / 10% subset files."""
     if train_per_class % 100 != 0:
-        raise ValueError(f"imagenet_train_per_class={train_per_class}: must be a multiple of 100 so the "
+        raise DataError(f"imagenet_train_per_class={train_per_class}: must be a multiple of 100 so the "
                          "1% subset is exactly 1% and class-balanced")
     n_cls = len(SHAPE_CLASSES)
     for split, per_class, stream in (("train", train_per_class, "imagenet_train"),
@@ -505,17 +512,24 @@ def write_coco(root: Path, seed: int, n_train: int, n_val: int, det: dict[str, i
 # Entry point
 # ----------------------------------------------------------------------------------------------
 def resolve_sizes(**sizes: int) -> dict[str, int]:
-    """DEFAULT_SIZES updated with ``sizes``; unknown keys -> ValueError listing the valid ones."""
+    """DEFAULT_SIZES updated with ``sizes``, checked before anything is written (a :class:`DataError` naming the
+    key: unknown keys, negative counts, ``imagenet_train_per_class`` not a multiple of 100, detection sizes)."""
     unknown = sorted(set(sizes) - set(DEFAULT_SIZES))
     if unknown:
-        raise ValueError(f"unknown mini-data size key(s) {unknown}; valid: {sorted(DEFAULT_SIZES)}")
+        raise DataError(f"unknown mini-data size key(s) {unknown}; valid: {sorted(DEFAULT_SIZES)}")
     out = dict(DEFAULT_SIZES)
     out.update({k: int(v) for k, v in sizes.items()})
+    negative = [f"{k}={v}" for k, v in out.items() if v < 0]
+    if negative:
+        raise DataError(f"mini-data sizes must be >= 0, got {', '.join(negative)}")
+    if out["imagenet_train_per_class"] % 100 != 0:
+        raise DataError(f"imagenet_train_per_class={out['imagenet_train_per_class']}: must be a multiple of 100 so the "
+                        "1% subset is exactly 1% and class-balanced")
     if out["det_min_size"] < 64 or out["det_max_size"] < out["det_min_size"]:
-        raise ValueError(f"det_min_size/det_max_size: need 64 <= min <= max, got {out['det_min_size']}/"
-                         f"{out['det_max_size']}")
+        raise DataError(f"det_min_size/det_max_size: need 64 <= min <= max, got {out['det_min_size']}/"
+                        f"{out['det_max_size']}")
     if out["max_objects"] < 1:
-        raise ValueError(f"max_objects must be >= 1, got {out['max_objects']}")
+        raise DataError(f"max_objects must be >= 1, got {out['max_objects']}")
     return out
 
 
@@ -548,7 +562,7 @@ def generate_mini(out: Path | str, seed: int = 0, force: bool = False, workers: 
     foreign = sorted(p.name for p in out.iterdir() if p.name not in _OWNED + (".complete", ".generating")) \
         if out.is_dir() else []
     if foreign:
-        raise FileExistsError(f"{out}: not made by generate_mini (it holds {foreign[:5]}, expected only "
+        raise ForeignFolderError(f"{out}: not made by generate_mini (it holds {foreign[:5]}, expected only "
                               f"{list(_OWNED)}); choose an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
     started.write_text(json.dumps({"seed": seed, "sizes": sz}))

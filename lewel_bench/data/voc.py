@@ -153,3 +153,48 @@ def voc_segmentation_pairs(root: str | Path, year: int | str, split: str,
     if not out:
         raise DataLayoutError(f"VOC{year} list '{d / 'ImageSets' / 'Segmentation' / f'{split}.txt'}' is empty")
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# segmentation masks
+# --------------------------------------------------------------------------------------------------
+def mask_array(raw: Any, path: str | Path, image_hw: tuple[int, int] | None = None,
+               image_path: str | Path | None = None) -> np.ndarray:
+    """A decoded segmentation mask (``raw``: as read, unchanged) as a 2-D ``uint8`` array of class indices.
+
+    Refused (:class:`DataError` naming the file): an undecodable mask, a colour mask (3 or 4 channels: the class
+    indices are one channel, a palette or grayscale PNG), values that do not fit 0..255 (a 16-bit mask would wrap
+    around), a size that is not the image's (``image_hw``: its height and width)."""
+    if raw is None:
+        raise DataError(f"mask {path} cannot be decoded (not an image)")
+    a = np.asarray(raw)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim != 2:
+        what = f"{a.shape[2]} channels (a colour mask?)" if a.ndim == 3 else f"shape {tuple(a.shape)}"
+        raise DataError(f"mask {path} has {what}; expected one channel of class indices (a palette or grayscale PNG)")
+    if a.dtype != np.uint8:
+        if a.dtype.kind not in "iub":
+            raise DataError(f"mask {path} holds {a.dtype} values; expected integer class indices")
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or hi > 255:
+            raise DataError(f"mask {path} holds labels {lo}..{hi} ({a.dtype}); class indices are 0..255 "
+                            f"(255 = ignore)")
+        a = a.astype(np.uint8)
+    if image_hw is not None and tuple(a.shape) != tuple(int(x) for x in image_hw[:2]):
+        (h, w), (ih, iw) = a.shape, image_hw[:2]
+        raise DataError(f"mask {path} is {w}x{h} but its image {image_path or ''} is {iw}x{ih} (width x height); a "
+                        f"mask has its image's size")
+    return a
+
+
+def check_mask_labels(mask: np.ndarray, path: str | Path, num_classes: int, ignore_index: int = 255,
+                      note: str = "") -> None:
+    """Every label of ``mask`` (2-D ``uint8``) is a class (0..``num_classes``-1) or ``ignore_index``, else a
+    :class:`DataError` naming the file and the labels (``note``: how they were read, e.g. reduce_zero_label)."""
+    counts = np.bincount(mask.ravel(), minlength=256)
+    bad = [int(v) for v in np.flatnonzero(counts) if v >= num_classes and v != ignore_index]
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (f" ... ({len(bad)} labels)" if len(bad) > 10 else "")
+        raise DataError(f"mask {path}: labels {shown} are outside 0..{num_classes - 1} and {ignore_index} (ignore)"
+                        f"{note}; the config has {num_classes} classes")

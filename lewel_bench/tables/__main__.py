@@ -2,17 +2,19 @@
 evaluation (its module, protocols, metrics, primary metric, chain steps) and the tables it feeds."""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from ..args import ArgumentParser, PathArg
 from ..declare import evaluations
+from ..stage import cli_entry
 from .spec import table_specs
 
 
+@cli_entry("lewel_bench.tables")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lewel_bench.tables", description=__doc__.split(":")[1].strip())
-    p.add_argument("--paper", default=None, help="the folder of tables.yaml (then: the tables each one feeds)")
+    p = ArgumentParser(prog="python -m lewel_bench.tables", description=__doc__.split(":")[1].strip())
+    p.add_argument("--paper", default=None, type=PathArg("dir"), help="the folder of tables.yaml (then: the tables each one feeds)")
     args = p.parse_args(argv)
     specs = table_specs(Path(args.paper)) if args.paper else []
     for ev in evaluations().values():

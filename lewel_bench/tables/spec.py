@@ -141,15 +141,15 @@ def table_from(doc: Any, where: str, folder: Path, evals: Mapping[str, Evaluatio
 
 def load_specs(path: Path, evals: Mapping[str, Evaluation] | None = None) -> list[TableSpec]:
     """The tables a ``tables.yaml`` declares, in its order."""
-    import yaml
+    from ..config import ConfigError, load_yaml_text
 
     path = Path(path)
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = load_yaml_text(path.read_text(encoding="utf-8"), str(path))  # line numbers, a key given twice refused
     except OSError as e:
         raise PaperFileError(f"{path}: cannot be read ({e.strerror or e})") from None
-    except yaml.YAMLError as e:
-        raise PaperFileError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except ConfigError as e:
+        raise PaperFileError(str(e)) from None
     if not isinstance(doc, Mapping) or not isinstance(doc.get("tables"), list):
         raise PaperFileError(f"{path}: expected a mapping with a 'tables' list")
     return [table_from(t, f"{path}: tables[{i}]", path.parent, evals) for i, t in enumerate(doc["tables"])]
