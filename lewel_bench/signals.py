@@ -12,8 +12,8 @@ Outside the loop (set-up, writing the outputs) the handler stops at once (:meth:
 nothing is half-written, because every file goes through :mod:`lewel_bench.io`. A second Ctrl-C during
 the loop stops at once too, without waiting for the step. Under DDP every process must stop at the same
 step: :meth:`StopRequest.agree` (or the loop's own reduction of the loss, which carries the flag) tells
-all of them whether any was asked. A forked loader worker inherits the handler and leaves the decision to
-its main process.
+all of them whether any was asked. A forked loader worker inherits the handler and ignores the signals: its
+main process decides, and its loader ends the workers.
 """
 from __future__ import annotations
 
@@ -88,9 +88,10 @@ class StopRequest:
             self._deferred = False
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if os.getpid() != self._pid:  # a forked loader worker: its main process decides
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt  # what a worker does by default (torch's worker loop ends quietly)
+        if os.getpid() != self._pid:
+            # A forked loader worker: its main process decides. A terminal's Ctrl-C reaches the whole process
+            # group; a worker that ended on it would leave the main process's next batch unreadable before
+            # the step could be saved. The loader ends its workers when the main process stops.
             return
         if self.stopping:
             return  # already on its way out

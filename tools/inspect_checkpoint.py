@@ -15,9 +15,9 @@ evaluate, and the code its key names come from. The logic: :func:`lewel_bench.ch
 """
 from __future__ import annotations
 
-import argparse
 import logging
 
+from lewel_bench.args import ArgumentParser, PathArg
 from lewel_bench.checkpoint import describe_checkpoint
 from lewel_bench.layouts import LAYOUTS
 from lewel_bench.layouts import names as layout_names
@@ -38,8 +38,8 @@ def layout_table() -> list[str]:
 
 @cli_entry("inspect_checkpoint")
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m tools.inspect_checkpoint", description=__doc__.split("\n")[0])
-    p.add_argument("file", nargs="?", help="any checkpoint file (.pth, .pth.tar, .torch, .ckpt, detectron2 .pkl)")
+    p = ArgumentParser(prog="python -m tools.inspect_checkpoint", description=__doc__.split("\n")[0])
+    p.add_argument("file", nargs="?", type=PathArg("file"), help="any checkpoint file (.pth, .pth.tar, .torch, .ckpt, detectron2 .pkl)")
     p.add_argument("--ckpt-prefix", default=None, metavar="PREFIX", help="show what an evaluation takes with it")
     p.add_argument("--layout", default=None, choices=layout_names(), metavar="NAME",
                    help="show what an evaluation takes with it")
