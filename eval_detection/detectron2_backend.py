@@ -229,7 +229,10 @@ def _rcnn_model(m: dict, arch: str) -> dict[str, Any]:
            "MODEL.RPN.BATCH_SIZE_PER_IMAGE": m["rpn_batch_per_image"],
            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": m["roi_batch_per_image"],
            "MODEL.ROI_HEADS.SCORE_THRESH_TEST": m["box_score_thresh"],
-           "MODEL.ROI_HEADS.NMS_THRESH_TEST": m["box_nms_thresh"]}
+           "MODEL.ROI_HEADS.NMS_THRESH_TEST": m["box_nms_thresh"],
+           # box regression, RPN and box head: smooth-L1 with this beta (0: L1, detectron2's default)
+           "MODEL.RPN.SMOOTH_L1_BETA": float(m["smooth_l1_beta"]),
+           "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA": float(m["smooth_l1_beta"])}
     if fpn:
         out["MODEL.FPN.NORM"] = _FPN_NORMS[m["fpn_norm"]]
     else:

@@ -56,7 +56,7 @@ UNUSED_MODEL_KEYS: dict[str, tuple[str, ...]] = {
     "c4": ("fpn_anchor_sizes", "fpn_norm", *_RPN_FPN, *_RETINANET),
     "fpn": ("anchor_sizes", "pooler_resolution", *_RPN_C4, *_RETINANET),
     "retinanet": ("anchor_sizes", "fpn_anchor_sizes", "pooler_resolution", "rpn_batch_per_image",
-                  "roi_batch_per_image", *_RPN_C4, *_RPN_FPN),
+                  "roi_batch_per_image", "smooth_l1_beta", *_RPN_C4, *_RPN_FPN),
 }
 
 

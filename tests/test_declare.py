@@ -178,8 +178,13 @@ def _make_n(*args: str, env: dict | None = None) -> tuple[list[str], str]:
     return r.stdout.splitlines(), r.stderr
 
 
+def _unquoted(lines: list[str]) -> list[str]:
+    """make's recipes quote every path; the assertions read the words."""
+    return [ln.replace('"', "").replace("'", "") for ln in lines]
+
+
 def test_make_n_all_mcl_shows_mcls_protocols_in_order() -> None:
-    lines, _ = _make_n("all", "EXP=mcl")
+    lines = _unquoted(_make_n("all", "EXP=mcl")[0])
     evals = [ln for ln in lines if re.search(r"-- eval_", ln)]
     configs = [re.search(r"--config (\S+)", ln).group(1) for ln in evals]
     assert configs == ["mini_coco_retinanet_1x", "mini_coco_retinanet_2x", "mini_coco_retinanet_6x",
@@ -189,7 +194,7 @@ def test_make_n_all_mcl_shows_mcls_protocols_in_order() -> None:
     assert "real data: config mcl_sgd" in says[-1] and "real data: config coco_retinanet_6x" in says[2]
     assert not any(re.search(r"eval_semisup|eval_segmentation|eval_knn", ln) for ln in lines)
     # with real data: the real configs, MCL's C4 size, its linear recipe; on SLURM each waits for pretraining
-    lines, _ = _make_n("all", "EXP=mcl", "DATA=/in1k", "COCO_DATA=/coco", "LAUNCHER=slurm", "PARTITION=p")
+    lines = _unquoted(_make_n("all", "EXP=mcl", "DATA=/in1k", "COCO_DATA=/coco", "LAUNCHER=slurm", "PARTITION=p")[0])
     evals = [ln for ln in lines if re.search(r"-- eval_", ln)]
     assert [re.search(r"--config (\S+)", ln).group(1) for ln in evals][-3:] == ["coco_c4_1x", "coco_c4_2x", "mcl_sgd"]
     assert all("--data /coco" in ln for ln in evals[:5]) and "--data /in1k" in evals[5]

@@ -804,7 +804,10 @@ RCNN = {
     "model.roi_batch_per_image": ("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", lambda c: c["model"]["roi_batch_per_image"], 128),
     "model.box_score_thresh": ("MODEL.ROI_HEADS.SCORE_THRESH_TEST", lambda c: c["model"]["box_score_thresh"], 0.1),
     "model.box_nms_thresh": ("MODEL.ROI_HEADS.NMS_THRESH_TEST", lambda c: c["model"]["box_nms_thresh"], 0.6),
+    "model.smooth_l1_beta": ("MODEL.RPN.SMOOTH_L1_BETA", lambda c: c["model"]["smooth_l1_beta"], 0.5),
 }
+#: detectron2 keys set from the same protocol key as the one above (checked beside it)
+RCNN_ALSO = {"model.smooth_l1_beta": ("MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", lambda c: c["model"]["smooth_l1_beta"])}
 BY_ARCH: dict[str, dict[str, tuple[str, Callable[[dict], Any], Any]]] = {
     "c4": {**RCNN,
            "model.anchor_sizes": ("MODEL.ANCHOR_GENERATOR.SIZES", lambda c: [c["model"]["anchor_sizes"]], [64, 128]),
@@ -855,7 +858,8 @@ D2_DEFAULTS = {"INPUT.MIN_SIZE_TRAIN_SAMPLING": "choice", "INPUT.MAX_SIZE_TRAIN"
                "TEST.DETECTIONS_PER_IMAGE": 100, "TEST.PRECISE_BN.NUM_ITER": 200, "SOLVER.MOMENTUM": 0.9,
                "SOLVER.WEIGHT_DECAY": 1e-4, "SOLVER.WEIGHT_DECAY_NORM": 0.0, "SOLVER.WEIGHT_DECAY_BIAS": 1e-4,
                "SOLVER.GAMMA": 0.1, "SOLVER.WARMUP_FACTOR": 0.001, "SOLVER.WARMUP_ITERS": 1000,
-               "SOLVER.WARMUP_METHOD": "linear"}
+               "SOLVER.WARMUP_METHOD": "linear", "SOLVER.AMP.ENABLED": False, "MODEL.RPN.SMOOTH_L1_BETA": 0.0,
+               "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA": 0.0}
 #: what binds the protocol to one run, or is not a result setting (the checkpoint period, the log period)
 RUN_KEYS = {"MODEL.WEIGHTS", "OUTPUT_DIR", "SEED", "MODEL.ROI_HEADS.NUM_CLASSES", "MODEL.RETINANET.NUM_CLASSES",
             "MODEL.DEVICE", "MODEL.RESNETS.NORM", "MODEL.FPN.NORM", "MODEL.ROI_BOX_HEAD.NORM", "MODEL.ROI_MASK_HEAD.NORM",
@@ -905,6 +909,9 @@ def test_every_key_of_the_protocol_config_reaches_detectron2_or_is_declared(name
         if key in ("amp", "num_workers") and cfg[key] == "auto":
             continue  # auto: the detectron2 file's choice (fp32, its workers), not set
         assert _close(_get(built, d2_key), value(cfg)), (name, key, d2_key, _get(built, d2_key), value(cfg))
+    if arch != "retinanet":
+        for key, (d2_key, value) in RCNN_ALSO.items():
+            assert _close(_get(built, d2_key), value(cfg)), (name, key, d2_key, _get(built, d2_key), value(cfg))
     d = cfg["data"]
     train, test = ("coco_2017_train",), ("coco_2017_val",)
     if d["format"] == "voc":

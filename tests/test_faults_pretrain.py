@@ -120,7 +120,7 @@ def test_every_split_the_run_reads_is_checked_before_its_first_step(data: Path, 
     assert sorted(_losses(out)) == list(range(1, 7))
     # the records folder the run writes into at its end: a file in its place is refused before training
     (tmp_path / "rec_file").write_text("not a folder")
-    with pytest.raises(SystemExit, match=r"records folder \(--records-dir\) .*rec_file is a file"):
+    with pytest.raises(SystemExit, match=r"--records-dir: .*rec_file: is a file, expected a folder"):
         main(["byol_mini", "--data", str(root), "--out", str(tmp_path / "o2"), *TINY, "knn.every=0",
               "--records-dir", str(tmp_path / "rec_file")])
     assert not (tmp_path / "o2").exists()
@@ -234,7 +234,7 @@ def test_a_second_run_into_a_held_folder_is_refused_and_kill_9_releases_it(data:
         _wait(first, out, 2)
         first.send_signal(signal.SIGSTOP)  # paused (holding the folder) while the second one starts
         second = subprocess.run(_cmd(data, out), cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-        assert second.returncode == 1, second.stderr[-2000:]
+        assert second.returncode == 2, second.stderr[-2000:]
         err = second.stderr.strip().splitlines()[-1]
         assert err.startswith("pretrain: ") and f"{out} is in use by another run (pid {first.pid} on " \
             f"{socket.gethostname()} since " in err, err

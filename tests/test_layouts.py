@@ -766,7 +766,7 @@ def _make_n(*args: str) -> str:
 def test_make_passes_ckpt_prefix_and_layout(target: str, stage: str) -> None:
     out = _make_n(target, "CKPT=/w/moco.pth", "CKPT_PREFIX=state_dict.module.encoder_k.", "CKPT_LAYOUT=moco")
     (line,) = [ln for ln in out.splitlines() if f" {stage} " in ln]
-    assert "--ckpt-prefix state_dict.module.encoder_k. --layout moco" in line, line
+    assert "--ckpt-prefix 'state_dict.module.encoder_k.' --layout 'moco'" in line, line
     assert "--ckpt-prefix" not in _make_n(target, "CKPT=/w/moco.pth")
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from helpers import make_imagenet, records_in
 
+from eval_detection.declaration import PROTOCOL_VERSION as DETECTION_VERSION
 from lewel_bench.records import make_record, write_record
 from lewel_bench.utils import REPO_ROOT
 from tools import make_tables as mt
@@ -90,7 +91,7 @@ def test_the_papers_own_overrides_fill_its_rows_and_no_other(tmp_path: Path) -> 
 @pytest.mark.parametrize("change, reason", [
     ({"schema": 2}, "record schema 2: this code reads schema 1..1"),
     ({"schema": "one"}, "record schema 'one'"),
-    ({"protocol_version": 99}, "protocol version 99 of eval 'voc_det': this code's is 1"),
+    ({"protocol_version": 99}, f"protocol version 99 of eval 'voc_det': this code's is {DETECTION_VERSION}"),
     ({"row": "not a row!"}, "row 'not a row!': expected <method>[_<N>ep]"),
 ])
 def test_records_of_another_schema_or_version_are_listed_never_averaged(tmp_path: Path, change, reason) -> None:
