@@ -14,6 +14,7 @@ MINI       ?= data/mini
 MINI_STAMP := $(MINI)/.complete
 SEED       ?= 0
 
+##@ Evaluations | CKPT (default runs/EXP/backbone.pth; a published checkpoint, random:<arch>, supervised:<file>), EXP, DATA (empty: the mini data), OUT, ARGS, ROW (the paper row a published checkpoint fills)
 # What every stage target takes: EXP (experiment), DATA (a real dataset root; empty = the mini data),
 # OUT (the output folder of the stage the target runs), CKPT (the checkpoint an evaluation reads; default
 # $(RUNS)/$(EXP)/backbone.pth), ARGS (key=value config overrides of that stage). RUNS: where runs go
@@ -45,8 +46,11 @@ export PYTHONUNBUFFERED := 1
 export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD := 1
 
 .PHONY: help venv data test clean-venv
+##@ Set-up | VENV (.venv), MINI (data/mini), SEED (the mini data's), PYTHON_SYS
+# `make help`: every target under its group (`##@ Group | variables` lines beside the targets, mk/help.awk).
+HELP_ORDER := Set-up Pretraining Evaluations Checkpoints Chains Tables Benchmarks Where
 help:
-	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed -e 's/:.*## /\t/' -e 's/\$$(EXP)/<EXP>/g' | sort
+	@awk -v order='$(HELP_ORDER)' -f mk/help.awk $(MAKEFILE_LIST)
 
 # The stamp is named by the checksum of requirements.txt and pyproject.toml, so the venv is rebuilt when their
 # CONTENT changes, never because a checkout made them newer. A rebuild goes into $(VENV).new and replaces $(VENV)

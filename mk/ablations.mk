@@ -1,3 +1,4 @@
+##@ Chains | ABLATIONS, SWEEPS, ABLATION_PAPER, ABLATION_LINEAR_ARGS, ABLATION_SEG_ARGS (make ablations / ablations-fig3)
 # LEWEL's ablations (Sec. 4.4): every ImageNet-100 run of Tables 5-7 -> linear probe + VOC12 segmentation ->
 # the tables (results/tables/table5_components.csv, table6_heads.csv, table7_num_aligned.csv).
 #   make ablations DATA=/path/in100 VOC_DATA=/path/VOCdevkit   the paper's runs (IN-100 from `make in100`)

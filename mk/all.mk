@@ -1,3 +1,4 @@
+##@ Chains | EXP, DATA, VOC_DATA, COCO_DATA, OUT and ARGS (pretraining's), CHAIN_EVALS, CHAIN_DEMO, CHAIN_DIR, CHAIN_CPU_ARGS, LAUNCHER=slurm (make all); DEMO_EXP, DEMO_EVALS, DEMO_FIGURES (make demo)
 # The whole pipeline for one experiment: pretrain -> converters -> every evaluation -> tables.
 #   make all EXP=lewel_b                       locally, one stage after the other
 #   make all EXP=lewel_b LAUNCHER=slurm LAUNCH_CONFIG=launch/slurm.yaml
@@ -76,6 +77,7 @@ all: chain-check ## pretrain EXP, convert, its paper's evaluations (CHAIN_EVALS)
 	@if [ "$(LAUNCHER)" = slurm ]; then echo "== submitted; job ids in $(CHAIN_DIR)/:"; \
 	  for f in "$(CHAIN_DIR)"/*.id; do echo "   $$(basename $$f .id): $$(paste -sd' ' $$f)"; done; fi
 
+##@ Checkpoints
 # The transfer stages' input formats, written next to the backbone (<folder of CKPT>/backbone_{d2.pkl,mmseg.pth}).
 CONVERT_IN  = $(or $(CKPT),$(RUNS)/$(EXP)/backbone.pth)
 CONVERT_DIR = $(patsubst %/,%,$(dir $(CONVERT_IN)))
@@ -83,6 +85,7 @@ convert: $(STAMP) ## convert CKPT (default runs/EXP/backbone.pth) for detectron2
 	$(RUN) tools.convert_to_detectron2 "$(CONVERT_IN)" "$(CONVERT_DIR)/backbone_d2.pkl" $(CKPT_FLAGS)
 	$(RUN) tools.convert_to_mmseg "$(CONVERT_IN)" "$(CONVERT_DIR)/backbone_mmseg.pth" $(CKPT_FLAGS)
 
+##@ Chains
 # make demo: the whole chain on data/mini from a fresh clone (target: at most 30 minutes on 2 cores).
 # DEMO_EXP=cgh: CGH's chain; each method's chain without its `paper.demo_skip` steps, and its figures: the loss / kNN
 # curves, and the alignment maps when its method has them (LEWEL).

@@ -1,3 +1,4 @@
+##@ Evaluations | VOC_DATA, COCO_DATA, ARCH, SCHED, TRANSFER, SEEDS, BACKEND, MAX_SIZE_TRAIN, DET_VOC_CFG, DET_COCO_CFG
 # Detection transfer: Table 3 (VOC07+12 Faster R-CNN R50-C4), Table 4/8 (COCO Mask R-CNN) and MCL's Tables 11/12.
 #   make eval-voc-det EXP=lewel_b                         Faster R-CNN R50-C4 + extra BN, VOC07+12 -> VOC07 test
 #   make eval-coco    EXP=lewel_b ARCH=c4 SCHED=1x|2x     Mask R-CNN R50-C4 (+ extra BN), 1x / 2x

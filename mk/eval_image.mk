@@ -1,3 +1,4 @@
+##@ Evaluations | PCT, SUBSET, LINEAR_FEATURE, LINEAR_CFG, SEMISUP_CFG, KNN_CFG
 # Image-level evaluations: linear probe, semi-supervised 1% / 10% fine-tuning, kNN.
 #   make eval-linear  EXP=lewel_m                 linear probe of runs/lewel_m/backbone.pth
 #   make eval-semisup EXP=lewel_m PCT=1           (or PCT=10) fine-tuning on the 1% / 10% split

@@ -1,3 +1,4 @@
+##@ Evaluations | SEG_CFG, LRS, SEG_LR_KEY
 # Segmentation transfer: mmsegmentation FCN-R50-D8 on VOC12 train + aug through mmseg's Runner.
 #   make eval-voc-seg EXP=lewel_b                        FCN on the mini VOC data (DATA empty)
 #   make eval-voc-seg EXP=lewel_b DATA=/data/VOCdevkit   the paper protocol (VOC2012 + SegmentationClassAug)

@@ -1,3 +1,4 @@
+##@ Set-up | IMAGENET (an ImageNet-1k root), OUT (the new ImageNet-100 folder), ARGS
 # ImageNet-100 (the 100 CMC classes of the LEWEL ablations, Sec. 4.4) as symlinks into an ImageNet-1k root.
 #   make in100 IMAGENET=/path/imagenet OUT=/path/imagenet100     then: make pretrain EXP=lewel_b_in100 DATA=/path/imagenet100
 # OUT must be new, empty or a previous build of the same source (a no-op); the class list is

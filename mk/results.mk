@@ -1,3 +1,4 @@
+##@ Tables and report | STRICT, TABLES_ARGS, REPORT_DIR, REPORT_ARGS, BENCH, FIGURES_DIR, ALIGN_CKPT, ALIGN_IMAGES, ALIGN_ARGS, TB_PORT, RUNS
 # Results: the paper's tables from results/records/, figures, and the report page.
 #   make tables                       results/tables/*.csv + README.md (STRICT=1: fail on unmatched records)
 #   make report                       results/report/index.html: tables, run index, curves, alignment maps, costs

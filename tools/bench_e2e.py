@@ -16,7 +16,8 @@ milliseconds per step and the peak device memory, then the end-to-end ratios LEW
 LEWEL_M / MoCo v2 of the same run. The goal: loader wait under 5 % of the step (the loader never starves
 the model) and, where both are loader-bound, LEWEL_B / BYOL within the paper's 1.044 (Table 9).
 Synthetic images (``--synthetic N``) are ImageNet-sized quality-90 JPEGs (``tools.bench_loader``), so
-decoding costs what it costs on ImageNet. ``--json FILE`` writes the rows and ratios (``make report BENCH=``).
+decoding costs what it costs on ImageNet. ``--json FILE`` writes the rows and ratios (``make report BENCH=``), ``--bench-record DIR`` a benchmark
+record (``docs/benchmarks.md``).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lewel_bench.args import COUNT, NON_NEGATIVE, ArgumentParser, PathArg
+from lewel_bench.benchmarks import Table, add_record_args, record_from_args
 from lewel_bench.config import load_config
 from lewel_bench.io import atomic_write_json
 from lewel_bench.stage import cli_entry
@@ -157,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", type=PathArg("out_file"), default=None, help="also write the rows and ratios to this JSON file")
+    add_record_args(p)
     args = p.parse_args(argv)
     if args.methods is None:
         args.methods = list(dict.fromkeys(m for a, b, _ in pairs() for m in (b, a)))
@@ -189,6 +192,18 @@ def main(argv: list[str] | None = None) -> None:
     names = ", ".join(f"{r['method']} (aug.batched {str(r['batched']).lower()})" for r in starved)
     print(f"\nloader wait over 5 % of the wall time: {names}" if starved
           else "\nloader wait under 5 % of the wall time in every run")
+    cols = ["method", "aug.batched", "workers", "images/s", "loader wait", "device busy", "step ms", "wait ms",
+            "peak GiB"]
+    tables = [Table(f"end to end: {args.arch}, {args.size} px, batch {args.batch}, {args.iters} steps after "
+                    f"{args.warmup}, {'synthetic ImageNet-sized JPEGs' if args.data is None else 'a data root'}", cols,
+                    [[r["method"], str(r["batched"]).lower(), r["workers"], r["images_per_s"],
+                      f"{100 * r['loader_wait_share']:.1f} %", f"{100 * r['device_busy_share']:.1f} %", r["step_ms"],
+                      r["wait_ms"], r["peak_memory_gib"]] for r in rows])]
+    if rat:
+        tables.append(Table("ratios", ["ratio", "aug.batched", "time per image", "paper (Table 9)"],
+                            [[r["ratio"], str(r["batched"]).lower(), r["time"], r["paper"]] for r in rat]))
+    record_from_args(args, tool="tools.bench_e2e", argv=argv, tables=tables,
+                     device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
     if args.json:
         atomic_write_json(args.json, {"setup": {"device": name, "arch": args.arch, "size": args.size,
                                                 "batch": args.batch, "iters": args.iters}, "rows": rows, "ratios": rat})

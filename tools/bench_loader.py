@@ -11,6 +11,7 @@ the config ``--aug``, ``EpochBatchSampler``, pinned memory when CUDA is present)
 ``batched-workers`` (the same workers, views left unfinished: what the CPU side delivers on its own).
 Compare with the images/s of ``tools.bench_pretrain`` on the same machine divided by the number of
 GPUs the loader's cores feed: the loader must deliver more, or the GPU waits.
+``--bench-record DIR`` also writes the table as a benchmark record (``docs/benchmarks.md``).
 Synthetic images are smooth noise plus texture saved as quality-90 JPEGs of ImageNet's mean size
 (500 x 375), so decoding costs what it costs on ImageNet.
 """
@@ -27,6 +28,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from lewel_bench.args import COUNT, NON_NEGATIVE, ArgumentParser, PathArg
+from lewel_bench.benchmarks import Table, add_record_args, record_from_args
 from lewel_bench.stage import cli_entry
 from lewel_bench.utils import setup_logging
 from lewel_bench.config import load_config
@@ -111,9 +113,11 @@ def main(argv: list[str] | None = None) -> None:
                    choices=("pil", "batched", "batched-workers"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="where batched photometric ops run (and where views are moved)")
+    add_record_args(p)
     args = p.parse_args(argv)
     setup_logging()
     torch.set_num_threads(args.threads)
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = data_or_synthetic(args.data, args.synthetic, Path(tmp))
         print(f"# loader of {args.aug}'s views, {args.size} px, batch {args.batch}, {root}", flush=True)
@@ -123,6 +127,13 @@ def main(argv: list[str] | None = None) -> None:
                 ips = measure(root, w, args.batch, args.aug, args.size, args.batches, mode != "pil",
                               torch.device(args.device), finish=mode != "batched-workers")
                 print(f"| {mode} | {w} | {ips:.0f} | {ips / max(w, 1):.0f} |", flush=True)
+                rows.append([mode, w, f"{ips:.0f}", f"{ips / max(w, 1):.0f}"])
+    device = torch.device(args.device)
+    record_from_args(args, tool="tools.bench_loader", argv=argv,
+                     device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                     tables=[Table(f"loader of {args.aug}'s views, {args.size} px, batch {args.batch}, "
+                                   f"{'synthetic ImageNet-sized JPEGs' if args.data is None else 'a data root'}",
+                                   ["mode", "workers", "images/s", "images/s per worker"], rows)])
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ A method is timed with the overrides its config declares (``paper.cost.overrides
 (``model.loss_warmup_epochs=0``: the step of 195 of its 200 epochs; the warm-up's InfoNCE reuses the queue
 products and adds no further one).
 
+``--bench-record DIR`` writes a benchmark record (both tables, the command, the machine; the source of
+``docs/benchmarks.md``, :mod:`lewel_bench.benchmarks`; ``make bench-pretrain`` writes it into docs/benchmarks/records).
+
 ``--record DIR`` writes one result record per method (eval ``cost``, protocol ``step_time``, metrics
 ``time_rel`` = step time / supervised step time, ``flops_rel``, ``step_s``, ``images_per_s``; ``pretrain_epochs``
 = the method config's epochs, so ``make tables`` puts ``time_rel`` beside the CGH supplement's Table 3 "Time/
@@ -49,6 +52,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from lewel_bench.args import COUNT, NON_NEGATIVE, ArgumentParser, PathArg
+from lewel_bench.benchmarks import Table, add_record_args, record_from_args
 from lewel_bench.config import load_config, load_yaml_config
 from lewel_bench.declare import Paper, paper_of
 from lewel_bench.models import build_torchvision_resnet
@@ -205,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", default=None, metavar="PATH", type=PathArg("out_file"), help="also write the step times and ratios as JSON")
     p.add_argument("--record", metavar="DIR", default=None, type=PathArg("out_dir"),
                    help="write one cost record per method into DIR (e.g. results/records) for make tables")
+    add_record_args(p)
     args = p.parse_args(argv)
     from lewel_bench.records import now_iso
 
@@ -280,13 +285,16 @@ def main(argv: list[str] | None = None) -> None:
     print("\n| method | step (s, median) | images/s | GFLOP/step | time / supervised | FLOPs / supervised | "
           "online px | target px |")
     print("|---|---|---|---|---|---|---|---|")
+    method_rows = []
     for n in steps:
-        print(f"| {n} | {med[n]:.3f} | {args.batch / med[n]:.1f} | {flops[n] / 1e9:.1f} | {med[n] / sup:.3f} | "
-              f"{flops[n] / flops['supervised']:.3f} | {_px(px[n], n)} |")
+        row = [n, f"{med[n]:.3f}", f"{args.batch / med[n]:.1f}", f"{flops[n] / 1e9:.1f}", f"{med[n] / sup:.3f}",
+               f"{flops[n] / flops['supervised']:.3f}", *_px(px[n], n).split(" | ")]
+        method_rows.append(row)
+        print("| " + " | ".join(row) + " |")
     print("(px: pixels entering the trunk per step / (batch x size^2))")
     print("\n| ratio | time | FLOP floor | online px | target | |")
     print("|---|---|---|---|---|---|")
-    ratios = []
+    ratios, ratio_rows = [], []
     for a, b, tgt in goals:
         if a not in med or b not in med:
             continue
@@ -295,7 +303,8 @@ def main(argv: list[str] | None = None) -> None:
         ok = r <= limit
         online = f"{px[a][a] / px[b][b]:.4f}" if a in px.get(a, {}) and b in px.get(b, {}) else "-"
         shown = f"<= {floor:.3f} (FLOP floor)" if tgt == FLOOR else f"<= {tgt}"
-        print(f"| {a} / {b} | {r:.3f} | {floor:.3f} | {online} | {shown} | {'PASS' if ok else 'MISS'} |")
+        ratio_rows.append([f"{a} / {b}", f"{r:.3f}", f"{floor:.3f}", online, shown, "PASS" if ok else "MISS"])
+        print("| " + " | ".join(ratio_rows[-1]) + " |")
         ratios.append({"ratio": f"{a} / {b}", "time": r, "flop_floor": floor, "target": limit, "pass": ok})
     if args.json:
         from lewel_bench.io import atomic_write_json
@@ -313,6 +322,17 @@ def main(argv: list[str] | None = None) -> None:
                     "channels_last": channels_last, "set": overrides}
         for path in write_records(args.record, med, flops, configs, settings, args.batch, start):
             print(f"record: {path}")
+    setup = (f"{args.arch}, {args.size} px, batch {args.batch}, {args.threads} thread(s), "
+             f"{'AMP fp16' if amp else 'fp32'}{', channels_last' if channels_last else ''}, {args.reps} interleaved "
+             f"rounds of {args.steps} step(s), median")
+    record_from_args(args, tool="tools.bench_pretrain", argv=argv, device=torch.cuda.get_device_name(device) if cuda
+                     else "cpu", settings={"setup": setup}, tables=[
+                         Table(f"step time per method ({setup}; px: pixels entering the trunk per step / "
+                               f"(batch x size^2))", ["method", "step (s, median)", "images/s", "GFLOP/step",
+                                                      "time / supervised", "FLOPs / supervised", "online px",
+                                                      "target px"], method_rows),
+                         Table("ratios against their declared targets", ["ratio", "time", "FLOP floor", "online px",
+                                                                         "target", ""], ratio_rows)])
 
 
 if __name__ == "__main__":

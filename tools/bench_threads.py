@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from lewel_bench.args import COUNT, ArgumentParser, PathArg
+from lewel_bench.benchmarks import Table, add_record_args, record_from_args
 from lewel_bench.errors import LewelError
 from lewel_bench.stage import cli_entry
 from lewel_bench.utils import REPO_ROOT
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--policies", nargs="+", default=["active-2", "passive-2", "threads-1", "auto"])
     p.add_argument("--competitor", choices=COMPETITORS, default="spin")
     p.add_argument("--json", default=None, metavar="PATH", type=PathArg("out_file"))
+    add_record_args(p)
     args = p.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_threads_") as d:
@@ -111,6 +113,11 @@ def main(argv: list[str] | None = None) -> None:
         from lewel_bench.io import atomic_write_json
 
         atomic_write_json(Path(args.json), {"settings": vars(args), "rows": rows})
+    record_from_args(args, tool="tools.bench_threads", argv=argv, tables=[Table(
+        f"{args.config}, {args.images} images, competitor {args.competitor}, {os.cpu_count()} cores",
+        ["policy", "quiet (images/s)", "with a competitor (images/s)", "slowdown"],
+        [[r["policy"], f"{r['quiet_images_per_s']:.1f}", f"{r['busy_images_per_s']:.1f}", f"{r['slowdown']:.2f}"]
+         for r in rows])])
 
 
 if __name__ == "__main__":
