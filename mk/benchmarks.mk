@@ -1,4 +1,4 @@
-##@ Benchmarks | BENCH_RECORDS (where records go; default docs/benchmarks/records, empty: none), BENCH_ARGS, BENCH_LOADER_ARGS, BENCH_E2E_ARGS, BENCH_THREADS_ARGS, BENCH_NAME, CMD, CLONE=1
+##@ Benchmarks | BENCH_RECORDS (where records go; default docs/benchmarks/records, empty: none), BENCH_ARGS, BENCH_LOADER_ARGS, BENCH_E2E_ARGS, BENCH_THREADS_ARGS, BENCH_NAME, BENCH_NOTE, CMD, CLONE=1
 # Speed benchmarks and timed commands. Each writes a benchmark record (machine, date, commit, the exact command, its
 # numbers) into BENCH_RECORDS and re-renders docs/benchmarks.md from the records (lewel_bench/benchmarks.py).
 #   make bench-pretrain                             per-method step time and ratios (BENCH_ARGS=...)

@@ -1,4 +1,4 @@
-##@ Where stages run (every stage target) | LAUNCHER=local|slurm, LAUNCH_CONFIG, NPROC, PARTITION, NODES, GPUS_PER_NODE, CPUS_PER_TASK, MEM_GB, TIME, ACCOUNT, QOS, JOB_NAME, DEPENDENCY, JOB_ID_FILE, WAIT, SLURM_FOLDER
+##@ Where stages run (every stage target) | LAUNCHER=local|slurm, LAUNCH_CONFIG, NPROC, PARTITION, NODES, GPUS_PER_NODE, CPUS_PER_TASK, MEM_GB, TIME, ACCOUNT, QOS, JOB_NAME, DEPENDENCY, JOB_ID_FILE, WAIT, SLURM_FOLDER, LAUNCH_ARGS (the launcher options themselves)
 # Where stages run (every stage target uses $(RUN) = $(PY) -m lewel_bench.launch $(LAUNCH_ARGS) --).
 #   LAUNCHER=local            run in this shell (default); NPROC=2 spawns 2 DDP processes torchrun-style
 #   LAUNCHER=slurm            submit through submitit: one task per GPU, requeue + resume on preemption

@@ -67,6 +67,15 @@ def result_rows(files: list[Path]) -> list[list]:
     return rows
 
 
+def scrub(line: str, cwd: Path) -> str:
+    """An output line with this machine's folders named as the user would: the checkout ``.``, the runs and results
+    folders by their variables (a record is committed; it names no path of the machine it ran on)."""
+    for var in ("LEWEL_RUNS_DIR", "LEWEL_RESULTS_DIR"):
+        if os.environ.get(var):
+            line = line.replace(os.environ[var].rstrip("/"), f"${var}")
+    return line.replace(f"{cwd}/", "").replace(str(cwd), ".")
+
+
 def run(cmd: list[str], cwd: Path, tail: int) -> tuple[int, float, list[str]]:
     """Run ``cmd`` in ``cwd`` streaming its output; (status, seconds, its last ``tail`` lines)."""
     last: deque[str] = deque(maxlen=tail)
@@ -78,7 +87,7 @@ def run(cmd: list[str], cwd: Path, tail: int) -> tuple[int, float, list[str]]:
             sys.stdout.write(line)
             sys.stdout.flush()
             if line.strip():
-                last.append(line.rstrip()[:200])
+                last.append(scrub(line.rstrip().rsplit("\r", 1)[-1], cwd)[:200])  # a progress bar: its last state
         status = proc.wait()
     return status, time.perf_counter() - t, list(last)
 
