@@ -285,8 +285,9 @@ HEADER = """# Benchmarks and measured numbers
 
 Every number below comes from a record in `{folder}/`: the exact command, the machine, the date and
 the commit it ran at. A benchmark target writes one (`make bench-pretrain`, `make bench-threads`, `make bench-loader`,
-`make bench-e2e`: `BENCH_RECORDS=` turns it off) and re-renders this page; `make bench-command CMD="make pretrain
-EXP=lewel_m"` times any command and records the result records it wrote (mini results). The page shows the newest
+`make bench-e2e`: `BENCH_RECORDS=` turns it off) and re-renders this page; `make bench-command BENCH_NAME=setup-pretrain
+CLONE=1 CMD="make pretrain EXP=lewel_m"` times any command (in a fresh clone with `CLONE=1`) and records the result
+records it wrote (the mini results). The page shows the newest
 record of each name; older ones stay in the folder. Timings depend on the machine and on what else ran on it: compare
 numbers of one record (the benchmarks interleave what they compare), not across records.
 """
