@@ -26,7 +26,7 @@ from collections import deque
 from pathlib import Path
 
 from lewel_bench import benchmarks as B
-from lewel_bench.args import COUNT, ArgumentParser
+from lewel_bench.args import COUNT, ArgumentParser, PathArg
 from lewel_bench.errors import LewelError
 from lewel_bench.stage import cli_entry
 from lewel_bench.utils import REPO_ROOT
@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--name", required=True, help="the record's name (the page shows the newest record per name)")
     p.add_argument("--clone", action="store_true", help="run in a fresh clone of this checkout's HEAD")
     p.add_argument("--tail", type=COUNT, default=3, help="output lines kept in the record")
-    p.add_argument("--bench-record", metavar="DIR", default=str(REPO_ROOT / B.RECORDS_DIR))
+    p.add_argument("--bench-record", metavar="DIR", default=str(REPO_ROOT / B.RECORDS_DIR), type=PathArg("out_dir"),
+                   help="where the record goes (default docs/benchmarks/records)")
     p.add_argument("--bench-note", metavar="TEXT", default=None)
     p.add_argument("command", nargs="+", help="the command (after --)")
     args = p.parse_args(argv)
