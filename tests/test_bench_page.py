@@ -110,7 +110,8 @@ def test_the_committed_page_and_readme_are_what_the_committed_records_and_declar
 
 
 def test_make_help_groups_every_target_and_names_variables_the_make_files_declare() -> None:
-    out = subprocess.run(["make", "help"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(["make", "--no-print-directory", "help"], cwd=REPO_ROOT, capture_output=True, text=True,
+                         check=True).stdout
     groups = [ln for ln in out.splitlines() if ln and not ln.startswith(" ") and "\t" not in ln]
     assert groups[:6] == ["Set-up", "Pretraining", "Evaluations", "Checkpoints: inspect and convert", "Chains",
                           "Tables and report"] and "Benchmarks" in groups and "Other" not in groups
