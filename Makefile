@@ -79,7 +79,8 @@ $(MINI_STAMP): lewel_bench/data/mini.py | $(STAMP)
 
 data: $(MINI_STAMP) ## generate the embedded mini benchmark under data/mini
 
-test: $(STAMP) ## run the test suite
+test: $(STAMP) ## lint (ruff) and run the test suite
+	$(PY) -m ruff check --no-cache .
 	$(PY) -m pytest -q
 
 clean-venv:

@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 @cli_entry("eval_detection")
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from .pipeline import run  # torch, torchvision: after the arguments (``--help`` stays instant)
+    from .pipeline import (
+        run,  # torch, torchvision: after the arguments (``--help`` stays instant)
+    )
 
     run(args)

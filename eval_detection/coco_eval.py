@@ -5,7 +5,8 @@ import contextlib
 import copy
 import io
 import logging
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 

@@ -35,8 +35,9 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from lewel_bench.checkpoint import BackboneError
 from lewel_bench.errors import LewelError
@@ -73,10 +74,10 @@ def register_extra_norm_head() -> None:
 
     if "Res5ROIHeadsExtraNorm" not in ROI_HEADS_REGISTRY:
         @ROI_HEADS_REGISTRY.register()
-        class Res5ROIHeadsExtraNorm(Res5ROIHeads):  # noqa: F811 - registered by name
+        class Res5ROIHeadsExtraNorm(Res5ROIHeads):
             """Res5ROIHeads + a norm layer after res5 (MoCo's detection transfer)."""
 
-            def __init__(self, cfg, input_shape):  # noqa: ANN001 - detectron2's signature
+            def __init__(self, cfg, input_shape):
                 super().__init__(cfg, input_shape)
                 self.res5.add_module("norm", get_norm(cfg.MODEL.RESNETS.NORM, self.res5[-1].out_channels))
     _REGISTERED = True
@@ -86,9 +87,7 @@ def setup_cfg(config_file: str | Path, opts: Sequence[str]) -> Any:
     """detectron2 ``CfgNode`` from one of our config files plus ``KEY VALUE`` overrides."""
     require_detectron2()
     register_extra_norm_head()
-    from detectron2.config import get_cfg
-
-    from detectron2.config import CfgNode
+    from detectron2.config import CfgNode, get_cfg
 
     cfg = get_cfg()
     cfg.LEWEL = CfgNode(dict(LEWEL_D2_KEYS))  # what the suite adds (the log period of its trainer's writers)
@@ -129,15 +128,15 @@ def _trainer_cls() -> Any:
 
     class Trainer(DefaultTrainer):
         @classmethod
-        def build_evaluator(cls, cfg, dataset_name, output_folder=None):  # noqa: ANN001, ANN206
+        def build_evaluator(cls, cfg, dataset_name, output_folder=None):
             if "voc" in dataset_name:
                 return PascalVOCDetectionEvaluator(dataset_name)
             return COCOEvaluator(dataset_name, output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference"))
 
-        def build_writers(self):  # noqa: ANN201 - no TensorBoard writer: tensorboard is not a dependency
+        def build_writers(self):
             return [CommonMetricPrinter(self.max_iter), JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.jsonl"))]
 
-        def build_hooks(self):  # noqa: ANN201 - the writers every solver.log_period iterations (LEWEL.LOG_PERIOD)
+        def build_hooks(self):
             from detectron2.engine import hooks
 
             out = super().build_hooks()
@@ -319,8 +318,8 @@ def _voc07(c: dict) -> Any:
 D2_FIXED: dict[str, tuple[Callable[[dict], Any], str]] = {
     "test.batch": (lambda c: 1, "detectron2's test loader takes one image per GPU"),
     "test.max_images": (lambda c: None, "detectron2 evaluates the whole test split"),
-    "data.use_07_metric": (_voc07, "detectron2's VOC evaluator takes the 11-point VOC07 AP for a 2007 test split "
-                                   "and the area AP for another year"),
+    "data.use_07_metric": (_voc07, ("detectron2's VOC evaluator takes the 11-point VOC07 AP for a 2007 test split "
+                                    "and the area AP for another year")),
 }
 
 

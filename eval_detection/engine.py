@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -100,7 +101,7 @@ def train(model: nn.Module, ds: DetectionDataset, solver: Mapping[str, Any], out
         if rank == 0 and (done % log_every == 0 or done == max_iter or it == start):
             el = time.time() - t0
             log.info("iter %d/%d loss %.3f (%s) lr %.5f  %.2fs/it", done, max_iter, loss.item(),
-                     " ".join(f"{k[5:] if k.startswith('loss_') else k}={v.item():.3f}" for k, v in losses.items()),
+                     " ".join(f"{k.removeprefix('loss_')}={v.item():.3f}" for k, v in losses.items()),
                      opt.param_groups[0]["lr"], el / (done - start))
         if rank == 0 and (done % period == 0 or done == max_iter):
             sd = core.state_dict()

@@ -17,10 +17,26 @@ from lewel_bench.dist import init_distributed
 from lewel_bench.io import atomic_write_json
 from lewel_bench.records import now_iso
 from lewel_bench.stage import identity_config, open_stage
-from lewel_bench.utils import REPO_ROOT, default_num_workers, resolve_auto, seed_everything, setup_logging
+from lewel_bench.utils import (
+    REPO_ROOT,
+    default_num_workers,
+    resolve_auto,
+    seed_everything,
+    setup_logging,
+)
 
-from .protocol import (CONFIG_DIR, METRIC_KEYS, PROTOCOL_VERSION, STATE_FILES, check_overrides, choose_backend,
-                       d2_pairs, data_parts, resolve_steps, transfer_parts)
+from .protocol import (
+    CONFIG_DIR,
+    METRIC_KEYS,
+    PROTOCOL_VERSION,
+    STATE_FILES,
+    check_overrides,
+    choose_backend,
+    d2_pairs,
+    data_parts,
+    resolve_steps,
+    transfer_parts,
+)
 
 log = logging.getLogger("eval_detection")
 
@@ -40,8 +56,14 @@ def _limit(samples: list, cfg: dict) -> list:
 
 def build_datasets(cfg: dict, root: Path) -> tuple[Any, Any, tuple[str, ...], Any]:
     """(train dataset, test dataset, class names, COCO gt or VOC gt dict)."""
-    from .datasets import (DatasetError, DetectionDataset, coco_class_names, load_coco, load_voc_splits,
-                           resolve_class_names)
+    from .datasets import (
+        DatasetError,
+        DetectionDataset,
+        coco_class_names,
+        load_coco,
+        load_voc_splits,
+        resolve_class_names,
+    )
 
     d = cfg["data"]
     if d["format"] == "voc":

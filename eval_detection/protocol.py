@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from lewel_bench.config import ConfigError, override_keys
 

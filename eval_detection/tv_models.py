@@ -46,9 +46,10 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +57,10 @@ from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
+from torchvision.models.detection.faster_rcnn import (
+    FastRCNNConvFCHead,
+    FastRCNNPredictor,
+)
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.retinanet import RetinaNet, RetinaNetHead
 from torchvision.models.detection.roi_heads import RoIHeads
@@ -233,12 +237,12 @@ class D2RoIHeads(RoIHeads):
 
     smooth_l1_beta: float = 0.0
 
-    def select_training_samples(self, proposals, targets):  # noqa: ANN001, ANN201 - torchvision's signature
+    def select_training_samples(self, proposals, targets):
         proposals, matched_idxs, labels, regression_targets = super().select_training_samples(proposals, targets)
         self._sampled = (labels, regression_targets)
         return proposals, matched_idxs, labels, regression_targets
 
-    def forward(self, features, proposals, image_shapes, targets=None):  # noqa: ANN001, ANN201
+    def forward(self, features, proposals, image_shapes, targets=None):
         if not self.training:
             return super().forward(features, proposals, image_shapes, targets)
         deltas: list[torch.Tensor] = []

@@ -19,7 +19,7 @@ from lewel_bench.dist import cleanup
 from lewel_bench.knn import knn_predict
 from lewel_bench.stage import cli_entry, parse_stage_args, stage_parser, yaml_config
 
-from .declaration import PROTOCOL_VERSION  # noqa: F401 (declared with the evaluation's protocols)
+from .declaration import PROTOCOL_VERSION
 
 log = logging.getLogger("eval_knn")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"

@@ -29,11 +29,11 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from lewel_bench import classification as C
 from lewel_bench.checkpoint import resolve_backbone
 from lewel_bench.dist import cleanup
-from lewel_bench.stage import cli_entry, parse_stage_args, stage_parser, yaml_config
 from lewel_bench.optim import build_optimizer, param_groups
+from lewel_bench.stage import cli_entry, parse_stage_args, stage_parser, yaml_config
 from lewel_bench.utils import amp_autocast
 
-from .declaration import PROTOCOL_VERSION  # noqa: F401 (declared with the evaluation's protocols)
+from .declaration import PROTOCOL_VERSION
 
 log = logging.getLogger("eval_linear")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"

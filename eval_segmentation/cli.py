@@ -39,22 +39,23 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from lewel_bench import dist
-from lewel_bench.checkpoint import Backbone, torch_load
 from lewel_bench.args import ConfigArg
+from lewel_bench.checkpoint import Backbone, torch_load
 from lewel_bench.config import ConfigError, check_python_config, override_values
-from lewel_bench.tblog import log_options
 from lewel_bench.errors import LewelError
 from lewel_bench.records import now_iso
 from lewel_bench.stage import cli_entry, open_stage, parse_stage_args, stage_parser
-from lewel_bench.utils import REPO_ROOT, setup_logging
+from lewel_bench.tblog import log_options
 from lewel_bench.transfer.mmseg import DEPTHS
+from lewel_bench.utils import REPO_ROOT, setup_logging
 
-from .declaration import PROTOCOL_VERSION  # noqa: F401 (declared with the evaluation's protocols)
+from .declaration import PROTOCOL_VERSION
 
 log = logging.getLogger("eval_segmentation")
 
@@ -169,7 +170,7 @@ def read_config(name: str, overrides: list[str] | tuple[str, ...] = (), depth: i
     check_python_config(path)
     try:
         cfg = Config.fromfile(str(path))  # custom_imports: mmcv.ops shim + PerClassIoUMetric
-    except Exception as e:  # a user's config: its errors are bad input, named with the file
+    except Exception as e:  # noqa: BLE001 - a user's config: its errors are bad input, named with the file
         raise ConfigError(f"config file {path} cannot be read by mmengine ({type(e).__name__}: "
                           f"{' '.join(str(e).split())[:300]})") from None
     if overrides:

@@ -19,18 +19,18 @@ from lewel_bench.transfer.mmcv_ops import install as _install_mmcv_ops
 
 _install_mmcv_ops()
 
-import numpy as np  # noqa: E402
-from mmcv.transforms import LoadImageFromFile  # noqa: E402
-from mmengine import fileio  # noqa: E402
-from mmengine.fileio.backends import LocalBackend  # noqa: E402
-from mmseg.datasets.transforms import LoadAnnotations  # noqa: E402
-from mmseg.evaluation import IoUMetric  # noqa: E402
-from mmseg.registry import METRICS, TRANSFORMS  # noqa: E402
+import numpy as np
+from mmcv.transforms import LoadImageFromFile
+from mmengine import fileio
+from mmengine.fileio.backends import LocalBackend
+from mmseg.datasets.transforms import LoadAnnotations
+from mmseg.evaluation import IoUMetric
+from mmseg.registry import METRICS, TRANSFORMS
 
-from lewel_bench.config import ConfigError  # noqa: E402
-from lewel_bench.data.imagenet import BadImageError  # noqa: E402
-from lewel_bench.data.voc import check_mask_labels, mask_array  # noqa: E402
-from lewel_bench.io import atomic_write_bytes, atomic_write_text  # noqa: E402
+from lewel_bench.config import ConfigError
+from lewel_bench.data.imagenet import BadImageError
+from lewel_bench.data.voc import check_mask_labels, mask_array
+from lewel_bench.io import atomic_write_bytes, atomic_write_text
 
 PER_CLASS_PREFIX = "IoU."
 
@@ -110,10 +110,10 @@ class CheckedLoadAnnotations(LoadAnnotations):
 class AtomicLocalBackend(LocalBackend):
     """mmengine's local file backend whose writes are atomic (temporary file, fsync, rename)."""
 
-    def put(self, obj: bytes, filepath) -> None:  # noqa: ANN001 - mmengine's signature
+    def put(self, obj: bytes, filepath) -> None:
         atomic_write_bytes(filepath, obj)
 
-    def put_text(self, obj: str, filepath, encoding: str = "utf-8") -> None:  # noqa: ANN001
+    def put_text(self, obj: str, filepath, encoding: str = "utf-8") -> None:
         atomic_write_bytes(filepath, obj.encode(encoding)) if encoding.lower() not in ("utf-8", "utf8") \
             else atomic_write_text(filepath, obj)
 

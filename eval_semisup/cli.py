@@ -22,16 +22,16 @@ from pathlib import Path
 import torch
 
 from lewel_bench import classification as C
+from lewel_bench.args import PathArg, check_path
 from lewel_bench.checkpoint import sha256_file
 from lewel_bench.data.layout import DataError, DataLayoutError
 from lewel_bench.dist import cleanup
+from lewel_bench.errors import PathError
 from lewel_bench.optim import build_optimizer
 from lewel_bench.optim import param_groups as shared_param_groups
-from lewel_bench.args import PathArg, check_path
-from lewel_bench.errors import PathError
 from lewel_bench.stage import cli_entry, parse_stage_args, stage_parser, yaml_config
 
-from .declaration import PROTOCOL_VERSION  # noqa: F401 (declared with the evaluation's protocols)
+from .declaration import PROTOCOL_VERSION
 
 log = logging.getLogger("eval_semisup")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"

@@ -30,8 +30,9 @@ import errno
 import os
 import stat
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .errors import EXIT_REFUSED, CommandExit, PathError
 

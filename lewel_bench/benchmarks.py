@@ -27,10 +27,11 @@ import re
 import shlex
 import sys
 import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from .errors import LewelError
 from .io import atomic_write_json
@@ -307,7 +308,7 @@ def render_page(records: Sequence[Mapping], folder: str | Path = RECORDS_DIR) ->
     return "\n".join(lines).rstrip() + "\n"
 
 
-BLOCK = re.compile(r"(<!-- bench:(?P<name>[\w.-]+) -->)(?P<body>.*?)(<!-- /bench -->)", re.S)
+BLOCK = re.compile(r"(<!-- bench:(?P<name>[\w.-]+) -->)(?P<body>.*?)(<!-- /bench -->)", re.DOTALL)
 
 
 def block_text(rec: Mapping) -> str:
@@ -357,7 +358,7 @@ def methods_table(methods: Sequence[tuple[str, Any]], titles: Mapping[str, str])
 
 def fill_span(text: str, tag: str, body: str, where: str = "README.md") -> str:
     """``text`` with the span ``<!-- tag -->...<!-- /tag -->`` replaced by ``body`` (on lines of its own)."""
-    pat = re.compile(rf"(<!-- {re.escape(tag)} -->\n)(?:.*?\n)?(<!-- /{re.escape(tag)} -->)", re.S)
+    pat = re.compile(rf"(<!-- {re.escape(tag)} -->\n)(?:.*?\n)?(<!-- /{re.escape(tag)} -->)", re.DOTALL)
     if not pat.search(text):
         raise BenchRecordError(f"{where}: no <!-- {tag} --> ... <!-- /{tag} --> span (each on a line of its own)")
     return pat.sub(lambda m: m.group(1) + body.rstrip("\n") + "\n" + m.group(2), text, count=1)

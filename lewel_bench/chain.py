@@ -26,10 +26,17 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
-from .declare import DeclarationError, Evaluation, PlannedStep, evaluations, paper_of, resolve_chain
+from .declare import (
+    DeclarationError,
+    Evaluation,
+    PlannedStep,
+    evaluations,
+    paper_of,
+    resolve_chain,
+)
 from .errors import LewelError
 
 RECORD_SEP = "\x1e"

@@ -40,20 +40,32 @@ and ``supervised:<file>`` (a torchvision ImageNet classifier's weights the user 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
 import pickle
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
 from .errors import LewelError
 from .io import atomic_torch_save
-from .layouts import (BACKBONE_FORMAT, LAYOUTS, PRETRAIN_FORMAT, Flat, Found, Layout, apply_renames, flatten,
-                      recognise, resnet_prefixes)
+from .layouts import (
+    BACKBONE_FORMAT,
+    LAYOUTS,
+    PRETRAIN_FORMAT,
+    Flat,
+    Found,
+    Layout,
+    apply_renames,
+    flatten,
+    recognise,
+    resnet_prefixes,
+)
 from .layouts import names as layout_names
 from .models import build_backbone, infer_arch
 
@@ -163,10 +175,8 @@ def torch_load(path: str | Path, what: str = "checkpoint", error: type[LewelErro
         with open(path, "rb") as f:
             if f.read(1) == b"\x80":  # a pickle of protocol 2 or later, not torch's own format
                 f.seek(0)
-                try:
+                with contextlib.suppress(Exception):  # the torch error below says more
                     return pickle.load(f, encoding="latin1")
-                except Exception:  # noqa: BLE001 - the torch error below says more
-                    pass
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise error(f"{what} {path} ({size} bytes) cannot be read: {type(e).__name__}: {detail} "
                     f"(truncated, or not a torch file)") from None
@@ -294,7 +304,7 @@ def choose_encoder(flat: Flat, obj: Any, path: str, prefix: str | None = None, l
     return Choice(None, "", "trunk", cands[0], {}, [], "the only ResNet trunk in the file (no listed layout)")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def trunk_reference(arch: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """Names, shapes and dtypes of a torchvision ``arch`` trunk without ``fc`` (built on the meta device: no
     memory, no initialisation)."""

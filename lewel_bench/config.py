@@ -41,8 +41,9 @@ import difflib
 import math
 import operator
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
@@ -212,7 +213,7 @@ def _kind(v: Any) -> str:
 
 
 def override_values(cfg: Mapping, overrides: Iterable[str], source: str = "config",
-                    schema: "Schema | None" = None) -> dict[str, Any]:
+                    schema: Schema | None = None) -> dict[str, Any]:
     """``key=value`` overrides as ``{dotted key: value}`` leaves, each checked against ``cfg`` (the key exists)
     and the ``schema`` (or, without one, the key's current type); see the module docstring for mappings and
     lists. The one override parser of the suite (YAML configs and mmengine's Python configs alike)."""
@@ -274,7 +275,7 @@ def set_key(cfg: dict, key: str, value: Any) -> None:
 
 
 def apply_overrides(cfg: dict, overrides: Iterable[str], source: str = "config",
-                    schema: "Schema | None" = None) -> dict:
+                    schema: Schema | None = None) -> dict:
     """A copy of ``cfg`` with the ``dotted.key=value`` overrides (:func:`override_values`) applied; an unknown
     key is a ``ConfigError`` with close matches, a value of the wrong type one naming the override."""
     cfg = copy.deepcopy(cfg)

@@ -27,10 +27,11 @@ import importlib
 import logging
 import pkgutil
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .errors import LewelError
 from .paths import REPO_ROOT

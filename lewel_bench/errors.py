@@ -18,6 +18,10 @@ Exit statuses, the same for every stage, tool and make target:
 from __future__ import annotations
 
 import errno
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # typing.Self: Python 3.11+
+    from typing import Self
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -58,7 +62,7 @@ class ExitStatus(int):
 
     message: str
 
-    def __new__(cls, status: int, message: str) -> "ExitStatus":
+    def __new__(cls, status: int, message: str) -> Self:
         obj = super().__new__(cls, status)
         obj.message = message
         return obj

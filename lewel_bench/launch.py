@@ -36,9 +36,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .args import COUNT, NON_NEGATIVE, ArgumentParser, Number, PathArg
 from .errors import EXIT_FAILED, CommandExit, LewelError
@@ -101,7 +102,7 @@ class SlurmOptions:
     additional: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_time_minutes(t: str | int | float) -> int:
+def parse_time_minutes(t: str | float) -> int:
     """Minutes from ``90``, ``"90"``, ``"HH:MM:SS"``, ``"HH:MM"`` or ``"D-HH:MM:SS"``."""
     if isinstance(t, (int, float)):
         return max(1, int(t))

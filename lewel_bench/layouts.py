@@ -29,8 +29,9 @@ from __future__ import annotations
 import argparse
 import re
 from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 Rename = tuple[str, str]
 

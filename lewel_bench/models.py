@@ -9,7 +9,7 @@ LEWEL aggregates with its alignment maps. Only the layers up to the deepest stag
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

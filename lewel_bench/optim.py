@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -93,7 +94,7 @@ class LARS(torch.optim.Optimizer):
         self.variant = variant
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102
+    def step(self, closure=None):
         loss = closure() if closure is not None else None
         if self.variant == "official":
             self._official_step()
@@ -176,7 +177,7 @@ def optimizer_for(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optim
     return build_optimizer(groups, cfg)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, schedule: "Schedule", t: int) -> list[float]:
+def set_lr(optimizer: torch.optim.Optimizer, schedule: Schedule, t: int) -> list[float]:
     """Every group's lr at step ``t`` of ``schedule`` (from its ``base_lr``); returns the lrs."""
     for g in optimizer.param_groups:
         g["lr"] = schedule.lr(g["base_lr"], t)
@@ -249,10 +250,10 @@ def schedule_from_config(sched: Mapping[str, Any], total: int, steps_per_epoch: 
     """A :class:`Schedule` from a config section, ``total`` steps long; epoch-valued keys
     (``warmup_epochs``, ``milestones`` of a per-iteration schedule given in epochs) become steps with
     ``steps_per_epoch``; ``min_lr`` is absolute (divided by ``base_lr``)."""
-    warmup = int(round(float(sched.get("warmup_epochs", 0)) * steps_per_epoch)) + int(sched.get("warmup_iters", 0))
+    warmup = round(float(sched.get("warmup_epochs", 0)) * steps_per_epoch) + int(sched.get("warmup_iters", 0))
     return Schedule(name=sched["name"], total=int(total), warmup=warmup,
                     warmup_start=float(sched.get("warmup_start", 0.0)), warmup_offset=int(sched.get("warmup_offset", 0)),
                     min_ratio=float(sched.get("min_lr", 0.0)) / base_lr if base_lr else 0.0,
-                    milestones=tuple(int(round(m * steps_per_epoch)) for m in sched.get("milestones", ())),
+                    milestones=tuple(round(m * steps_per_epoch) for m in sched.get("milestones", ())),
                     gamma=float(sched.get("gamma", 0.1)), power=float(sched.get("power", 0.9)),
                     cosine_from=str(sched.get("cosine_from", "warmup_end")))

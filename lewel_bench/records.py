@@ -32,9 +32,10 @@ import json
 import math
 import os
 import uuid
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import LewelError
 from .io import atomic_write_json

@@ -21,11 +21,15 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .errors import LewelError
+
+if TYPE_CHECKING:  # typing.Self: Python 3.11+
+    from typing import Self
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +66,7 @@ class StopRequest:
         self.stopping = False
 
     # --- installation (re-entrant: a nested ``with`` of the same request installs nothing) -------------
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> Self:
         self._depth += 1
         if self._depth == 1 and threading.current_thread() is threading.main_thread():
             for s in STOP_SIGNALS:
@@ -70,7 +74,7 @@ class StopRequest:
                 signal.signal(s, self._handle)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._depth -= 1
         if self._depth:
             return
@@ -79,7 +83,7 @@ class StopRequest:
         self._previous.clear()
 
     @contextmanager
-    def deferred(self) -> Iterator["StopRequest"]:
+    def deferred(self) -> Iterator[StopRequest]:
         """Inside: a signal only sets :attr:`requested`; the loop stops at its next safe point."""
         self._deferred = True
         try:

@@ -42,6 +42,7 @@ naming the file or key and its exit status (2: bad input or a refused run, 1: a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import fcntl
 import functools
@@ -53,13 +54,29 @@ import re
 import socket
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
-from .args import ArgumentParser, CheckpointArg, ConfigArg, PathArg, check_path, make_dir, seed_arg
+from .args import (
+    ArgumentParser,
+    CheckpointArg,
+    ConfigArg,
+    PathArg,
+    check_path,
+    make_dir,
+    seed_arg,
+)
 from .config import ConfigError, get_key
-from .errors import EXIT_INTERRUPTED, CommandExit, LewelError, NonFiniteError, StorageError, one_line
+from .errors import (
+    EXIT_INTERRUPTED,
+    CommandExit,
+    LewelError,
+    NonFiniteError,
+    StorageError,
+    one_line,
+)
 from .io import atomic_write_json, remove_stale_temp
 from .layouts import names as layout_names
 from .paths import runs_dir
@@ -143,10 +160,8 @@ def _close_progress_bars() -> None:
     stands on its own and last."""
     tqdm = sys.modules.get("tqdm")
     for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
-        try:
+        with contextlib.suppress(Exception):  # a bar that cannot be closed must not hide the message
             bar.close()
-        except Exception:  # noqa: BLE001 - a bar that cannot be closed must not hide the message
-            pass
 
 
 def _exit(name: str, message: str, status: int) -> CommandExit:

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -44,7 +45,9 @@ class MetricWriter:
         if not enabled:
             return
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package (requirements.txt)
+            from torch.utils.tensorboard import (
+                SummaryWriter,  # needs the tensorboard package (requirements.txt)
+            )
 
             # purge_step: a resumed run drops the events its checkpoint did not reach (no doubled curves)
             self._tb = SummaryWriter(str(self.folder / TB_DIR), purge_step=purge_step)
@@ -59,7 +62,7 @@ class MetricWriter:
 
     @classmethod
     def for_run(cls, folder: str | Path, cfg: Mapping[str, Any] | None, is_main: bool = True,
-                run_name: str = "", purge_step: int | None = None) -> "MetricWriter":
+                run_name: str = "", purge_step: int | None = None) -> MetricWriter:
         """The writer a run's config asks for (:func:`log_options`); inactive on non-main ranks."""
         opts = log_options(cfg)
         plain = {k: v for k, v in (cfg or {}).items() if not str(k).startswith("_")} if opts["wandb"] else None

@@ -57,9 +57,9 @@ def git_commit(repo: Path = REPO_ROOT) -> str:
     """The current commit (with ``-dirty`` if the tree has changes), or ``unknown`` outside git."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
+                             timeout=10, check=False).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+                               capture_output=True, text=True, timeout=10, check=False).stdout.strip()
         return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -83,7 +83,7 @@ def amp_autocast(device: torch.device, amp: bool):
 
 
 def amp_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-             scaler: "torch.amp.GradScaler | None" = None, clip_grad_norm: float | None = None) -> None:
+             scaler: torch.amp.GradScaler | None = None, clip_grad_norm: float | None = None) -> None:
     """One optimiser step: zero_grad, backward of the loss scaled by ``scaler`` (a disabled scaler or
     None: unscaled), optional clipping of the gradients' global norm to ``clip_grad_norm`` (on the unscaled
     gradients), optimiser step, scaler update."""

@@ -21,8 +21,9 @@ identical views. Crop scale: the paper follows MoCo / BYOL, whose defaults are (
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,6 @@ from torchvision import transforms as T
 
 from lewel_bench.config import ConfigError
 from lewel_bench.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
-
 
 
 class GaussianBlur:
@@ -262,7 +262,7 @@ def apply_photometric(crops: torch.Tensor, params: torch.Tensor) -> torch.Tensor
 
 def eval_transform(size: int) -> Callable:
     """Resize to size / 0.875 then centre crop (kNN monitor)."""
-    return T.Compose([T.Resize(int(round(size / 0.875)), antialias=True), T.CenterCrop(size), T.ToTensor(),
+    return T.Compose([T.Resize(round(size / 0.875), antialias=True), T.CenterCrop(size), T.ToTensor(),
                       T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 

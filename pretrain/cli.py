@@ -82,7 +82,9 @@ def _run(args: argparse.Namespace, stop: StopRequest) -> None:
     info = ldist.init_distributed()
     setup_logging(rank=info.rank)
     cfg = load_experiment(args.config, args.overrides)
-    from .methods import import_custom  # a method defined outside the suite registers itself
+    from .methods import (
+        import_custom,  # a method defined outside the suite registers itself
+    )
 
     import_custom(cfg)
     if args.data:

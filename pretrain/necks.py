@@ -16,7 +16,7 @@ convs of detectron2's 4conv box head.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -51,16 +51,16 @@ class FPN(nn.Module):
     def __init__(self, in_channels: Mapping[str, int], dim: int, levels: Sequence[int]) -> None:
         super().__init__()
         self.levels = tuple(sorted(levels, reverse=True))  # coarse to fine: 5, 4, ...
-        if not self.levels or any(l not in LEVEL_STAGE for l in self.levels) or \
+        if not self.levels or any(lv not in LEVEL_STAGE for lv in self.levels) or \
                 list(self.levels) != list(range(self.levels[0], self.levels[0] - len(self.levels), -1)):
             raise ValueError(f"FPN levels {list(levels)}: expected consecutive levels among {sorted(LEVEL_STAGE)}")
-        for l in self.levels:
-            self.add_module(f"fpn_lateral{l}", ConvNorm(in_channels[LEVEL_STAGE[l]], dim, 1))
-            self.add_module(f"fpn_output{l}", ConvNorm(dim, dim, 3))
+        for lv in self.levels:
+            self.add_module(f"fpn_lateral{lv}", ConvNorm(in_channels[LEVEL_STAGE[lv]], dim, 1))
+            self.add_module(f"fpn_output{lv}", ConvNorm(dim, dim, 3))
 
     @property
     def stages(self) -> tuple[str, ...]:
-        return tuple(LEVEL_STAGE[l] for l in sorted(self.levels))
+        return tuple(LEVEL_STAGE[lv] for lv in sorted(self.levels))
 
     def forward(self, feats: Mapping[str, torch.Tensor],
                 rows: Mapping[int, tuple[int, int]] | None = None) -> dict[int, torch.Tensor]:
@@ -71,23 +71,23 @@ class FPN(nn.Module):
         are over the rows it computes). Without ``rows`` every level is computed for every row."""
         n = next(iter(feats.values())).shape[0]
         if rows is None:
-            rows = {l: (0, n) for l in self.levels}
+            rows = {lv: (0, n) for lv in self.levels}
         # the finest level read decides how far down the top-down path goes; levels below it are skipped
         finest = min(rows)
-        starts = {l: min(s for k, (s, _) in rows.items() if k <= l) for l in self.levels if l >= finest}
+        starts = {lv: min(s for k, (s, _) in rows.items() if k <= lv) for lv in self.levels if lv >= finest}
         out: dict[int, torch.Tensor] = {}
         inner, inner_start = None, 0
-        for l in self.levels:
-            if l < finest:
+        for lv in self.levels:
+            if lv < finest:
                 break
-            s = starts[l]
-            lat = getattr(self, f"fpn_lateral{l}")(feats[LEVEL_STAGE[l]][s:])
+            s = starts[lv]
+            lat = getattr(self, f"fpn_lateral{lv}")(feats[LEVEL_STAGE[lv]][s:])
             if inner is not None:
                 lat = lat + F.interpolate(inner[s - inner_start:], size=lat.shape[-2:], mode="nearest")
             inner, inner_start = lat, s
-            if l in rows:
-                a, b = rows[l]
-                out[l] = getattr(self, f"fpn_output{l}")(inner[a - s:b - s])
+            if lv in rows:
+                a, b = rows[lv]
+                out[lv] = getattr(self, f"fpn_output{lv}")(inner[a - s:b - s])
         return out
 
 

@@ -19,13 +19,22 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from lewel_bench.checkpoint import PRETRAIN_FORMAT, non_finite_keys, torch_load
 from lewel_bench.errors import NonFiniteError
 from lewel_bench.io import atomic_write_text
-from lewel_bench.stage import IDENTITY_FILE, RunFolder, RunIdentity, StageError, digest, identity_config, on_main_rank
+from lewel_bench.stage import (
+    IDENTITY_FILE,
+    RunFolder,
+    RunIdentity,
+    StageError,
+    digest,
+    identity_config,
+    on_main_rank,
+)
 from lewel_bench.utils import get_rng_state, git_commit, set_rng_state
 
 from .methods import SSLMethod

@@ -40,14 +40,36 @@ from lewel_bench.signals import StopRequest
 from lewel_bench.stage import RunFolder, on_main_rank
 from lewel_bench.tblog import MetricWriter, log_options
 from lewel_bench.threads import ThreadTuner, candidates
-from lewel_bench.utils import channels_last_default, keep_freed_memory, resolve_auto, seed_everything
+from lewel_bench.utils import (
+    channels_last_default,
+    keep_freed_memory,
+    resolve_auto,
+    seed_everything,
+)
 
 from .augment import build_views, eval_transform, view_specs
 from .data import ImageFolderList, MultiViewDataset, loader_workers
-from .hooks import AlignmentImages, BackboneExport, Checkpointer, KnnMonitor, MetricLog, SpeedRecord, ThreadTuning
+from .hooks import (
+    AlignmentImages,
+    BackboneExport,
+    Checkpointer,
+    KnnMonitor,
+    MetricLog,
+    SpeedRecord,
+    ThreadTuning,
+)
 from .loop import Hook, Loop, build_step
 from .methods import METHODS, SSLMethod
-from .state import BACKBONE, CHECKPOINT, METRICS, open_run, pretrain_identity, restore, run_folder, truncate_metrics
+from .state import (
+    BACKBONE,
+    CHECKPOINT,
+    METRICS,
+    open_run,
+    pretrain_identity,
+    restore,
+    run_folder,
+    truncate_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +200,8 @@ def train(cfg: dict, out_dir: Path, exp: str, dist_info: ldist.DistInfo, records
     """Train (or resume) the experiment; returns the path of ``checkpoint.pth``. ``sweep`` (``{"key", "value"}``:
     the run is one point of a sweep over that config key) goes into the backbone's meta and the records;
     ``fresh`` discards the folder's saved state first; ``stop``: the caller's stop request (default: its own)."""
-    with stop or StopRequest() as stop:
+    stop = stop or StopRequest()
+    with stop:
         stop.immediate = "before the first training step: nothing new to save"
         tuner = _compute_settings(cfg, dist_info)
         folder = _run_folder(cfg, Path(out_dir), dist_info)

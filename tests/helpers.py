@@ -8,8 +8,8 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import yaml
@@ -99,12 +99,12 @@ def apt_install(packages: list[str], installed: Callable[[], bool], error: type[
     install = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
     deadline = time.monotonic() + timeout
     try:
-        r = subprocess.run(install, env=env, capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(install, env=env, capture_output=True, text=True, timeout=timeout, check=False)
         if r.returncode != 0:
             subprocess.run(["apt-get", "update"], env=env, capture_output=True, text=True,
-                           timeout=max(10.0, deadline - time.monotonic()))
+                           timeout=max(10.0, deadline - time.monotonic()), check=False)
             r = subprocess.run(install, env=env, capture_output=True, text=True,
-                               timeout=max(10.0, deadline - time.monotonic()))
+                               timeout=max(10.0, deadline - time.monotonic()), check=False)
     except subprocess.TimeoutExpired:
         raise error(f"apt-get install {what} timed out after {timeout:.0f} s") from None
     if r.returncode != 0 or not installed():

@@ -107,7 +107,7 @@ class LocalSlurm:
                                                ctld_port=self.ctld_port, slurmd_port=self.slurmd_port))
 
     def _spawn(self, name: str, cmd: list[str]) -> None:
-        log = open(self.root / "log" / f"{name}.stdout", "ab")
+        log = open(self.root / "log" / f"{name}.stdout", "ab")  # noqa: SIM115 - the daemon keeps it open
         self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             env=dict(os.environ, **self.env()), start_new_session=True)
 
@@ -123,7 +123,7 @@ class LocalSlurm:
             out.append(f"== {f.name}\n" + "\n".join(lines))
         return "\n".join(out)
 
-    def start(self, timeout: float = 90.0) -> "LocalSlurm":
+    def start(self, timeout: float = 90.0) -> LocalSlurm:
         """Start the daemons and wait until the node is idle (at most ``timeout`` seconds)."""
         ensure_installed()
         self._write_files()
@@ -160,7 +160,7 @@ class LocalSlurm:
 
     # ---------------------------------------------------------------- helpers
     def run(self, cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, **self.env()))
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, **self.env()), check=False)
 
     def job_state(self, job_id: str) -> str:
         """The job's state from ``scontrol`` (e.g. RUNNING, PENDING, COMPLETED, FAILED), '' if unknown."""

@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-
 from helpers import make_imagenet
 from lewel_bench.config import load_config
 from lewel_bench.utils import REPO_ROOT
@@ -25,7 +24,7 @@ ABLATION_TABLES = ("table5_components", "table6_heads", "table7_num_aligned", "f
 
 
 def _dry(*args: str) -> list[str]:
-    r = subprocess.run(["make", "-n", "RUNS=runs", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+    r = subprocess.run(["make", "-n", "RUNS=runs", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     return r.stdout.replace('"', "").splitlines()  # the recipes quote every path (a path may hold spaces): compared without the quotes
 
@@ -69,14 +68,14 @@ def test_make_ablations_dry_run_is_the_chain_of_every_row() -> None:
     launches = [ln for ln in slurm if "lewel_bench.launch" in ln]
     assert "--job-id-file runs/lewel_m_in100_no_p/chain/pretrain.id" in launches[0]
     assert all("--dependency afterok" in ln for ln in launches[1:])
-    tab = [ln for ln in slurm if "DEPENDENCY=afterok:" in ln and re.search(r"\btables\b", ln)][0]
+    tab = next(ln for ln in slurm if "DEPENDENCY=afterok:" in ln and re.search(r"\btables\b", ln))
     assert "chain/linear.id" in tab and "chain/voc-seg.id" in tab
     fig3 = _dry("ablations-fig3", "DATA=/in100", "VOC_DATA=/voc")
     pre = [ln for ln in fig3 if "-- pretrain " in ln]
     assert len(pre) == 9 and all("--exp lewel_m_in100 " in ln for ln in pre)
     assert any("model.beta=0.3 --sweep model.beta" in ln and "--out runs/lewel_m_in100-beta0.3" in ln for ln in pre)
     assert any("model.sem_dim=64 --sweep model.sem_dim" in ln for ln in pre)
-    r = subprocess.run(["make", "ablations", "DATA=/in100"], cwd=REPO_ROOT, capture_output=True, text=True)
+    r = subprocess.run(["make", "ablations", "DATA=/in100"], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     assert r.returncode == 2 and "needs VOC_DATA" in r.stderr
 
 
@@ -97,7 +96,7 @@ def test_make_ablations_smoke_chain_fills_the_tables_with_mini_rows(mini_data: P
               f"TABLES_ARGS=--out {tables}"]
     r = subprocess.run(["make", "--no-print-directory", "ablations", *common,
                         "ABLATIONS=lewel_m_in100_uncoupled mocov2_in100_extra_p lewel_b_in100_h2"],
-                       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1500)
+                       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1500, check=False)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     for name, exp in (("table5_components", "lewel_m_in100_uncoupled"), ("table6_heads", "mocov2_in100_extra_p"),
                       ("table7_num_aligned", "lewel_b_in100_h2")):

@@ -13,9 +13,9 @@ def test_bench_pretrain_prints_ratios(capsys):
           "--methods", "byol", "lewel_b", "--set", "lewel_b:model.reassociate=never"])
     out = capsys.readouterr().out
     assert "lewel_b:model.reassociate=never" in out
-    rows = dict(re.findall(r"^\| (\w+ / \w+) \| ([0-9.]+) \|", out, re.M))
+    rows = dict(re.findall(r"^\| (\w+ / \w+) \| ([0-9.]+) \|", out, re.MULTILINE))
     assert set(rows) == {"lewel_b / byol", "byol / supervised"} and all(float(v) > 0 for v in rows.values())
-    flops = dict(re.findall(r"^\| (\w+) \| [0-9.]+ \| [0-9.]+ \| ([0-9.]+) \|", out, re.M))
+    flops = dict(re.findall(r"^\| (\w+) \| [0-9.]+ \| [0-9.]+ \| ([0-9.]+) \|", out, re.MULTILINE))
     assert float(flops["lewel_b"]) > float(flops["byol"]) > float(flops["supervised"])  # coupled head, two views
 
 
@@ -37,7 +37,7 @@ def test_bench_pretrain_judges_each_ratio_against_its_target_and_skips_missing_e
     assert r["ratio"] == "lewel_m / mocov2" and r["target"] == r["flop_floor"]  # CPU: the FLOP floor
     assert r["pass"] == (r["time"] <= r["flop_floor"])
     row = re.search(r"^\| lewel_m / mocov2 \| ([0-9.]+) \| ([0-9.]+) \| [0-9.]+ \| <= [0-9.]+ \(FLOP floor\) \| "
-                    r"(PASS|MISS) \|$", out, re.M)
+                    r"(PASS|MISS) \|$", out, re.MULTILINE)
     assert row and row.group(3) == ("PASS" if r["pass"] else "MISS"), out
     assert set(doc["methods"]) == {"supervised", "mocov2", "lewel_m"}
     (tmp_path / "fake" / "models").mkdir(parents=True)
@@ -52,7 +52,7 @@ def test_bench_loader_modes(capsys):
     main(["--synthetic", "48", "--workers", "0", "--batch", "4", "--batches", "2", "--size", "32",
           "--device", "cpu"])
     out = capsys.readouterr().out
-    rows = re.findall(r"^\| ([\w-]+) \| 0 \| (\d+) \|", out, re.M)
+    rows = re.findall(r"^\| ([\w-]+) \| 0 \| (\d+) \|", out, re.MULTILINE)
     assert [m for m, _ in rows] == ["pil", "batched-workers", "batched"] and all(int(v) > 0 for _, v in rows)
 
 
@@ -65,7 +65,7 @@ def test_bench_e2e_rows_and_ratios(capsys, tmp_path):
           "--methods", "byol", "lewel_b", "--batched", "on", "--workers", "0", "--threads", "1",
           "--json", str(tmp_path / "e2e.json")])
     out = capsys.readouterr().out
-    assert re.search(r"^\| lewel_b / byol \| true \| [0-9.]+ \| 1.044 \|", out, re.M), out
+    assert re.search(r"^\| lewel_b / byol \| true \| [0-9.]+ \| 1.044 \|", out, re.MULTILINE), out
     doc = json.loads((tmp_path / "e2e.json").read_text())
     assert [r["method"] for r in doc["rows"]] == ["byol", "lewel_b"]
     assert all(0 <= r["loader_wait_share"] <= 1 and r["images_per_s"] > 0 for r in doc["rows"])
@@ -82,9 +82,9 @@ def test_bench_pretrain_times_cgh_against_mocov2_and_records_the_ratios(capsys, 
     main(["--arch", "resnet18", "--size", "32", "--batch", "2", "--reps", "1", "--warmup", "0",
           "--methods", "mocov2", "cgh", "--record", str(tmp_path / "records")])
     out = capsys.readouterr().out
-    rows = dict(re.findall(r"^\| (\w+ / \w+) \| ([0-9.]+) \|", out, re.M))
+    rows = dict(re.findall(r"^\| (\w+ / \w+) \| ([0-9.]+) \|", out, re.MULTILINE))
     assert set(rows) == {"cgh / mocov2", "cgh / supervised"} and all(float(v) > 0 for v in rows.values())
-    flops = dict(re.findall(r"^\| (\w+) \| [0-9.]+ \| [0-9.]+ \| ([0-9.]+) \|", out, re.M))
+    flops = dict(re.findall(r"^\| (\w+) \| [0-9.]+ \| [0-9.]+ \| ([0-9.]+) \|", out, re.MULTILINE))
     assert float(flops["cgh"]) > float(flops["mocov2"]) > float(flops["supervised"])  # hypercolumn branch, 4 products
     recs = {r["method"]: r for r in (json.loads(p.read_text()) for p in (tmp_path / "records").glob("*.json"))}
     assert set(recs) == {"supervised", "mocov2", "cgh"}

@@ -12,17 +12,22 @@ import torchvision
 from lewel_bench import checkpoint as ck
 from lewel_bench.config import ConfigError, apply_overrides, load_config
 from lewel_bench.io import atomic_open, atomic_write_json
-from lewel_bench.records import RecordError, load_records, make_record, record_for_backbone, write_record
+from lewel_bench.records import (
+    RecordError,
+    load_records,
+    make_record,
+    record_for_backbone,
+    write_record,
+)
 from lewel_bench.registry import Registry
 
 
 def test_atomic_open_keeps_old_file_on_error(tmp_path: Path) -> None:
     p = tmp_path / "x.json"
     atomic_write_json(p, {"a": 1})
-    with pytest.raises(RuntimeError):
-        with atomic_open(p, "w") as f:
-            f.write("partial")
-            raise RuntimeError("crash mid-write")
+    with pytest.raises(RuntimeError), atomic_open(p, "w") as f:
+        f.write("partial")
+        raise RuntimeError("crash mid-write")
     assert json.loads(p.read_text()) == {"a": 1}
     assert [q.name for q in tmp_path.iterdir()] == ["x.json"]  # no temp file left behind
 

@@ -15,10 +15,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lewel_bench.data import (SHAPE_CLASSES, WNIDS, DataLayoutError, ImageNetFolder, VOCDetection,
-                              coco_paths, generate_mini, parse_subset_file, voc_palette, voc_segmentation_pairs)
+from lewel_bench.data import (
+    SHAPE_CLASSES,
+    WNIDS,
+    DataLayoutError,
+    ImageNetFolder,
+    VOCDetection,
+    coco_paths,
+    generate_mini,
+    parse_subset_file,
+    voc_palette,
+    voc_segmentation_pairs,
+)
 from lewel_bench.data.mini import DEFAULT_SIZES
-
 from lewel_bench.data.mini import TEST_SIZES as MINI_TEST_SIZES
 
 MINI_TEST_SEED = 0  # the seed of the mini_data fixture (tests/conftest.py)
@@ -271,7 +280,7 @@ def test_raw_pixel_linear_probe_near_chance(mini_data: Path) -> None:
         lin = torch.nn.Linear(xtr.shape[1], 10)
         opt = torch.optim.LBFGS(lin.parameters(), max_iter=100, line_search_fn="strong_wolfe")
 
-        def closure() -> torch.Tensor:
+        def closure(opt=opt, lin=lin, wd=wd) -> torch.Tensor:
             opt.zero_grad()
             loss = torch.nn.functional.cross_entropy(lin(xtr), ytr) + wd * lin.weight.pow(2).sum()
             loss.backward()

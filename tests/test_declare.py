@@ -73,8 +73,8 @@ def test_an_evaluation_outside_the_repository_is_found_on_the_path(tmp_path, mon
      r"evaluation 'linear' is also declared by eval_linear.declaration"),
     ("EVALUATIONS = (Evaluation(name='bad', version=1, protocols=('x',), metrics=('m',), primary='top9'),)\n",
      r"eval_bad_xyz.declaration: evaluation 'bad': primary 'top9' is not one of its metrics"),
-    ("EVALUATIONS = (Evaluation(name='bad', version=1, protocols=('x',), metrics=('m',), primary='m', cli='e', "
-     "steps=(Step('s', 'y', config='c', mini='c'),)),)\n", r"step 's' records protocol 'y', not one of \['x'\]"),
+    (("EVALUATIONS = (Evaluation(name='bad', version=1, protocols=('x',), metrics=('m',), primary='m', cli='e', "
+      "steps=(Step('s', 'y', config='c', mini='c'),)),)\n"), r"step 's' records protocol 'y', not one of \['x'\]"),
     ("X = 1\n", r"eval_bad_xyz.declaration: no EVALUATIONS"),
 ])
 def test_a_wrong_declaration_is_refused_naming_its_module(tmp_path, monkeypatch, fresh_declarations, body, message):
@@ -173,7 +173,7 @@ def test_a_wrong_paper_declaration_names_the_key(paper, message) -> None:
 def _make_n(*args: str, env: dict | None = None) -> tuple[list[str], str]:
     env = {**{k: v for k, v in os.environ.items() if k != "LEWEL_RUNS_DIR"}, **(env or {})}
     r = subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                       timeout=180, env=env)
+                       timeout=180, env=env, check=False)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return r.stdout.splitlines(), r.stderr
 
@@ -201,7 +201,7 @@ def test_make_n_all_mcl_shows_mcls_protocols_in_order() -> None:
     assert all("model.max_size_train=1200" in ln for ln in evals[3:5])
     assert all("--dependency afterok:$(cat runs/mcl/chain/pretrain.id runs/mcl/chain/convert.id" in ln and
                "--job-id-file runs/mcl/chain/" in ln for ln in evals)
-    tables = [ln for ln in lines if "JOB_ID_FILE=runs/mcl/chain/tables.id" in ln][0]
+    tables = next(ln for ln in lines if "JOB_ID_FILE=runs/mcl/chain/tables.id" in ln)
     assert all(f"chain/{s}.id" in tables for s in ("coco-retinanet-6x", "coco-c4-2x", "linear"))
 
 
@@ -211,7 +211,7 @@ def test_chain_evals_picks_steps_and_refuses_unknown_ones() -> None:
     assert [re.search(r"-- (eval_\w+)", ln).group(1) for ln in evals] == ["eval_linear", "eval_knn"]
     cfg = str(config_files()["mcl_mini"])
     r = subprocess.run([sys.executable, "-m", "lewel_bench.chain", "check", "--config", cfg, "--only", "linear bogus"],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, check=False)
     assert r.returncode == 2 and "unknown evaluation step 'bogus'; known:" in r.stderr and "\n" == r.stderr[-1:]
 
 

@@ -184,7 +184,7 @@ def test_rcnn_detectors_train_with_detectron2s_box_loss() -> None:
     from torchvision.models.detection.roi_heads import RoIHeads
     from torchvision.models.detection.rpn import RegionProposalNetwork
 
-    from eval_detection.tv_models import D2RoIHeads, D2RPN, build_model
+    from eval_detection.tv_models import D2RPN, D2RoIHeads, build_model
     from lewel_bench.checkpoint import Backbone
 
     torch.manual_seed(0)
@@ -288,7 +288,7 @@ def test_voc_eval_matches_detectron2_conventions() -> None:
 # configs
 # ------------------------------------------------------------------------------------------------
 def test_detectron2_configs_follow_the_protocol() -> None:
-    common = lambda c: (c["MODEL"]["PIXEL_MEAN"] == [123.675, 116.28, 103.53]  # noqa: E731
+    common = lambda c: (c["MODEL"]["PIXEL_MEAN"] == [123.675, 116.28, 103.53]
                         and c["MODEL"]["PIXEL_STD"] == [58.395, 57.12, 57.375] and c["INPUT"]["FORMAT"] == "RGB"
                         and c["MODEL"]["RESNETS"]["STRIDE_IN_1X1"] is False and c["MODEL"]["BACKBONE"]["FREEZE_AT"] == 0
                         and c["MODEL"]["RESNETS"]["DEPTH"] == 50 and c["SOLVER"]["IMS_PER_BATCH"] == 16)
@@ -416,7 +416,7 @@ def test_bad_coco_input_is_counted_or_refused(tmp_path: Path) -> None:
     samples, skips, coco = load_coco(ann, tmp_path / "img", train=True)
     assert skips == {"unknown_class": 1, "clipped": 1, "empty_box": 1}
     assert samples[0].boxes.tolist() == [[5, 5, 30, 30], [50, 30, 64, 48]]
-    x, t = DetectionDataset(samples, train=True, masks=True, coco=coco)[0]
+    _x, t = DetectionDataset(samples, train=True, masks=True, coco=coco)[0]
     assert t["masks"].shape == (2, 48, 64) and t["labels"].tolist() == [1, 1]
     doc["images"].append({"id": 2, "file_name": "missing.jpg", "width": 64, "height": 48})
     doc["annotations"].append({**doc["annotations"][0], "id": 5, "image_id": 2})

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from helpers import same_cell
 from lewel_bench.utils import REPO_ROOT
 from tools import make_tables as mt
-from helpers import same_cell
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "mcl"
 VALUE_SUFFIXES = (".paper", ".ours", ".std", ".n", ".diff")

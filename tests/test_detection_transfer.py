@@ -4,7 +4,6 @@ names, the supervised baseline spec, the make targets (dry runs)."""
 from __future__ import annotations
 
 import ast
-
 import json
 import logging
 import os
@@ -256,7 +255,6 @@ def _exported(path: Path, parts: tuple[str, ...]) -> tuple[dict, dict]:
 
 def test_bundle_export_matches_detectron2_module_names(bundle_file, tmp_path: Path) -> None:
     from eval_detection.detectron2_backend import d2_transfer_report
-
     from lewel_bench.transfer.detectron2 import convert
 
     path, trunk, fpn, head = bundle_file
@@ -578,7 +576,7 @@ def test_cli_retinanet_bundle_end_to_end(mini_data: Path, bundle_file, tmp_path:
 def _make_n(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "LEWEL_RUNS_DIR"}
     return subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120, env=env)
+                          timeout=120, env=env, check=False)
 
 
 def test_make_eval_coco_dry_runs() -> None:
@@ -592,7 +590,7 @@ def test_make_eval_coco_dry_runs() -> None:
                                  "coco_retinanet_2x", "--ckpt supervised:/w/r50.pth")):
         r = _make_n("eval-coco", "EXP=mcl", *args)
         assert r.returncode == 0, r.stderr
-        line = [ln for ln in r.stdout.replace('"', "").splitlines() if "eval_detection" in ln][0]  # the recipes quote every path (a path may hold spaces): compared without the quotes
+        line = next(ln for ln in r.stdout.replace('"', "").splitlines() if "eval_detection" in ln)  # the recipes quote every path (a path may hold spaces): compared without the quotes
         assert f"config {config} " in line and f"--config {config} " in line and extra in line, line
     for args, msg in ((("ARCH=c4", "SCHED=6x"), "ARCH-SCHED must be one of"),
                       (("ARCH=retinanet", "SCHED=3x"), "got retinanet-3x"),

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 import eval_knn.cli as knn_cli
+from helpers import make_imagenet, records_in
 from lewel_bench.checkpoint import BackboneError, load_backbone, random_backbone, save_backbone
 from lewel_bench.config import ConfigError, load_config
 from lewel_bench.data import BadImageError, DataError, DataLayoutError, ImageNetFolder, VOCDetection, read_coco_json
@@ -30,7 +31,6 @@ from lewel_bench.io import atomic_torch_save, atomic_write_json, remove_stale_te
 from lewel_bench.models import build_backbone
 from lewel_bench.records import make_record, write_record
 from lewel_bench.utils import REPO_ROOT, runs_dir
-from helpers import make_imagenet, records_in
 
 TINY = ["batch_size=8", "data.crop_size=32", "data.resize_size=36", "data.num_workers=0"]
 PRETRAIN_TINY = ["arch=resnet18", "aug.size=32", "batch_size=8", "epochs=1", "data.max_images=48",
@@ -188,8 +188,8 @@ def test_empty_or_missing_class_folder_is_refused_naming_it(tmp_path: Path) -> N
 
 
 def test_non_finite_metric_is_a_failed_record_and_tables_skip_it(tmp_path: Path) -> None:
-    from lewel_bench.stage import RunFolder, RunIdentity, Stage
     from lewel_bench.dist import DistInfo
+    from lewel_bench.stage import RunFolder, RunIdentity, Stage
     from tools import make_tables as mt
 
     bb = random_backbone("resnet18")
@@ -307,7 +307,7 @@ def test_bad_images_are_named(tmp_path: Path, mini_data: Path) -> None:
 
     a = make_imagenet(tmp_path / "a")
     bad = _bad_jpegs(a / "val" / "n00000000")
-    for name, p in bad.items():
+    for p in bad.values():
         with pytest.raises(BadImageError, match=str(p)):
             ds = ImageNetFolder(a, "val")
             ds[[s for s, _ in ds.samples].index(str(p))]
@@ -411,7 +411,7 @@ def test_disk_full_on_a_real_small_file_system(tmp_path: Path) -> None:
     mnt = tmp_path / "small"
     mnt.mkdir()
     if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
-                                           capture_output=True).returncode != 0:
+                                           capture_output=True, check=False).returncode != 0:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
         atomic_torch_save({"w": torch.ones(10)}, mnt / "checkpoint.pth")
@@ -431,9 +431,9 @@ def test_disk_full_on_a_real_small_file_system(tmp_path: Path) -> None:
     (["pretrain", "lewel_m_mini", "--data", ".", "amp=maybe"], "amp must be bool | auto"),
 ])
 def test_stage_errors_are_one_line_without_a_traceback(argv: list[str], expect: str) -> None:
-    p = subprocess.run([sys.executable, "-m", *argv], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    p = subprocess.run([sys.executable, "-m", *argv], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert p.returncode != 0
-    lines = [l for l in p.stderr.splitlines() if l.strip() and " INFO " not in l and " WARNING " not in l]
+    lines = [lv for lv in p.stderr.splitlines() if lv.strip() and " INFO " not in lv and " WARNING " not in lv]
     assert "Traceback" not in p.stderr and len(lines) == 1 and expect in lines[0], p.stderr[-2000:]
     assert lines[0].startswith(f"{argv[0]}: ")
 
@@ -496,24 +496,24 @@ def test_make_targets_pass_args_to_every_stage_and_say_which_recipe() -> None:
                           ("eval-knn", "eval_knn"), ("eval-voc-det", "eval_detection"), ("eval-coco", "eval_detection"),
                           ("eval-voc-seg", "eval_segmentation")):
         out = _dry(target, "ARGS=foo.bar=1")
-        cmd = [l for l in out.splitlines() if f"-- {stage} " in l]
+        cmd = [lv for lv in out.splitlines() if f"-- {stage} " in lv]
         assert len(cmd) == 1 and "foo.bar=1" in cmd[0], (target, out)
         assert "config" in out and ("mini data" in out or "DATA" in out), (target, out)
     real = _dry("eval-linear", "DATA=/imagenet")
     assert "--config auto" in real and "config auto on DATA=/imagenet" in real
-    p = subprocess.run(["make", "-n", "eval-linear", "EVAL_ARGS=epochs=1"], cwd=REPO_ROOT, capture_output=True, text=True)
+    p = subprocess.run(["make", "-n", "eval-linear", "EVAL_ARGS=epochs=1"], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     assert p.returncode != 0 and "EVAL_ARGS is no longer read" in p.stderr
 
 
 def test_make_pretrain_suggests_names_and_hides_internal_configs() -> None:
     r = subprocess.run([sys.executable, "-m", "pretrain.experiments", "resolve", "lewel"], cwd=REPO_ROOT,
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, check=False)
     assert r.returncode == 2 and "Did you mean: lewel_m, lewel_b" in r.stderr
     assert "_base" not in r.stderr and "_mini" not in r.stderr.split("Experiments:")[1]
     r = subprocess.run([sys.executable, "-m", "pretrain.experiments", "resolve", "lewel_b_400ep"], cwd=REPO_ROOT,
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, check=False)
     assert r.returncode == 2 and "exists with DATA" in r.stderr
     assert subprocess.run([sys.executable, "-m", "pretrain.experiments", "resolve", "lewel_m"], cwd=REPO_ROOT,
-                          capture_output=True, text=True).stdout.strip() == "lewel_m_mini"
+                          capture_output=True, text=True, check=False).stdout.strip() == "lewel_m_mini"
     dry = _dry("pretrain", "EXP=lewel_b", "DATA=/imagenet")
     assert "pretrain.experiments resolve 'lewel_b' --full" in dry and "the full-data config" in dry

@@ -24,16 +24,26 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from helpers import d2_cfg, make_imagenet, records_in
-from lewel_bench.args import (SEED_MAX, ArgumentParser, CheckpointArg, ConfigArg, Number, PathArg, check_path,
-                              path_actions, seed_arg)
+from lewel_bench.args import (
+    SEED_MAX,
+    ArgumentParser,
+    CheckpointArg,
+    ConfigArg,
+    Number,
+    PathArg,
+    check_path,
+    path_actions,
+    seed_arg,
+)
 from lewel_bench.config import ConfigError
 from lewel_bench.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_REFUSED, CommandExit, PathError
 from lewel_bench.utils import REPO_ROOT
@@ -50,7 +60,7 @@ def command_modules() -> list[str]:
             mod = ".".join(f.relative_to(REPO_ROOT).with_suffix("").parts)
             if f.name == "__main__.py":
                 out.add(mod.rsplit(".", 1)[0] + ".cli" if (f.parent / "cli.py").is_file() else mod)
-            elif re.search(r'^if __name__ == "__main__":', f.read_text(), re.M):
+            elif re.search(r'^if __name__ == "__main__":', f.read_text(), re.MULTILINE):
                 out.add(mod)
     return sorted(out)
 
@@ -126,7 +136,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     if os.geteuid() != 0:
         ro.chmod(0o555)
         paths["ro"] = ro
-    elif subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True).returncode == 0:
+    elif subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True, check=False).returncode == 0:
         paths["ro"] = ro
     yield paths
     if os.geteuid() == 0 and "ro" in paths:
@@ -233,7 +243,7 @@ def test_a_default_output_folder_under_a_file_is_refused_before_any_work(tmp_pat
     (tmp_path / "runs").write_text("not a folder")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LEWEL_RUNS_DIR", str(tmp_path / "runs"))
-        status, msg, lines = _call("eval_knn.cli", ["--config", "mini", "--ckpt", "random:resnet18", "--data",
+        status, msg, _lines = _call("eval_knn.cli", ["--config", "mini", "--ckpt", "random:resnet18", "--data",
                                                    str(root)], capsys)
     assert status == EXIT_REFUSED and "output folder" in msg and "runs is a file, not a folder" in msg, msg
 
@@ -294,12 +304,12 @@ def test_numbers_out_of_range_are_refused_naming_the_key(module: str, action: An
 def test_make_counts_are_checked(tmp_path: Path) -> None:
     for value in ("-1", "0", "abc", "1.5"):
         r = subprocess.run(["make", "-n", "eval-voc-det", f"SEEDS={value}"], cwd=REPO_ROOT, capture_output=True,
-                           text=True)
+                           text=True, check=False)
         assert r.returncode == 2 and f"SEEDS='{value}': expected a positive integer" in r.stderr, r.stderr
-    r = subprocess.run(["make", "-n", "eval-knn", "MINI=data/my mini"], cwd=REPO_ROOT, capture_output=True, text=True)
+    r = subprocess.run(["make", "-n", "eval-knn", "MINI=data/my mini"], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     assert r.returncode == 2 and "MINI='data/my mini': this path names make targets" in r.stderr
     r = subprocess.run([sys.executable, "-m", "lewel_bench.launch", "--nproc", "0", "--", "eval_knn"], cwd=REPO_ROOT,
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, check=False)
     assert r.returncode == 2 and "argument --nproc: expected an integer >= 1, got 0" in r.stderr
 
 
@@ -313,7 +323,7 @@ CONFIG_ACTIONS = [pytest.param(m, a, id=m) for m in COMMANDS for a in PARSERS[m]
 def _default_config(action: Any) -> str:
     if action.default:
         return action.default
-    return sorted(p.stem for p in action.type.config_dir.glob("*.yaml") if not p.stem.startswith("_"))[0]
+    return min(p.stem for p in action.type.config_dir.glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def _leaves(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -336,8 +346,8 @@ def test_config_files_with_syntax_errors_or_duplicate_keys_are_refused(module: s
                                                                        capsys) -> None:
     py = ".py" in action.type.suffixes
     bad = {"syntax": ("x = dict(a=1,\nb = 2\n" if py else "a: 1\nb: [1, 2\nc: 3\n", r"line \d+.*: not valid"),
-           "duplicate": ("lr = 0.1\nopt = {'lr': 0.1,\n       'lr': 0.2}\n", r"line 3: key 'lr' is given twice in one "
-                         r"mapping \(first on line 2\)") if py else
+           "duplicate": ("lr = 0.1\nopt = {'lr': 0.1,\n       'lr': 0.2}\n", (r"line 3: key 'lr' is given twice in one "
+                         r"mapping \(first on line 2\)")) if py else
                         ("a: 1\nb:\n  c: 1\n  c: 2\n", r"line 4 column 3: .*key 'c' is given twice \(first on line 3\)")}
     for name, (text, expect) in bad.items():
         f = tmp_path / f"{name}{action.type.suffixes[0]}"
@@ -478,8 +488,8 @@ def test_segmentation_masks_are_checked_as_they_are_read(tmp_path: Path) -> None
     res = load.transform(_mask_case(tmp_path, "ok", ok))
     assert (res["gt_seg_map"] == ok).all()
     cases = {"size": (np.zeros((21, 30), np.uint8), r"mask .*size.png is 30x21 but its image .*size.jpg is 30x20"),
-             "labels": (np.where(ok == 10, 12, ok).astype(np.uint8), r"mask .*labels.png: labels 12 are outside 0..10 "
-                                                                      r"and 255 \(ignore\)"),
+             "labels": (np.where(ok == 10, 12, ok).astype(np.uint8), (r"mask .*labels.png: labels 12 are outside 0..10 "
+                                                                       r"and 255 \(ignore\)")),
              "colour": (np.zeros((20, 30, 3), np.uint8), r"colour.png has 3 channels"),
              "wide": (np.full((20, 30), 300, np.uint16), r"wide.png holds labels 300..300 .*0..255")}
     for name, (mask, expect) in cases.items():
@@ -521,8 +531,8 @@ def test_every_segmentation_pipeline_checks_train_and_test_masks() -> None:
 
 
 def test_a_bad_validation_mask_stops_segmentation_naming_the_file(tmp_path: Path, capsys) -> None:
-    from test_segmentation import TINY_CFG, MINI_CFG
     from lewel_bench.data.mini import DEFAULT_SIZES, write_voc
+    from test_segmentation import MINI_CFG, TINY_CFG
 
     root = tmp_path / "VOCdevkit"
     sizes = {**DEFAULT_SIZES, "det_min_size": 64, "det_max_size": 96, "max_objects": 2}
@@ -550,7 +560,7 @@ KNN_TINY = ["batch_size=8", "data.crop_size=32", "data.resize_size=36", "data.nu
 def test_a_result_whose_record_cannot_be_written_is_kept_and_recorded_on_the_next_run(tmp_path: Path, capsys,
                                                                                      monkeypatch) -> None:
     import eval_knn.cli as knn
-    import lewel_bench.records as records
+    from lewel_bench import records
     from lewel_bench.errors import StorageError
 
     root, out, rec = make_imagenet(tmp_path / "in"), tmp_path / "out", tmp_path / "rec"
@@ -582,7 +592,7 @@ def test_an_unwritable_records_folder_is_refused_before_any_work(tmp_path: Path,
     for records_dir in ([str(tmp_path / "afile" / "rec")] + ([str(hostile["ro"] / "rec")] if "ro" in hostile else [])):
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("LEWEL_RESULTS_DIR", records_dir)  # the default records folder: <it>/records
-            status, msg, lines = _call("eval_knn.cli", ["--config", "mini", "--ckpt", "random:resnet18", "--data",
+            status, msg, _lines = _call("eval_knn.cli", ["--config", "mini", "--ckpt", "random:resnet18", "--data",
                                                         str(root), "--out", str(tmp_path / "o"), *KNN_TINY], capsys)
         assert status == EXIT_REFUSED and "records folder" in msg and records_dir in msg, msg
         assert not (tmp_path / "o").exists()
@@ -671,7 +681,7 @@ def test_make_recipes_quote_every_path(target: str) -> None:
                                                       "LAUNCH_CONFIG", "SLURM_FOLDER")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEWEL_")}
     r = subprocess.run(["make", "-n", "--no-print-directory", target, *[f"{k}={v}" for k, v in variables.items()]],
-                       cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=120)
+                       cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=120, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     commands = [ln for ln in r.stdout.replace("\\\n", " ").splitlines() if re.search(r"-m (lewel_bench\.launch|tools\.|pretrain|tensorboard)", ln)]
     assert commands, r.stdout[-2000:]
@@ -690,7 +700,7 @@ def test_make_runs_a_stage_with_spaces_and_non_ascii_characters_in_its_paths(tmp
     save_backbone(d / "back bone.pth", bb.state_dict, {"arch": "resnet18", "method": "byol", "exp": "x", "epochs": 1})
     env = dict(os.environ, LEWEL_RESULTS_DIR=str(d / "results é"))
     r = subprocess.run(["make", "eval-knn", f"CKPT={d / 'back bone.pth'}", f"DATA={root}", f"OUT={d / 'out put'}",
-                        f"ARGS={' '.join(KNN_TINY)}"], cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600)
+                        f"ARGS={' '.join(KNN_TINY)}"], cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     (rec,) = records_in(d / "results é" / "records")
     assert rec["eval"] == "knn" and (d / "out put" / "result.json").is_file()
@@ -698,7 +708,7 @@ def test_make_runs_a_stage_with_spaces_and_non_ascii_characters_in_its_paths(tmp
 
 def test_make_never_rebuilds_the_venv_because_a_file_is_newer_and_swaps_a_new_one_in() -> None:
     os.utime(REPO_ROOT / "requirements.txt")  # a checkout: newer, the same content
-    r = subprocess.run(["make", "-q", "venv"], cwd=REPO_ROOT, capture_output=True, text=True)
+    r = subprocess.run(["make", "-q", "venv"], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     assert r.returncode == 0, "make venv would rebuild the venv for a newer requirements.txt"
     dry = subprocess.run(["make", "-n", "venv", "VENV=/tmp/some_x"], cwd=REPO_ROOT, capture_output=True,
                          text=True, check=True).stdout.splitlines()
@@ -932,8 +942,8 @@ def test_every_key_of_the_protocol_config_reaches_detectron2_or_is_declared(name
 
 @pytest.mark.parametrize("name", [n for n in _protocol_configs() if not n.startswith("mini_")])
 def test_every_override_reaches_detectron2_key_by_key(name: str) -> None:
-    from lewel_bench.config import load_config
     from eval_detection.protocol import CONFIG_DIR
+    from lewel_bench.config import load_config
 
     base = load_config(name, CONFIG_DIR)
     for key, (d2_key, value, new) in _expected(base["arch"]).items():

@@ -39,7 +39,7 @@ def lewel_ckpt(tmp_path_factory) -> Path:
 def test_alignment_maps_figure(lewel_ckpt, tmp_path):
     from tools import visualize_alignment as va
 
-    method, cfg = va.load_method(lewel_ckpt)
+    method, _cfg = va.load_method(lewel_ckpt)
     view = torch.randn(3, 64, 64)
     maps = va.alignment_maps_for(method, view)
     assert maps.shape == (32, 2, 2)                       # d maps over the 2x2 layer4 grid of a 64 px view

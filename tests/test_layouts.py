@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import logging
 import pickle
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -76,7 +78,7 @@ def resnet(fc: nn.Module | None = None) -> nn.Module:
 
 def mlp(*dims: int, bn: bool = True) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(dims, dims[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(dims)):
         layers.append(nn.Linear(a, b, bias=not bn))
         if i < len(dims) - 2:
             layers += [nn.BatchNorm1d(b), nn.ReLU()] if bn else [nn.ReLU()]
@@ -319,7 +321,7 @@ def densecl_official(d: Path, c: Compact) -> Case:
 
 def mmpretrain_byol(d: Path, c: Compact) -> Case:
     r, r_target = resnet(nn.Identity()), resnet(nn.Identity())
-    neck = lambda: Tree(fc0=nn.Linear(512, 64), bn0=nn.BatchNorm1d(64), fc1=nn.Linear(64, 32))  # noqa: E731
+    neck = lambda: Tree(fc0=nn.Linear(512, 64), bn0=nn.BatchNorm1d(64), fc1=nn.Linear(64, 32))
     ema = Tree(module=nn.Sequential(r_target, neck()), steps=torch.tensor(0))  # mmengine's CosineEMA
     model = Tree(backbone=r, neck=neck(), head=Tree(predictor=neck()), target_net=ema)
     obj = {"meta": {"epoch": 200, "iter": 5000, "mmengine_version": "0.7.0"}, "state_dict": c.sd(model),
@@ -342,8 +344,8 @@ def pixpro(d: Path, c: Compact) -> Case:
 
 def soco(d: Path, c: Compact) -> Case:
     e, ek, ema = resnet(nn.Identity()), resnet(nn.Identity()), resnet(nn.Identity())
-    head = lambda: Tree(conv1=nn.Conv2d(256, 256, 3, bias=False), bn1=nn.BatchNorm2d(256))  # noqa: E731
-    neck = lambda: Tree(lateral_convs=nn.ModuleList(conv_module(ch, 256, 1) for ch in (128, 256, 512)))  # noqa: E731
+    head = lambda: Tree(conv1=nn.Conv2d(256, 256, 3, bias=False), bn1=nn.BatchNorm2d(256))
+    neck = lambda: Tree(lateral_convs=nn.ModuleList(conv_module(ch, 256, 1) for ch in (128, 256, 512)))
     model = ddp(Tree(encoder=e, neck=neck(), head=head(), encoder_k=ek, neck_k=neck(), head_k=head()))
     obj = {"opt": argparse.Namespace(arch="resnet18"), "model": c.sd(model),
            "model_ema": c.sd(Tree(encoder=ema, neck=neck(), head=head())), "optimizer": {}, "epoch": 100}
@@ -365,7 +367,7 @@ def lightly_example(d: Path, c: Compact) -> Case:
     """lightly's MoCo example: backbone = nn.Sequential(*list(resnet.children())[:-1]) and its momentum copy."""
     r = resnet()
     r_m = copy.deepcopy(r)
-    seq = lambda m: nn.Sequential(*list(m.children())[:-1])  # noqa: E731
+    seq = lambda m: nn.Sequential(*list(m.children())[:-1])
     model = Tree(backbone=seq(r), projection_head=Tree(layers=mlp(512, 512, 128, bn=False)), backbone_momentum=seq(r_m),
                  projection_head_momentum=Tree(layers=mlp(512, 512, 128, bn=False)))
     obj = {"epoch": 9, "global_step": 100, "pytorch-lightning_version": "1.9.0", "state_dict": c.sd(model)}
@@ -377,7 +379,7 @@ def lightly_dino_example(d: Path, c: Compact) -> Case:
     """lightly's DINO example: student_backbone / teacher_backbone (Sequential): DINO evaluates the teacher."""
     rs = resnet()
     rt = copy.deepcopy(rs)
-    seq = lambda m: nn.Sequential(*list(m.children())[:-1])  # noqa: E731
+    seq = lambda m: nn.Sequential(*list(m.children())[:-1])
     model = Tree(student_backbone=seq(rs), student_head=mlp(512, 64, 16, bn=False), teacher_backbone=seq(rt),
                  teacher_head=mlp(512, 64, 16, bn=False))
     return Case("lightly_dino_example", _save(d / "lightly_dino.pth", c.sd(model)), "lightly", "teacher_backbone.",
@@ -772,11 +774,11 @@ def test_make_passes_ckpt_prefix_and_layout(target: str, stage: str) -> None:
 
 def test_make_inspect_describes_a_file(cases: dict) -> None:
     r = subprocess.run(["make", "--no-print-directory", "inspect", f"CKPT={cases['dino'].path}"], cwd=REPO_ROOT,
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "layout: dino (DINO full checkpoint" in r.stdout
     assert "teacher at 'teacher.module.backbone.': 120 tensors, resnet18 trunk complete  <- taken" in r.stdout
-    r = subprocess.run(["make", "--no-print-directory", "inspect"], cwd=REPO_ROOT, capture_output=True, text=True)
+    r = subprocess.run(["make", "--no-print-directory", "inspect"], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     assert r.returncode != 0 and "pass CKPT=FILE" in r.stderr
 
 

@@ -151,7 +151,7 @@ def test_views_from_config() -> None:
     flat = Image.new("RGB", (96, 96), (37, 140, 201))
     for batched in (False, True):
         views = build_views(specs, batched)
-        out = seeded(lambda: [v(flat) for v in views], 3)
+        out = seeded(lambda views=views: [v(flat) for v in views], 3)
         weak = out[0][0].float() / 255.0 if batched else out[0]
         assert weak.shape[-2:] == (48, 48)
         if batched:

@@ -28,15 +28,15 @@ def _tiny(exp: str, *extra: str) -> dict:
 def test_uncoupled_heads_share_nothing_and_learn_independently() -> None:
     torch.manual_seed(0)
     head = CoupledHead(8, 16, 4, h=2, coupling="uncoupled")
-    ids = lambda m: {id(p) for p in m.parameters()}  # noqa: E731
+    ids = lambda m: {id(p) for p in m.parameters()}
     assert ids(head.g).isdisjoint(ids(head.g_w)) and ids(head.g).isdisjoint(ids(head.p))
     feat = torch.randn(3, 8, 2, 2)
-    z, za, maps = head(feat)
+    z, za, _maps = head(feat)
     z.sum().backward()  # the global embedding reaches g only
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.g.parameters())
     assert all(p.grad is None for p in head.g_w.parameters()) and all(p.grad is None for p in head.p.parameters())
     head.zero_grad(set_to_none=True)
-    _, za, maps = head(feat)
+    _, za, _maps = head(feat)
     za.sum().backward()  # the aligned embeddings reach the map projector and p, never g
     assert all(p.grad is None for p in head.g.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in head.g_w.parameters())
@@ -72,7 +72,7 @@ def test_random_maps_are_not_a_function_of_the_features_and_follow_the_seed() ->
     assert torch.equal(wa, wb) and not torch.allclose(wa, wc)
     assert (wa >= 0).all() and torch.allclose(wa.sum(1), torch.ones(2, 8))
     uniform = CoupledHead(8, 16, 8, h=2, align="uniform")
-    _, za, w = uniform(a)
+    _, _za, w = uniform(a)
     assert torch.allclose(w, torch.full_like(w, 1 / 9))
 
 
@@ -104,8 +104,8 @@ def test_mocov2_extra_projector_adds_the_aligned_loss_without_alignment() -> Non
 def test_every_ablation_row_has_its_config() -> None:
     names = {p.stem for p in (REPO_ROOT / CFG).glob("*.yaml")}
     for table in ("table5_components", "table6_heads", "table7_num_aligned"):
-        rows = [r for r in csv.reader(l for l in (REPO_ROOT / "results/paper" / f"{table}.csv").read_text().splitlines()
-                                      if not l.startswith("#"))][1:]
+        rows = [r for r in csv.reader(lv for lv in (REPO_ROOT / "results/paper" / f"{table}.csv").read_text().splitlines()
+                                      if not lv.startswith("#"))][1:]
         for row in rows:
             assert row[1] in names, f"{table}: row {row[0]!r} has no config pretrain/configs/{row[1]}.yaml"
             load_config(row[1], REPO_ROOT / CFG)                 # and it loads against its schema

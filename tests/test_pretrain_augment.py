@@ -5,8 +5,18 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from lewel_bench.config import load_config
-from pretrain.augment import (IMAGENET_MEAN, IMAGENET_STD, N_PARAMS, CropAndDraw, adjust_hue, apply_photometric,
-                              build_views, gaussian_blur, seeded, view_specs)
+from pretrain.augment import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    N_PARAMS,
+    CropAndDraw,
+    adjust_hue,
+    apply_photometric,
+    build_views,
+    gaussian_blur,
+    seeded,
+    view_specs,
+)
 
 
 def specs_of(exp: str, size: int) -> list:
@@ -50,7 +60,7 @@ def test_apply_photometric_matches_per_image_pipeline():
     img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 48, 3), dtype=np.uint8))
     for spec in specs_of("byol", 24):
         view = CropAndDraw(spec)
-        crops, params = zip(*[seeded(lambda: view(img), s) for s in range(16)])
+        crops, params = zip(*[seeded(lambda view=view: view(img), s) for s in range(16)])
         crops, params = torch.stack(crops), torch.stack(params)
         assert crops.dtype == torch.uint8 and crops.shape == (16, 3, 24, 24) and params.shape == (16, N_PARAMS)
         got = apply_photometric(crops, params)
@@ -72,11 +82,11 @@ def test_drawn_parameters_follow_the_recipe():
             assert abs((p[:, 9] > 0).float().mean() - spec.gray_p) < 0.04
             assert abs((p[:, 10] > 0).float().mean() - spec.blur_p) < 0.04
             assert abs((p[:, 11] > 0).float().mean() - spec.solarize_p) < 0.04
-            b, c, s, h = spec.jitter
+            b, _c, s, h = spec.jitter
             assert p[on, 1].min() >= 1 - b and p[on, 1].max() <= 1 + b and p[on, 3].max() <= 1 + s
             assert p[on, 4].abs().max() <= h and p[on, 4].std() > h / 3
             assert all(sorted(o) == [0, 1, 2, 3] for o in p[on, 5:9].long().tolist())  # a random order per sample
             assert len({tuple(o) for o in p[on, 5:9].long().tolist()}) > 12
             assert (p[:, 10].max() <= 2.0 * 16 / 224 + 1e-6) and (p[~on, 1:4] == 1).all()
             # a pure function of the seed, as the dataset relies on
-            assert torch.equal(seeded(lambda: view(img)[1], 7), seeded(lambda: view(img)[1], 7))
+            assert torch.equal(seeded(lambda view=view: view(img)[1], 7), seeded(lambda view=view: view(img)[1], 7))

@@ -2,6 +2,7 @@
 computations on tiny tensors, and one short run through the real loop."""
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,13 @@ from lewel_bench.optim import optimizer_for, schedule_from_config
 from pretrain.augment import build_views, seeded, view_specs
 from pretrain.cli import CONFIG_DIR
 from pretrain.methods import METHODS
-from pretrain.methods.cgh import CGH, cross_context_ce, info_nce_from_rows, loss_weights, queue_similarities
+from pretrain.methods.cgh import (
+    CGH,
+    cross_context_ce,
+    info_nce_from_rows,
+    loss_weights,
+    queue_similarities,
+)
 
 TINY = ["arch=resnet18", "model.dim=8", "model.hyper_dim=6", "model.hidden=16", "model.queue_size=20"]
 
@@ -266,7 +273,7 @@ def test_views_weak_key_strong_query_and_the_weak_view_keeps_a_flat_colour(monke
     assert (specs[1].jitter, specs[1].jitter_p, specs[1].gray_p, specs[1].blur_p) == ((0.4, 0.4, 0.4, 0.1), 0.8, 0.2, 0.5)
     flat = Image.new("RGB", (256, 256), (37, 140, 201))
     for batched in (False, True):
-        weak = seeded(lambda: build_views(specs[:1], batched)[0](flat), 5)
+        weak = seeded(lambda batched=batched: build_views(specs[:1], batched)[0](flat), 5)
         if batched:
             assert torch.equal(weak[0][:, 0, 0], torch.tensor([37, 140, 201], dtype=torch.uint8))
             assert bool((weak[0] == weak[0][:, :1, :1]).all()) and float(weak[1][0]) == 0
@@ -317,7 +324,7 @@ def test_lr_warm_up_cosine_and_the_no_decay_groups_by_name() -> None:
     ipe = 100
     total = cfg["epochs"] * ipe
     s = schedule_from_config(cfg["schedule"], total, ipe, base_lr=cfg["optim"]["lr"])
-    lr = lambda t: s.lr(cfg["optim"]["lr"], t)  # noqa: E731
+    lr = lambda t: s.lr(cfg["optim"]["lr"], t)
     assert lr(0) == 0.0 and lr(250) == pytest.approx(0.025) and lr(499) == pytest.approx(0.05 * 499 / 500)
     assert lr(500) == pytest.approx(0.05)  # the end of epoch 5
     assert lr(500 + (total - 500) // 2) == pytest.approx(0.025)  # cosine over the remaining 195 epochs
@@ -362,7 +369,7 @@ def test_cgh_trains_through_the_loop_with_the_ema_before_each_key_pass(mini_data
           "model.loss_warmup_epochs=1", "tqdm_interval=60"])
     assert [s["it"] for s in seen] == [0, 1, 2] and {s["ipe"] for s in seen} == {3} and seen[0]["w"] == 3
     mom = 0.99
-    for a, b in zip(seen, seen[1:]):
+    for a, b in itertools.pairwise(seen):
         for k in ("backbone.conv1.weight", "head.hyper.reduce.0.weight", "head.hyper.mlp.fc2.bias"):
             torch.testing.assert_close(b[f"t.{k}"], mom * a[f"t.{k}"] + (1 - mom) * b[f"o.{k}"], rtol=1e-5, atol=1e-7)
     for k in ("backbone.conv1.weight", "head.hyper.reduce.0.weight", "head.hyper.mlp.fc2.bias"):

@@ -3,9 +3,9 @@ optimiser's exclusions and schedule, EMA after the step, the transfer bundle, an
 from __future__ import annotations
 
 import math
-import re
 import os
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +71,7 @@ def test_level_sizes_and_how_often_each_image_appears() -> None:
     p = m.pyramid(_views(3, B), side=0)
     assert p.counts == (B, B // 4, B // 16) and p.x.shape == (B + B // 4 + B // 16, 3, SIZE, SIZE)
     assert torch.equal(p.x[:B], _views(3, B)[0])  # level 0: the full images, labels 0..B-1
-    assert [len(l) for l in p.labels] == [B, B, B]
+    assert [len(lv) for lv in p.labels] == [B, B, B]
     for ids in p.labels:
         assert torch.equal(torch.bincount(ids, minlength=B), torch.ones(B, dtype=torch.long))  # once per level
     assert torch.equal(p.labels[0], torch.arange(B))
@@ -84,7 +84,7 @@ def test_level_sizes_and_how_often_each_image_appears() -> None:
     # the code's four levels: B / 32 canvases of 8 x 8 tiles, every image twice
     m4 = _build(*CODE_LEVELS)
     p4 = m4.pyramid(_views(4, B), side=0)
-    assert p4.counts == (B, B // 4, B // 16, B // 32) and [len(l) for l in p4.labels] == [B, B, B, 2 * B]
+    assert p4.counts == (B, B // 4, B // 16, B // 32) and [len(lv) for lv in p4.labels] == [B, B, B, 2 * B]
     assert torch.equal(torch.bincount(p4.labels[3], minlength=B), torch.full((B,), 2))
     with pytest.raises(ConfigError, match="not divisible by model.montage_divisors"):
         m.pyramid(_views(3, 8), side=0)
@@ -98,10 +98,10 @@ def test_pixel_ratio_processed_per_step() -> None:
                                   (CODE_LEVELS, 1.34375, 1.0)):
         m = _build(*extra)
         seen = {"online": 0, "target": 0}
-        for name in seen:
+        for name in list(seen):
             getattr(m, name).backbone.conv1.register_forward_pre_hook(  # the trunk's first layer
-                lambda mod, args, name=name: seen.__setitem__(name, seen[name] + args[0][:, 0].numel()))
-        loss, logs = m(_views(2 * m.L, B))
+                lambda mod, args, name=name, seen=seen: seen.__setitem__(name, seen[name] + args[0][:, 0].numel()))
+        _loss, logs = m(_views(2 * m.L, B))
         assert seen["online"] / (2 * B * SIZE * SIZE) == online and seen["target"] / (2 * B * SIZE * SIZE) == target
         assert float(logs["pixel_ratio"]) == online
 
@@ -153,7 +153,7 @@ def test_level_i_reads_its_fpn_level_and_only_the_cells_it_needs() -> None:
 def _neck_stats_by_hand(neck, x: torch.Tensor, n: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The neck's train-mode forward on the n x n cells of x written out with plain ops: for each of its BN
     layers, the batch mean and the unbiased variance of its input (what the running statistics take in)."""
-    N, C, H, W = x.shape
+    N, C, H, _W = x.shape
     c = H // n
     y = x.reshape(N, C, n, c, n, c).permute(0, 2, 4, 1, 3, 5).reshape(N * n * n, C, c, c)
     stats = {}
@@ -190,14 +190,14 @@ def test_shared_neck_visits_the_levels_from_p2_as_the_code_its_running_statistic
         for bn in bns.values():
             bn.reset_running_stats()
         P = head.fpn(feats)  # train mode: the same maps as the step's
-        by_level = {l: _neck_stats_by_hand(neck, P[l], 2 ** (5 - l)) for l in (2, 3, 4, 5)}
+        by_level = {lv: _neck_stats_by_hand(neck, P[lv], 2 ** (5 - lv)) for lv in (2, 3, 4, 5)}
         head(feats, [3, 1, 1, 1])
     for order, should_match in (((2, 3, 4, 5), True), ((5, 4, 3, 2), False)):
         for name, bn in bns.items():
             mean, var = torch.zeros_like(bn.running_mean), torch.ones_like(bn.running_var)
-            for l in order:
-                mean = 0.9 * mean + 0.1 * by_level[l][name][0]
-                var = 0.9 * var + 0.1 * by_level[l][name][1]
+            for lv in order:
+                mean = 0.9 * mean + 0.1 * by_level[lv][name][0]
+                var = 0.9 * var + 0.1 * by_level[lv][name][1]
             if should_match:
                 torch.testing.assert_close(bn.running_mean, mean, rtol=1e-9, atol=1e-12)
                 torch.testing.assert_close(bn.running_var, var, rtol=1e-9, atol=1e-12)
@@ -295,8 +295,8 @@ def test_fpn_neck_and_predictor_shapes_at_224_px() -> None:
     m = METHODS.get("mcl")(cfg).train()
     head = m.online.head
     assert head.fpn.levels == (5, 4, 3, 2) and m.online.stages == ("res2", "res3", "res4", "res5")
-    for l, cin in zip((2, 3, 4, 5), (256, 512, 1024, 2048)):
-        lat, out = getattr(head.fpn, f"fpn_lateral{l}"), getattr(head.fpn, f"fpn_output{l}")
+    for lv, cin in zip((2, 3, 4, 5), (256, 512, 1024, 2048)):
+        lat, out = getattr(head.fpn, f"fpn_lateral{lv}"), getattr(head.fpn, f"fpn_output{lv}")
         assert lat.weight.shape == (256, cin, 1, 1) and lat.bias is None and lat.norm.num_features == 256
         assert out.weight.shape == (256, 256, 3, 3) and out.bias is None and not lat.relu and not out.relu
     convs = head.neck.convs()
@@ -312,7 +312,7 @@ def test_fpn_neck_and_predictor_shapes_at_224_px() -> None:
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         P = head.fpn(m.online.features(x))
-        assert {l: tuple(p.shape) for l, p in P.items()} == {5: (2, 256, 7, 7), 4: (2, 256, 14, 14),
+        assert {lv: tuple(p.shape) for lv, p in P.items()} == {5: (2, 256, 7, 7), 4: (2, 256, 14, 14),
                                                             3: (2, 256, 28, 28), 2: (2, 256, 56, 56)}
         assert head.neck(P[2], 8).shape == (2 * 64, 256)  # 8 x 8 cells of 7 x 7
         assert m.predictors[3](head.neck(P[2], 8)).shape == (128, 256)
@@ -476,10 +476,10 @@ def test_transfer_bundle_carries_the_fpn_and_the_neck_convs(tiny_run: Path, tmp_
     bb = load_backbone(tiny_run / "backbone.pth", parts=["fpn", "box_head"])
     assert bb.arch == "resnet18" and all(not k.startswith(("online.", "fpn", "conv1.norm")) for k in bb.state_dict)
     fpn, box = bb.parts["fpn"], bb.parts["box_head"]
-    for l, cin in ((3, 128), (4, 256), (5, 512)):  # three levels read P3..P5: the FPN has those
-        assert fpn[f"fpn_lateral{l}.weight"].shape == (16, cin, 1, 1)
-        assert fpn[f"fpn_output{l}.weight"].shape == (16, 16, 3, 3)
-        assert fpn[f"fpn_lateral{l}.norm.running_var"].shape == (16,)
+    for lv, cin in ((3, 128), (4, 256), (5, 512)):  # three levels read P3..P5: the FPN has those
+        assert fpn[f"fpn_lateral{lv}.weight"].shape == (16, cin, 1, 1)
+        assert fpn[f"fpn_output{lv}.weight"].shape == (16, 16, 3, 3)
+        assert fpn[f"fpn_lateral{lv}.norm.running_var"].shape == (16,)
     assert not any(k.startswith(("fpn_lateral2", "fpn_output2")) for k in fpn)
     assert sorted({k.split(".")[0] for k in box}) == ["conv1", "conv2", "conv3", "conv4"]
     assert box["conv2.weight"].shape == (16, 16, 3, 3) and box["conv4.norm.bias"].shape == (16,)
@@ -559,8 +559,8 @@ def test_benchmark_prints_mcl_over_byol_and_the_pixel_ratio(capsys: pytest.Captu
     main(["--arch", "resnet18", "--size", "32", "--batch", "16", "--reps", "1", "--warmup", "0",
           "--methods", "byol", "mcl"])
     out = capsys.readouterr().out
-    row = re.search(r"^\| mcl / byol \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|", out, re.M)
+    row = re.search(r"^\| mcl / byol \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|", out, re.MULTILINE)
     assert row and float(row.group(1)) > 0 and float(row.group(3)) == 1.3125
     assert float(row.group(2)) > 1.0  # MCL does more FLOPs per step than BYOL
-    px = dict(re.findall(r"^\| (\w+) \|(?: [0-9.]+ \|){5} ([0-9.]+) \| [0-9.]+ \|$", out, re.M))
+    px = dict(re.findall(r"^\| (\w+) \|(?: [0-9.]+ \|){5} ([0-9.]+) \| [0-9.]+ \|$", out, re.MULTILINE))
     assert px == {"supervised": "1", "byol": "2", "mcl": "2.625"}

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
+from lewel_bench.optim import LARS, Schedule, optimizer_for, param_groups
 from pretrain.ema import cosine_momentum, ema_update
 from pretrain.methods.base import FIFOQueue
-from lewel_bench.optim import LARS, Schedule, optimizer_for, param_groups
 
 
 def test_momentum_schedule_endpoints():

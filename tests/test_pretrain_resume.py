@@ -24,7 +24,7 @@ def _cmd(data: Path, out: Path, exp: str = "lewel_b_mini", extra=("model.target=
 
 
 def _losses(out: Path) -> dict[int, float]:
-    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(lv) for lv in (out / "metrics.jsonl").read_text().splitlines()]
     return {r["iter"]: r["loss"] for r in lines if "loss" in r}
 
 
@@ -45,7 +45,7 @@ def test_kill_and_resume_equals_unbroken_run(mini_data, tmp_path):
     assert bb["meta"]["method"] == "lewel_b" and bb["meta"]["epochs"] == 2 and bb["meta"]["arch"] == "resnet18"
     missing, unexpected = torchvision.models.resnet18().load_state_dict(bb["state_dict"], strict=False)
     assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
-    assert any("knn_top1" in l for l in (ref / "metrics.jsonl").read_text().splitlines())
+    assert any("knn_top1" in lv for lv in (ref / "metrics.jsonl").read_text().splitlines())
 
     run = tmp_path / "killed"
     p = subprocess.Popen(_cmd(mini_data, run), cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,

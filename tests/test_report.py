@@ -24,15 +24,19 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
-from helpers import apt_install
 
+from helpers import apt_install
 from lewel_bench.records import make_record, now_iso, write_record
 from lewel_bench.utils import REPO_ROOT
 from tools import make_report as mr
 from tools import make_tables as mt
+
+if TYPE_CHECKING:  # typing.Self: Python 3.11+
+    from typing import Self
 
 FP_MINI = "f1" * 32          # the fake run's data fingerprint (and the mini records')
 FP_IN = "a7" * 32            # "imagenet" records
@@ -195,13 +199,13 @@ def test_delta_colour_by_sign_and_size():
     cn, sn = mr.delta_style(-0.5)
     _, big = mr.delta_style(-8.0)
     assert cp == "dpos" and "22,163,74" in sp and cn == "dneg" and "220,38,38" in sn
-    alpha = lambda s: float(s.rsplit(",", 1)[1].rstrip(")"))  # noqa: E731
+    alpha = lambda s: float(s.rsplit(",", 1)[1].rstrip(")"))
     assert alpha(sp) == alpha(sn) < alpha(big) <= 0.85
     assert mr.delta_style(None) == ("", "")
 
 
 def test_report_rerun_removes_stale_files_and_reads_made_tables(fixture_dirs, tmp_path):
-    root, records, runs, bench = fixture_dirs
+    _root, records, runs, _bench = fixture_dirs
     out = tmp_path / "rep"
     (out / "img").mkdir(parents=True)
     (out / "img" / "old.png").write_bytes(b"x")
@@ -215,7 +219,7 @@ def test_report_rerun_removes_stale_files_and_reads_made_tables(fixture_dirs, tm
 
 
 def test_bad_input_is_one_line_naming_the_file(fixture_dirs, tmp_path, caplog):
-    root, records, runs, _ = fixture_dirs
+    _root, records, runs, _ = fixture_dirs
     bad = tmp_path / "bench.json"
     bad.write_text("[1, 2")
     with caplog.at_level(logging.ERROR, logger="tools.make_report"), pytest.raises(SystemExit) as e:
@@ -236,12 +240,12 @@ def test_bad_input_is_one_line_naming_the_file(fixture_dirs, tmp_path, caplog):
 
 def test_make_report_target(tmp_path):
     r = subprocess.run(["make", "-n", "report", f"RUNS={tmp_path}/runs", "BENCH=b.json"], cwd=REPO_ROOT,
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0, r.stderr
     assert "-m tools.make_report" in r.stdout and f'--runs "{tmp_path}/runs"' in r.stdout
     assert '--bench "b.json"' in r.stdout and '--out "results/report"' in r.stdout
     assert "report" in subprocess.run(["make", "help"], cwd=REPO_ROOT, capture_output=True, text=True,
-                                      timeout=60).stdout
+                                      timeout=60, check=False).stdout
 
 
 # --------------------------------------------------------------------------- the page in a real browser
@@ -284,7 +288,7 @@ class Browser:
         self.proc = subprocess.Popen(
             [binary, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}", "--remote-debugging-pipe",
              f"--window-size={width},{height}", *flags, "about:blank"],
-            pass_fds=(3, 4), preexec_fn=child_fds, start_new_session=True,
+            pass_fds=(3, 4), preexec_fn=child_fds, start_new_session=True,  # noqa: PLW1509 - no threads here
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(r3)
         os.close(w4)
@@ -390,7 +394,7 @@ class Browser:
                 pass
         shutil.rmtree(self.profile, ignore_errors=True)
 
-    def __enter__(self) -> "Browser":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

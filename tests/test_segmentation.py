@@ -14,12 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from eval_segmentation import cli
 from lewel_bench.checkpoint import BackboneError, save_backbone, sha256_file
 from lewel_bench.data.mini import DEFAULT_SIZES, SHAPE_CLASSES, write_voc
 from lewel_bench.models import build_backbone
-
-from eval_segmentation import cli
-from lewel_bench.transfer.mmseg import ConversionError, convert_state_dict, convert_to_mmseg
+from lewel_bench.transfer.mmseg import (
+    ConversionError,
+    convert_state_dict,
+    convert_to_mmseg,
+)
 
 MINI_CFG = cli.CONFIG_DIR / cli.CONFIGS["mini"][50]
 FULL_CFG = cli.CONFIG_DIR / cli.CONFIGS["voc12aug"][50]
@@ -122,7 +125,7 @@ def test_configs_follow_the_protocol():
 def test_converted_checkpoint_loads_into_mmseg_model(pretrained, tmp_path, monkeypatch):
     # the converted file is plain tensors + JSON-able meta: loads under torch's weights-only default
     monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
-    out, bb = convert_to_mmseg(pretrained, tmp_path / "backbone_mmseg.pth")
+    out, _bb = convert_to_mmseg(pretrained, tmp_path / "backbone_mmseg.pth")
     converted = torch.load(out, map_location="cpu")
     assert converted["meta"]["method"] == "byol" and converted["meta"]["source_sha256"] == sha256_file(pretrained)
     _, model = build_model_from_config(FULL_CFG, out)

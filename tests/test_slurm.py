@@ -24,9 +24,8 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
-from slurm_cluster import LocalSlurm, SlurmUnavailable, ensure_installed  # noqa: E402
-
-from lewel_bench.launch import _free_port  # noqa: E402
+from lewel_bench.launch import _free_port
+from slurm_cluster import LocalSlurm, SlurmUnavailable, ensure_installed
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 import eval_knn.cli as knn_cli
+from helpers import make_imagenet, records_in
 from lewel_bench.records import make_record, write_record
 from lewel_bench.stage import RunIdentity
 from lewel_bench.utils import REPO_ROOT
-from helpers import make_imagenet, records_in
 
 
 def test_a_sweep_point_records_its_key_value_and_group(tmp_path: Path) -> None:

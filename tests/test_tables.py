@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from helpers import same_cell
 from lewel_bench.utils import REPO_ROOT
 from tools import make_tables as mt
-from helpers import same_cell
 
 FIX = Path(__file__).resolve().parent / "fixtures"
 VALUE_SUFFIXES = (".paper", ".ours", ".std", ".n", ".diff")
@@ -43,7 +43,7 @@ def _keys(df: pd.DataFrame, keys: list[str]) -> list[tuple]:
 @pytest.mark.parametrize("name", ["table1_linear", "table2_semisup", "table3_voc", "table4_coco",
                                   "table5_components", "table6_heads", "table8_handcrafted"])
 def test_table_matches_hand_computed(built, name):
-    out, tables, _ = built
+    out, _tables, _ = built
     got = pd.read_csv(out / f"{name}.csv")
     want = pd.read_csv(FIX / "expected" / f"{name}.csv")
     keys = [c for c in want.columns if not c.endswith(VALUE_SUFFIXES)]
@@ -92,7 +92,7 @@ def test_mini_records_are_labelled_not_mixed(built):
 
 
 def test_unmatched_and_malformed_are_reported(built):
-    out, _, unmatched = built
+    out, _, _unmatched = built
     want = pd.read_csv(FIX / "expected" / "unmatched.csv")
     got = pd.read_csv(out / "unmatched.csv")
     got["name"] = got["file"].map(lambda f: Path(f).name)
@@ -140,7 +140,7 @@ def test_all_paper_files_parse_with_their_schema():
 def _make_n(*args: str) -> list[str]:
     env = {k: v for k, v in os.environ.items() if k != "LEWEL_RUNS_DIR"}  # the default runs/ folder
     r = subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=REPO_ROOT, capture_output=True,
-                       text=True, timeout=120, env=env)
+                       text=True, timeout=120, env=env, check=False)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return r.stdout.replace('"', "").splitlines()  # the recipes quote every path (a path may hold spaces): compared without the quotes
 
@@ -180,7 +180,7 @@ def test_make_all_slurm_dry_run_chains_jobs_with_afterok():
     assert evals and all("--dependency afterok:$(cat runs/lewel_b/chain/pretrain.id runs/lewel_b/chain/convert.id"
                          in ln for ln in evals), evals
     recipe = [ln for ln in lines if "DEPENDENCY=afterok:" in ln]
-    tables = [ln for ln in recipe if re.search(r"\btables\b", ln)][0]
+    tables = next(ln for ln in recipe if re.search(r"\btables\b", ln))
     for step in ("linear", "semisup1", "semisup10", "voc-det", "voc-seg", "coco-c4-1x", "coco-fpn-1x"):
         assert f"chain/{step}.id" in tables
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import make_imagenet, records_in
 
 from eval_detection.declaration import PROTOCOL_VERSION as DETECTION_VERSION
+from helpers import make_imagenet, records_in
 from lewel_bench.records import make_record, write_record
 from lewel_bench.utils import REPO_ROOT
 from tools import make_tables as mt

@@ -18,11 +18,11 @@ import copy
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from lewel_bench.errors import LewelError
 from lewel_bench.models import build_torchvision_resnet, feature_dim

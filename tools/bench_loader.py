@@ -29,9 +29,9 @@ from torch.utils.data import DataLoader
 
 from lewel_bench.args import COUNT, NON_NEGATIVE, ArgumentParser, PathArg
 from lewel_bench.benchmarks import Table, add_record_args, record_from_args
+from lewel_bench.config import load_config
 from lewel_bench.stage import cli_entry
 from lewel_bench.utils import setup_logging
-from lewel_bench.config import load_config
 from pretrain.augment import build_views, view_specs, views_to_device
 from pretrain.data import EpochBatchSampler, ImageFolderList, MultiViewDataset
 from pretrain.experiments import CONFIG_DIR
@@ -79,10 +79,13 @@ def measure(root: Path, workers: int, batch: int, exp: str, size: int, batches: 
                         persistent_workers=False, prefetch_factor=2 if workers else None)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    def step(it=iter(loader)):
+    batches = iter(loader)
+
+    def step(it=batches):
         views = next(it)
         if finish:
-            return [views_to_device(v, device, batched) for v in views][0].shape[0]
+            moved = [views_to_device(v, device, batched) for v in views]  # every view, as a training step does
+            return moved[0].shape[0]
         return len(views[0][0] if batched else views[0])
 
     for _ in range(max(workers, 1)):  # let every worker start and fill its first batch

@@ -45,8 +45,8 @@ import functools
 import platform
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -57,7 +57,12 @@ from lewel_bench.config import load_config, load_yaml_config
 from lewel_bench.declare import Paper, paper_of
 from lewel_bench.models import build_torchvision_resnet
 from lewel_bench.stage import cli_entry
-from lewel_bench.utils import amp_autocast, amp_step, channels_last_default, keep_freed_memory
+from lewel_bench.utils import (
+    amp_autocast,
+    amp_step,
+    channels_last_default,
+    keep_freed_memory,
+)
 from pretrain.augment import view_specs
 from pretrain.cli import CONFIG_DIR
 from pretrain.experiments import config_files
@@ -75,7 +80,7 @@ def method_names() -> tuple[str, ...]:
     return tuple(n for n in METHODS.names() if n in files)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def paper(name: str) -> Paper:
     """What the method's config declares about its paper (cost targets, the overrides it is timed with)."""
     path = config_files()[name]
@@ -128,7 +133,9 @@ def make_steps(arch: str, size: int, batch: int, device: torch.device, channels_
         sup.to(memory_format=torch.channels_last)
     sup_opt = torch.optim.SGD(sup.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
 
-    def sup_step(scaler=torch.amp.GradScaler("cuda", enabled=amp)):
+    sup_scaler = torch.amp.GradScaler("cuda", enabled=amp)
+
+    def sup_step(scaler=sup_scaler):
         with amp_autocast(device, amp):
             loss = torch.nn.functional.cross_entropy(sup(x1), y)
         amp_step(loss, sup_opt, scaler)

@@ -35,8 +35,8 @@ from lewel_bench.utils import REPO_ROOT
 
 COMPETITORS = {
     "spin": [sys.executable, "-c", "while True: pass"],
-    "torch": [sys.executable, "-c", "import torch\ntorch.set_num_threads(2)\na = torch.randn(384, 384)\n"
-                                    "while True: a = (a @ a).tanh_()"],
+    "torch": [sys.executable, "-c", ("import torch\ntorch.set_num_threads(2)\na = torch.randn(384, 384)\n"
+                                     "while True: a = (a @ a).tanh_()")],
 }
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from lewel_bench.args import COUNT, ArgumentParser, Number, PathArg
 from lewel_bench.declare import DeclarationError, paper_of

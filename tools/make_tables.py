@@ -18,8 +18,8 @@ import pandas as pd
 from lewel_bench import tables as T
 from lewel_bench.args import ArgumentParser, PathArg
 from lewel_bench.records import default_records_dir
-from lewel_bench.tables import PaperFileError, read_paper_csv  # noqa: F401 (this command's vocabulary)
 from lewel_bench.stage import cli_entry
+from lewel_bench.tables import PaperFileError, read_paper_csv  # noqa: F401 (this command's vocabulary)
 from lewel_bench.tables.spec import TableSpec
 from lewel_bench.utils import REPO_ROOT
 

@@ -13,9 +13,21 @@ import logging
 from pathlib import Path
 
 from lewel_bench.args import ArgumentParser, Number, PathArg, check_path
-from lewel_bench.report.curves import (KNN_MIN_SPAN, Curve, MetricsError, curves_for, figure, knn_ylim,  # noqa: F401
-                                       loss_terms, plot, random_knn_reference, read_metrics, run_info, save_png,
-                                       shared_limits)
+from lewel_bench.report.curves import (  # noqa: F401
+    KNN_MIN_SPAN,
+    Curve,
+    MetricsError,
+    curves_for,
+    figure,
+    knn_ylim,
+    loss_terms,
+    plot,
+    random_knn_reference,
+    read_metrics,
+    run_info,
+    save_png,
+    shared_limits,
+)
 from lewel_bench.stage import cli_entry
 
 log = logging.getLogger("tools.plot_curves")

@@ -32,8 +32,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -290,7 +291,7 @@ def pick_images(files: Sequence[Path], view_tf: Any, n: int, seed: int = 0, min_
             continue
         best: Pick | None = None
         for t in range(tries):
-            view, box = seeded(lambda: view_with_box(view_tf, img), seed * 100003 + r * 101 + t)
+            view, box = seeded(lambda img=img: view_with_box(view_tf, img), seed * 100003 + r * 101 + t)
             cov = coverage(mask, box)
             if best is None or cov > best.coverage:
                 best = Pick(f, class_label(f, names), view, box, cov, mask, img)

@@ -23,19 +23,65 @@ from __future__ import annotations
 from ..checkpoint import Backbone
 from ..optim import build_optimizer, param_groups, schedule_from_config, set_lr
 from ..stage import Stage
-from .loaders import ShardSampler, build_imagenet, make_loader, num_classes_of, per_rank_batch
-from .loops import (evaluate, extract_features_all_ranks, gather_variable, topk_accuracy, topk_correct,
-                    train_one_epoch)
-from .models import (PROBE_FEATURES, LinearProbe, ProbeFeature, ProbeHead, build_feature_extractor,
-                     build_finetune_model, wrap_ddp)
+from .loaders import (
+                    ShardSampler,
+                    build_imagenet,
+                    make_loader,
+                    num_classes_of,
+                    per_rank_batch,
+)
+from .loops import (
+                    evaluate,
+                    extract_features_all_ranks,
+                    gather_variable,
+                    topk_accuracy,
+                    topk_correct,
+                    train_one_epoch,
+)
+from .models import (
+                    PROBE_FEATURES,
+                    LinearProbe,
+                    ProbeFeature,
+                    ProbeHead,
+                    build_feature_extractor,
+                    build_finetune_model,
+                    wrap_ddp,
+)
 from .run import CHECKPOINT, IMAGENET_PARTS, RunState, fit, restore, setup_stage
 from .transforms import train_transform, transforms_from_config, val_transform
 
 __all__ = [
-    "Backbone", "Stage", "build_optimizer", "param_groups", "schedule_from_config", "set_lr",
-    "ShardSampler", "build_imagenet", "make_loader", "num_classes_of", "per_rank_batch",
-    "evaluate", "extract_features_all_ranks", "gather_variable", "topk_accuracy", "topk_correct", "train_one_epoch",
-    "PROBE_FEATURES", "LinearProbe", "ProbeFeature", "ProbeHead", "build_feature_extractor", "build_finetune_model", "wrap_ddp",
-    "CHECKPOINT", "IMAGENET_PARTS", "RunState", "fit", "restore", "setup_stage",
-    "train_transform", "transforms_from_config", "val_transform",
+                    "CHECKPOINT",
+                    "IMAGENET_PARTS",
+                    "PROBE_FEATURES",
+                    "Backbone",
+                    "LinearProbe",
+                    "ProbeFeature",
+                    "ProbeHead",
+                    "RunState",
+                    "ShardSampler",
+                    "Stage",
+                    "build_feature_extractor",
+                    "build_finetune_model",
+                    "build_imagenet",
+                    "build_optimizer",
+                    "evaluate",
+                    "extract_features_all_ranks",
+                    "fit",
+                    "gather_variable",
+                    "make_loader",
+                    "num_classes_of",
+                    "param_groups",
+                    "per_rank_batch",
+                    "restore",
+                    "schedule_from_config",
+                    "set_lr",
+                    "setup_stage",
+                    "topk_accuracy",
+                    "topk_correct",
+                    "train_one_epoch",
+                    "train_transform",
+                    "transforms_from_config",
+                    "val_transform",
+                    "wrap_ddp",
 ]

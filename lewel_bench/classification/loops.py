@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -45,7 +45,7 @@ def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> to
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, device: torch.device,
-                    epoch: int, amp: bool = False, scaler: "torch.amp.GradScaler | None" = None,
+                    epoch: int, amp: bool = False, scaler: torch.amp.GradScaler | None = None,
                     log_every: int = 50) -> dict[str, float]:
     """One epoch of cross-entropy training; ``model.train()`` (a :class:`LinearProbe` keeps its backbone in eval)."""
     model.train()

@@ -8,15 +8,20 @@ probe; concat(GAP(res4), GAP(res5)) when res4 is exactly twice res5's size, 3072
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from ..checkpoint import Backbone, BackboneError, backbone_into
 from ..dist import DistInfo
-from ..models import backbone_features, build_torchvision_resnet, feature_dim, hypercolumn
+from ..models import (
+    backbone_features,
+    build_torchvision_resnet,
+    feature_dim,
+    hypercolumn,
+)
 from ..registry import Registry
 
 
@@ -79,7 +84,7 @@ class LearnedHypercolumnFeatures(HypercolumnFeatures):
                                 f"hypercolumn of {'+'.join(self.stages)} has {self.dim}")
         self.reduce = nn.Sequential(nn.Conv2d(channels, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
         missing, unexpected = self.reduce.load_state_dict(
-            {k[len("reduce."):] if k.startswith("reduce.") else k: v for k, v in part.items()}, strict=False)
+            {k.removeprefix("reduce."): v for k, v in part.items()}, strict=False)
         if missing or unexpected:
             raise BackboneError(f"{bb.path}: 'hypercolumn' part does not fit a 1x1 conv + BN (missing {missing[:3]}, "
                                 f"unexpected {unexpected[:3]})")
@@ -121,7 +126,7 @@ class LinearProbe(nn.Module):
         self.backbone.requires_grad_(False)
         self.backbone.eval()
 
-    def train(self, mode: bool = True) -> "LinearProbe":
+    def train(self, mode: bool = True) -> LinearProbe:
         """Only the head follows ``mode``; BN statistics of the frozen backbone never change."""
         self.training = mode
         self.norm.train(mode)

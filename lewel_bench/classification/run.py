@@ -4,14 +4,21 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..checkpoint import Backbone, BackboneError, non_finite_keys, resolve_backbone, torch_load
+from ..checkpoint import (
+    Backbone,
+    BackboneError,
+    non_finite_keys,
+    resolve_backbone,
+    torch_load,
+)
 from ..config import load_config
 from ..dist import barrier, init_distributed
 from ..errors import NonFiniteError

@@ -1,7 +1,8 @@
 """Train / val transforms of the image evaluations (RandomResizedCrop + flip; resize + centre crop)."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from torchvision import transforms as T
 

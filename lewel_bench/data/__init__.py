@@ -28,16 +28,51 @@ index = 1 + shape index, COCO category id = 1 + shape index; wnids :data:`WNIDS`
 """
 from .coco import coco_api, coco_paths, read_coco_json
 from .identity import data_identity, same_data
-from .imagenet import BadImageError, ImageNetFolder, class_list, parse_subset_file, read_image, scan_split
+from .imagenet import (
+    BadImageError,
+    ImageNetFolder,
+    class_list,
+    parse_subset_file,
+    read_image,
+    scan_split,
+)
 from .layout import DataError, DataLayoutError, require_file, require_layout
-from .mini import DEFAULT_SIZES, SHAPE_CLASSES, TEST_SIZES, WNIDS, generate_mini, is_complete, voc_palette
+from .mini import (
+    DEFAULT_SIZES,
+    SHAPE_CLASSES,
+    TEST_SIZES,
+    WNIDS,
+    generate_mini,
+    is_complete,
+    voc_palette,
+)
 from .voc import VOCDetection, read_image_ids, voc_segmentation_pairs, voc_year_dir
 
 __all__ = [
-    "coco_api", "coco_paths", "read_coco_json",
-    "data_identity", "same_data",
-    "BadImageError", "ImageNetFolder", "class_list", "parse_subset_file", "read_image", "scan_split",
-    "DataError", "DataLayoutError", "require_file", "require_layout",
-    "DEFAULT_SIZES", "SHAPE_CLASSES", "TEST_SIZES", "WNIDS", "generate_mini", "is_complete", "voc_palette",
-    "VOCDetection", "read_image_ids", "voc_segmentation_pairs", "voc_year_dir",
+    "DEFAULT_SIZES",
+    "SHAPE_CLASSES",
+    "TEST_SIZES",
+    "WNIDS",
+    "BadImageError",
+    "DataError",
+    "DataLayoutError",
+    "ImageNetFolder",
+    "VOCDetection",
+    "class_list",
+    "coco_api",
+    "coco_paths",
+    "data_identity",
+    "generate_mini",
+    "is_complete",
+    "parse_subset_file",
+    "read_coco_json",
+    "read_image",
+    "read_image_ids",
+    "require_file",
+    "require_layout",
+    "same_data",
+    "scan_split",
+    "voc_palette",
+    "voc_segmentation_pairs",
+    "voc_year_dir",
 ]

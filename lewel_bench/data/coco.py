@@ -13,7 +13,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-
 from .layout import DataError, require_file, require_layout
 
 log = logging.getLogger(__name__)

@@ -11,9 +11,10 @@ import json
 import logging
 import os
 import re
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..io import atomic_write_json
 from .imagenet import IMG_EXTENSIONS

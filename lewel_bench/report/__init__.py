@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from ..io import atomic_write_text
 from ..records import load_records
@@ -27,7 +28,7 @@ from .base import ReportError, _slug
 from .cost import load_bench, paper_time_ratios, render_cost
 from .figures import make_alignment, make_curves
 from .output import Output
-from .render import delta_style, render_page  # noqa: F401 (part of the report's API)
+from .render import delta_style, render_page
 from .runs import find_runs, records_of
 from .tables import load_tables
 

@@ -1,8 +1,8 @@
 """Cost ratios on the page: a benchmark's JSON file, and the papers' time-per-epoch ratios of the declared pairs."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 

@@ -3,7 +3,8 @@ method has them (drawn by a function the caller gives: the report library import
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from .base import _slug, esc
 from .output import Output
@@ -21,10 +22,10 @@ def make_curves(runs: list[RunInfo], records: list[dict], out: Output, random_kn
         return '<p class="none">No metrics logs (<code>metrics.jsonl</code>) to draw.</p>'
     curves = pc.curves_for([r.path / "metrics.jsonl" for r in have], [r.name for r in have], random_knn, records)
     limits = pc.shared_limits(curves)
-    parts = ['<p>Every run on the <b>same axes</b> (per panel: the range that holds all runs), so heights '
+    parts = [('<p>Every run on the <b>same axes</b> (per panel: the range that holds all runs), so heights '
              'compare across methods. kNN panel: at least a 10-point range; dashed line = the kNN top-1 of a '
              'random-init backbone on the same data (from a record of <code>eval_knn --ckpt random:&lt;arch&gt;'
-             '</code>, or <code>--random-knn</code>); without one the panel says why.</p>']
+             '</code>, or <code>--random-knn</code>); without one the panel says why.</p>')]
     if len(curves) > 1:
         rel = out.write_bytes("img/curves_all.png", _png(pc.figure(curves, "overlay", limits,
                                                                    "all runs, overlaid")))

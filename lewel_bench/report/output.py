@@ -1,8 +1,8 @@
 """The report folder: every file written through :class:`Output` is atomic and remembered (stale ones removed)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..io import atomic_write_bytes
 from .base import ReportError

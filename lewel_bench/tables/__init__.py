@@ -20,8 +20,8 @@ largest fills it and each other group gets a row of its own. The points of a swe
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import pandas as pd
 

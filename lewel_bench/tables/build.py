@@ -138,7 +138,7 @@ def largest_group(scope: Scope, idx: list[int]) -> list[int]:
         for g in points:
             if g != best:
                 scope.used.update(by.pop(g))
-    return sorted(by.items(), key=lambda kv: (-len(kv[1]), kv[0]))[0][1] if by else []
+    return min(by.items(), key=lambda kv: (-len(kv[1]), kv[0]))[1] if by else []
 
 
 def fill(scope: Scope, out_row: dict, col: str, paper_val: Any, idx: list[int], compare: bool) -> None:

@@ -12,14 +12,21 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import pandas as pd
 
 from ..declare import Evaluation, evaluations
-from ..records import SCHEMA_VERSION, record_data, record_group, record_weights, result_overrides
+from ..records import (
+    SCHEMA_VERSION,
+    record_data,
+    record_group,
+    record_weights,
+    result_overrides,
+)
 
 log = logging.getLogger(__name__)
 

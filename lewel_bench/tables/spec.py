@@ -23,9 +23,10 @@ naming the file, the table and the key.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from ..declare import Evaluation, evaluations
 from .paper import PaperFileError

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import logging
 import pickle
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch

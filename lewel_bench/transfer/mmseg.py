@@ -17,8 +17,9 @@ import functools
 import json
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -45,7 +46,7 @@ def mmseg_resnet_state_dict(arch: str) -> dict[str, torch.Tensor]:
     return dict(_mmseg_resnet_reference(arch))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mmseg_resnet_reference(arch: str) -> dict[str, torch.Tensor]:
     from .mmcv_ops import install
 

@@ -6,12 +6,13 @@ names such modules in ``custom_imports`` (:func:`import_custom`, like mmengine's
 from __future__ import annotations
 
 import importlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from lewel_bench.config import ConfigError
 
-from .base import METHODS, SSLMethod  # noqa: F401
 from . import byol, cgh, lewel, mcl, mocov2  # noqa: F401  (registration)
+from .base import METHODS, SSLMethod
 
 
 def import_custom(cfg: Mapping[str, Any]) -> None:

@@ -10,7 +10,7 @@ modules. Checkpoints hold every parameter and buffer by the module tree (:func:`
 from __future__ import annotations
 
 import copy
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn

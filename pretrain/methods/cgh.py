@@ -26,7 +26,7 @@ Total (:func:`loss_weights`): during the first ``loss_warmup_epochs`` a per-iter
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -180,7 +180,7 @@ class CGH(SSLMethod):
             return 0
         if self.iters_per_epoch <= 0:
             raise RuntimeError("CGH: iters_per_epoch is not set (the training loop sets it before the first step)")
-        return int(round(self.loss_warmup_epochs * self.iters_per_epoch))
+        return round(self.loss_warmup_epochs * self.iters_per_epoch)
 
     def _rows_written(self, n_local: int, device: torch.device) -> torch.Tensor:
         """The queue rows this step's enqueue (the gathered keys of every process) overwrites."""

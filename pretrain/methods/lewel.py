@@ -30,7 +30,7 @@ def online_alignment_maps(method: SSLMethod, x: torch.Tensor) -> torch.Tensor:
     """W of the online coupled head for images ``x``: (B, HW, d) -> (B, d, h, w)."""
     feat = backbone_features(method.online.backbone, x)["res5"]
     _, _, W = method.online.head(feat)
-    b, hw, d = W.shape
+    b, _hw, d = W.shape
     return W.permute(0, 2, 1).reshape(b, d, feat.shape[2], feat.shape[3])
 
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -145,7 +145,7 @@ class MCLHead(nn.Module):
         # from the finest (P2 with four levels) to P5 as its neck does; the order decides the neck's BN running
         # statistics (each call updates them in turn), not the outputs (train-mode BN uses the batch's)
         P = self.fpn(feats)
-        emb = {l: self.neck(P[l], montage_ratio(5 - l)) for l in sorted(P)}
+        emb = {lv: self.neck(P[lv], montage_ratio(5 - lv)) for lv in sorted(P)}
         out = []
         for i in range(read):
             e = emb[5 - i]

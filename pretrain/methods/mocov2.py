@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from lewel_bench import dist as ldist
-
-from torch import nn
 
 from ..heads import MLP
 from ..losses import info_nce, info_nce_in_batch, lewel_total
