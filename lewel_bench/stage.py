@@ -94,6 +94,19 @@ class StageError(LewelError, RuntimeError):
 # --------------------------------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------------------------------
+def add_encoder_choice(p: argparse.ArgumentParser, *aliases: str) -> None:
+    """``--ckpt-prefix`` (with ``aliases``) and ``--layout``: which encoder of a checkpoint file to take, on every
+    command line that reads one (evaluations, converters, the inspector)."""
+    p.add_argument("--ckpt-prefix", *aliases, dest="ckpt_prefix", default=None, metavar="PREFIX",
+                   help="the encoder to take from the checkpoint: its key prefix, in full (e.g. "
+                        "state_dict.module.encoder_k.) or inside the checkpoint's state dict (e.g. module.encoder_k.); "
+                        "default: the encoder the checkpoint's layout says its authors evaluate (logged; `make inspect "
+                        "CKPT=FILE` lists them)")
+    p.add_argument("--layout", default=None, choices=layout_names(), metavar="NAME",
+                   help="the checkpoint's layout, when the file matches several (default: recognised); one of "
+                        + ", ".join(layout_names()))
+
+
 def stage_parser(prog: str, description: str, default_config: str | None,
                  config: ConfigArg | None = None) -> argparse.ArgumentParser:
     """The arguments every evaluation takes; stages add their own (``--subset``, ``--backend``, ...).
@@ -111,13 +124,7 @@ def stage_parser(prog: str, description: str, default_config: str | None,
                    help="backbone.pth, a full pretraining checkpoint, a torchvision state dict, random:<arch> "
                         "for an explicit random-init baseline, or supervised:<file> for the supervised ImageNet "
                         "baseline (a torchvision classifier's weights you provide)")
-    p.add_argument("--ckpt-prefix", default=None, metavar="PREFIX",
-                   help="the encoder to take from --ckpt: its key prefix, in full (e.g. state_dict.module.encoder_k.) "
-                        "or inside the checkpoint's state dict (e.g. module.encoder_k.); default: the encoder the "
-                        "checkpoint's layout says its authors evaluate (logged; `make inspect CKPT=FILE` lists them)")
-    p.add_argument("--layout", default=None, choices=layout_names(), metavar="NAME",
-                   help="the checkpoint's layout, when the file matches several (default: recognised); one of "
-                        + ", ".join(layout_names()))
+    add_encoder_choice(p)
     p.add_argument("--data", default=None, type=PathArg("dir"),
                    help="dataset root (default: the config's data root)")
     p.add_argument("--out", default=None, type=PathArg("out_dir"),

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import yaml
 from PIL import Image
 
 D2_CONFIGS = Path(__file__).resolve().parents[1] / "eval_detection" / "configs" / "detectron2"
@@ -40,18 +39,9 @@ def records_in(d: Path) -> list[dict]:
 def d2_cfg(name: str) -> dict:
     """A detectron2 YAML of ``eval_detection/configs/detectron2`` with its _BASE_ chain merged (plain YAML, no
     detectron2 needed)."""
-    data = yaml.safe_load((D2_CONFIGS / name).read_text())
-    base = data.pop("_BASE_", None)
-    if base is None:
-        return data
+    from eval_detection.detectron2_backend import d2_yaml
 
-    def merge(a: dict, b: dict) -> dict:
-        out = dict(a)
-        for k, v in b.items():
-            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-        return out
-
-    return merge(d2_cfg(base), data)
+    return d2_yaml(D2_CONFIGS / name)
 
 
 def tiny_detection_batch(mask: bool) -> tuple[list, list]:

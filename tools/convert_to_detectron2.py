@@ -16,8 +16,7 @@ from __future__ import annotations
 import logging
 
 from lewel_bench.args import ArgumentParser, PathArg
-from lewel_bench.layouts import names as layout_names
-from lewel_bench.stage import cli_entry
+from lewel_bench.stage import add_encoder_choice, cli_entry
 from lewel_bench.transfer import PARTS
 from lewel_bench.transfer.detectron2 import convert
 
@@ -29,11 +28,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="backbone.pth, a full pretraining checkpoint, a torchvision ResNet state dict or a published "
                         "checkpoint (`make inspect CKPT=FILE` says what is in it)")
     p.add_argument("output", type=PathArg("out_file"), help="detectron2 .pkl to write")
-    p.add_argument("--ckpt-prefix", "--prefix", dest="ckpt_prefix", default=None, metavar="PREFIX",
-                   help="the encoder to take: its key prefix in the input (default: the one its layout's authors "
-                        "evaluate; `make inspect CKPT=FILE` lists them)")
-    p.add_argument("--layout", default=None, choices=layout_names(), metavar="NAME",
-                   help=f"the input's checkpoint layout when it matches several (one of {', '.join(layout_names())})")
+    add_encoder_choice(p, "--prefix")
     p.add_argument("--arch", default=None, help="ResNet arch (default: from meta / inferred)")
     p.add_argument("--parts", nargs="*", default=[], choices=sorted(PARTS),
                    help="transfer-bundle parts to export besides the trunk (default: the trunk only)")

@@ -15,8 +15,7 @@ from __future__ import annotations
 import logging
 
 from lewel_bench.args import ArgumentParser, CheckpointArg, PathArg, seed_arg
-from lewel_bench.layouts import names as layout_names
-from lewel_bench.stage import cli_entry
+from lewel_bench.stage import add_encoder_choice, cli_entry
 from lewel_bench.transfer.mmseg import convert_to_mmseg
 
 
@@ -27,11 +26,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="backbone.pth, full pretraining checkpoint, torchvision state dict, a published checkpoint "
                         "or random:<arch>")
     p.add_argument("output", type=PathArg("out_file"), help="mmseg checkpoint to write (e.g. runs/EXP/backbone_mmseg.pth)")
-    p.add_argument("--ckpt-prefix", "--prefix", dest="ckpt_prefix", default=None, metavar="PREFIX",
-                   help="the encoder to take: its key prefix in the input (default: the one its layout's authors "
-                        "evaluate; `make inspect CKPT=FILE` lists them)")
-    p.add_argument("--layout", default=None, choices=layout_names(), metavar="NAME",
-                   help=f"the input's checkpoint layout when it matches several (one of {', '.join(layout_names())})")
+    add_encoder_choice(p, "--prefix")
     p.add_argument("--arch", default=None, help="resnet50, ... (default: from the checkpoint)")
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of a random:<arch> initialisation")
     args = p.parse_args(argv)

@@ -21,7 +21,7 @@ from lewel_bench.args import ArgumentParser, PathArg
 from lewel_bench.checkpoint import describe_checkpoint
 from lewel_bench.layouts import LAYOUTS
 from lewel_bench.layouts import names as layout_names
-from lewel_bench.stage import cli_entry
+from lewel_bench.stage import add_encoder_choice, cli_entry
 
 
 def layout_table() -> list[str]:
@@ -40,9 +40,7 @@ def layout_table() -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     p = ArgumentParser(prog="python -m tools.inspect_checkpoint", description=__doc__.split("\n")[0])
     p.add_argument("file", nargs="?", type=PathArg("file"), help="any checkpoint file (.pth, .pth.tar, .torch, .ckpt, detectron2 .pkl)")
-    p.add_argument("--ckpt-prefix", default=None, metavar="PREFIX", help="show what an evaluation takes with it")
-    p.add_argument("--layout", default=None, choices=layout_names(), metavar="NAME",
-                   help="show what an evaluation takes with it")
+    add_encoder_choice(p)  # what an evaluation takes with these flags
     p.add_argument("--list", action="store_true", help="list the known checkpoint layouts")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
