@@ -36,6 +36,37 @@ log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
 
+_QUIET_CHILDREN = False
+
+
+def quiet_forked_children() -> None:
+    """From now on, a forked child (a loader worker, a process pool's worker) ignores SIGINT from its first
+    instruction: a terminal's Ctrl-C reaches the whole process group, and only the main process decides (it stops
+    with one line; its loaders and pools end their children). SIGINT is blocked in the forking thread across the
+    fork, so none can arrive in the child before it ignores it (a KeyboardInterrupt in a child's start-up code
+    prints a traceback). SIGTERM keeps its meaning in children (process pools end their workers with it).
+    Idempotent; called by every command line (``lewel_bench.stage.cli_entry``)."""
+    global _QUIET_CHILDREN
+    if _QUIET_CHILDREN or not hasattr(os, "register_at_fork"):
+        return
+    _QUIET_CHILDREN = True
+
+    def block() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+    def unblock() -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+    def child() -> None:
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        except ValueError:  # forked from a thread other than the main one: keep the inherited handler
+            pass
+        unblock()
+
+    os.register_at_fork(before=block, after_in_parent=unblock, after_in_child=child)
+
+
 class Stopped(LewelError):
     """The run stopped on a signal; the message says what was saved. ``exit_status``: 128 + the signal."""
 

@@ -80,6 +80,7 @@ from .errors import (
 from .io import atomic_write_json, remove_stale_temp
 from .layouts import names as layout_names
 from .paths import runs_dir
+from .signals import quiet_forked_children
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,7 @@ def cli_entry(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def wrapped(*a: Any, **k: Any) -> Any:
+            quiet_forked_children()
             try:
                 return fn(*a, **k)
             except LewelError as e:

@@ -79,9 +79,9 @@ def measure(root: Path, workers: int, batch: int, exp: str, size: int, batches: 
                         persistent_workers=False, prefetch_factor=2 if workers else None)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    batches = iter(loader)
+    loader_it = iter(loader)
 
-    def step(it=batches):
+    def step(it=loader_it):
         views = next(it)
         if finish:
             moved = [views_to_device(v, device, batched) for v in views]  # every view, as a training step does
