@@ -28,7 +28,9 @@ ARGS ?=
 # ROW=mocov2_800ep: the paper row an evaluation of a published checkpoint (CKPT=file) fills in the comparison
 # tables (the method and its pretraining epochs; a label in the record, every evaluation target passes it).
 ROW  ?=
-ROW_ARG = $(if $(ROW),--row '$(ROW)')
+# $(call _sq,TEXT): TEXT as one single-quoted shell word (a ' inside it kept)
+_sq = '$(subst ','"'"',$(1))'
+ROW_ARG = $(if $(ROW),--row $(call _sq,$(ROW)))
 $(foreach v,EVAL_ARGS DET_ARGS SEG_ARGS,$(if $($(v)),$(error $(v) is no longer read: every stage target takes its overrides from ARGS=...)))
 # Paths may hold spaces and non-ASCII characters (the recipes quote them), except these two, which name make
 # targets (make splits a target name at spaces).

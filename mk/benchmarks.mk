@@ -20,8 +20,8 @@ BENCH_ARGS        ?=
 BENCH_LOADER_ARGS ?= --synthetic 1024 --workers 1 2
 BENCH_E2E_ARGS    ?= --synthetic 4096
 BENCH_THREADS_ARGS ?=
-_bench_rec  = $(if $(BENCH_RECORDS),--bench-record "$(BENCH_RECORDS)" $(if $(BENCH_NOTE),--bench-note '$(BENCH_NOTE)') \
-  $(if $(BENCH_NAME),--bench-name '$(BENCH_NAME)'))
+_bench_rec  = $(if $(BENCH_RECORDS),--bench-record "$(BENCH_RECORDS)" $(if $(BENCH_NOTE),--bench-note $(call _sq,$(BENCH_NOTE))) \
+  $(if $(BENCH_NAME),--bench-name $(call _sq,$(BENCH_NAME))))
 _bench_page = $(if $(BENCH_RECORDS),$(PY) -m tools.bench_page --records "$(BENCH_RECORDS)")
 
 .PHONY: bench-pretrain bench-loader bench-e2e bench-threads bench-command benchmarks-page
@@ -43,8 +43,8 @@ bench-threads: $(STAMP) $(MINI_STAMP) ## images/s of a mini run alone and beside
 
 bench-command: $(STAMP) ## time CMD="..." (CLONE=1: in a fresh clone) as record BENCH_NAME, with the result records it wrote
 	@if [ -z "$(CMD)" ] || [ -z "$(BENCH_NAME)" ]; then echo "make bench-command: pass BENCH_NAME=<record name> CMD=\"<command>\"" >&2; exit 2; fi
-	$(PY) -m tools.bench_command --name '$(BENCH_NAME)' $(if $(filter 1 yes true,$(CLONE)),--clone) \
-	  --bench-record "$(or $(BENCH_RECORDS),docs/benchmarks/records)" $(if $(BENCH_NOTE),--bench-note '$(BENCH_NOTE)') -- $(CMD)
+	$(PY) -m tools.bench_command --name $(call _sq,$(BENCH_NAME)) $(if $(filter 1 yes true,$(CLONE)),--clone) \
+	  --bench-record "$(or $(BENCH_RECORDS),docs/benchmarks/records)" $(if $(BENCH_NOTE),--bench-note $(call _sq,$(BENCH_NOTE))) -- $(CMD)
 	$(_bench_page)
 
 benchmarks-page: $(STAMP) ## docs/benchmarks.md and the README's measured numbers, from the benchmark records

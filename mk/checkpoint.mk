@@ -8,7 +8,7 @@
 # By default the encoder taken is the one the file's layout says its authors evaluate (logged; see docs/checkpoints.md).
 CKPT_PREFIX ?=
 CKPT_LAYOUT ?=
-CKPT_FLAGS   = $(if $(CKPT_PREFIX),--ckpt-prefix '$(CKPT_PREFIX)') $(if $(CKPT_LAYOUT),--layout '$(CKPT_LAYOUT)')
+CKPT_FLAGS   = $(if $(CKPT_PREFIX),--ckpt-prefix $(call _sq,$(CKPT_PREFIX))) $(if $(CKPT_LAYOUT),--layout $(call _sq,$(CKPT_LAYOUT)))
 
 .PHONY: inspect inspect-layouts
 inspect: $(STAMP) ## what is in CKPT=FILE: layout, encoder candidates, arch, epochs, parts, non-finite tensors, sha256
