@@ -19,6 +19,18 @@ def test_bench_pretrain_prints_ratios(capsys):
     assert float(flops["lewel_b"]) > float(flops["byol"]) > float(flops["supervised"])  # coupled head, two views
 
 
+def test_a_fixed_cost_target_below_the_flop_ratio_is_judged_against_the_flop_ratio() -> None:
+    """A method's fixed target (a cost share at the paper's size) below the FLOP ratio of the size benchmarked
+    cannot be met by any step: it is judged against the FLOP ratio and says so; a target against another code's
+    step is never relaxed; a target above the floor stays as declared."""
+    from tools.bench_pretrain import FLOOR, ratio_limit
+
+    assert ratio_limit(1.24, 1.696) == (1.696, "<= 1.696 (FLOP floor; the declared 1.24 is below it at this size)")
+    assert ratio_limit(1.24, 1.1) == (1.24, "<= 1.24")
+    assert ratio_limit(0.9, 1.0, scaled=False) == (0.9, "<= 0.9")
+    assert ratio_limit(FLOOR, 1.5) == (1.5, "<= 1.500 (FLOP floor)")
+
+
 def test_bench_pretrain_judges_each_ratio_against_its_target_and_skips_missing_externals(capsys, tmp_path,
                                                                                          monkeypatch):
     """On a CPU the LEWEL ratios are judged against their FLOP floor; PASS / MISS follows the numbers in the
