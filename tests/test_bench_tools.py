@@ -2,8 +2,10 @@
 import re
 
 import pytest
+from PIL import Image
 
 from lewel_bench.errors import LewelError
+from lewel_bench.utils import REPO_ROOT
 
 
 def test_bench_pretrain_prints_ratios(capsys):
@@ -66,6 +68,59 @@ def test_bench_loader_modes(capsys):
     out = capsys.readouterr().out
     rows = re.findall(r"^\| ([\w-]+) \| 0 \| (\d+) \|", out, re.MULTILINE)
     assert [m for m, _ in rows] == ["pil", "batched-workers", "batched"] and all(int(v) > 0 for _, v in rows)
+
+
+def test_bench_loader_refuses_too_few_images_before_writing_them(capsys, tmp_path):
+    """Too few synthetic images for the batches asked is a usage error naming the arguments, before any image is
+    written; a data root with too few images is one line naming it."""
+    from tools.bench_loader import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--synthetic", "100", "--workers", "1", "2", "--batch", "32", "--batches", "10"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--synthetic 100 is too few" in err and "needs 384 images" in err, err
+    root = tmp_path / "root"
+    for i in range(3):
+        (root / "train" / "c0").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 40), (i, 0, 0)).save(root / "train" / "c0" / f"{i}.jpg")
+    with pytest.raises(SystemExit) as e:
+        main(["--data", str(root), "--workers", "0", "--batch", "2", "--batches", "2", "--size", "32",
+              "--device", "cpu", "--modes", "pil"])
+    assert e.value.code == 2 and "3 training images give 1 batches of --batch 2" in capsys.readouterr().err
+
+
+def test_make_bench_loader_defaults_are_consistent():
+    """`make bench-loader`'s default arguments ask for no more images than they write."""
+    import shlex
+
+    from tools.bench_loader import images_needed
+
+    text = (REPO_ROOT / "mk" / "benchmarks.mk").read_text()
+    words = shlex.split(re.search(r"^BENCH_LOADER_ARGS\s*\?=(.*)$", text, re.MULTILINE).group(1))
+    val = {w: words[i + 1] for i, w in enumerate(words) if w.startswith("--")}
+    after = words[words.index("--workers") + 1:]
+    workers = [int(w) for w in after[:next((i for i, w in enumerate(after) if w.startswith("--")), len(after))]]
+    assert int(val["--synthetic"]) >= images_needed(int(val.get("--batch", 128)), int(val.get("--batches", 10)),
+                                                    max(workers))
+
+
+def test_bench_e2e_refuses_fewer_images_than_a_batch(capsys, tmp_path):
+    """Fewer images than one batch would never yield a batch (the loader cycles through epochs): refused in one
+    line, for synthetic images before writing them and for a data root."""
+    from tools.bench_e2e import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--synthetic", "4", "--batch", "8"])
+    assert e.value.code == 2 and "--synthetic 4 is too few" in capsys.readouterr().err
+    root = tmp_path / "root"
+    (root / "train" / "c0").mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (40, 40), (i, 0, 0)).save(root / "train" / "c0" / f"{i}.jpg")
+    with pytest.raises(SystemExit) as e:
+        main(["--data", str(root), "--batch", "4", "--size", "32", "--arch", "resnet18", "--methods", "byol",
+              "--batched", "on", "--workers", "0", "--iters", "1", "--warmup", "0"])
+    assert e.value.code == 2 and "3 training images make no batch of --batch 4" in capsys.readouterr().err
 
 
 def test_bench_e2e_rows_and_ratios(capsys, tmp_path):

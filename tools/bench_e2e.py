@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 from lewel_bench.args import COUNT, NON_NEGATIVE, ArgumentParser, PathArg
 from lewel_bench.benchmarks import Table, add_record_args, record_from_args
 from lewel_bench.config import load_config
+from lewel_bench.data.layout import DataError
 from lewel_bench.io import atomic_write_json
 from lewel_bench.stage import cli_entry
 from lewel_bench.utils import channels_last_default, default_num_workers, setup_logging
@@ -83,6 +84,8 @@ def run(method_name: str, root: Path, args: argparse.Namespace, batched: bool, d
     cfg = load_config(method_name, CONFIG_DIR, [f"arch={args.arch}", f"aug.size={args.size}",
                                                f"batch_size={args.batch}", f"aug.batched={str(batched).lower()}"])
     ds = MultiViewDataset(ImageFolderList(root, "train"), build_views(view_specs(cfg["aug"]), batched), seed=0)
+    if len(ds) < args.batch:  # an epoch of no batch: the sampler of successive epochs would never yield
+        raise DataError(f"{root}: {len(ds)} training images make no batch of --batch {args.batch}")
     workers = default_num_workers() if args.workers is None else args.workers
     loader = DataLoader(ds, batch_sampler=Epochs(len(ds), args.batch), num_workers=workers, pin_memory=cuda,
                         prefetch_factor=4 if workers else None, persistent_workers=bool(workers))
@@ -162,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", type=PathArg("out_file"), default=None, help="also write the rows and ratios to this JSON file")
     add_record_args(p)
     args = p.parse_args(argv)
+    if args.synthetic is not None and args.synthetic < args.batch:
+        p.error(f"--synthetic {args.synthetic} is too few: one batch (--batch {args.batch}) needs {args.batch} images")
     if args.methods is None:
         args.methods = list(dict.fromkeys(m for a, b, _ in pairs() for m in (b, a)))
     setup_logging()

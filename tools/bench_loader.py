@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from lewel_bench.args import COUNT, NON_NEGATIVE, ArgumentParser, PathArg
 from lewel_bench.benchmarks import Table, add_record_args, record_from_args
 from lewel_bench.config import load_config
+from lewel_bench.data.layout import DataError
 from lewel_bench.stage import cli_entry
 from lewel_bench.utils import setup_logging
 from pretrain.augment import build_views, view_specs, views_to_device
@@ -64,16 +65,21 @@ def data_or_synthetic(data: str | None, n: int, tmp: Path) -> Path:
     return root
 
 
+def images_needed(batch: int, batches: int, workers: int) -> int:
+    """Images one measurement reads: ``batches`` timed batches after one warm-up batch per worker."""
+    return batch * (batches + max(workers, 1))
+
+
 def measure(root: Path, workers: int, batch: int, exp: str, size: int, batches: int, batched: bool,
             device: torch.device, finish: bool = True) -> float:
     """Images/s of the loader of config ``exp``'s views (at ``size`` px), finished on ``device``, over
     ``batches`` batches after one warm-up batch per worker."""
     aug = load_config(exp, CONFIG_DIR, [f"aug.size={size}"])["aug"]
     ds = MultiViewDataset(ImageFolderList(root, "train"), build_views(view_specs(aug), batched), seed=0)
-    n_batches = len(ds) // batch
-    need = batches + max(workers, 1)
-    if n_batches < need:
-        raise ValueError(f"{root}: {len(ds)} images give {n_batches} batches of {batch}; need {need}")
+    if len(ds) < images_needed(batch, batches, workers):
+        raise DataError(f"{root}: {len(ds)} training images give {len(ds) // batch} batches of --batch {batch}; "
+                        f"--batches {batches} after one warm-up batch per worker (--workers {workers}) need "
+                        f"{images_needed(batch, batches, workers)} images")
     sampler = EpochBatchSampler(len(ds), batch, seed=0, epoch=0)
     loader = DataLoader(ds, batch_sampler=sampler, num_workers=workers, pin_memory=torch.cuda.is_available(),
                         persistent_workers=False, prefetch_factor=2 if workers else None)
@@ -118,6 +124,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="where batched photometric ops run (and where views are moved)")
     add_record_args(p)
     args = p.parse_args(argv)
+    need = images_needed(args.batch, args.batches, max(args.workers))
+    if args.synthetic is not None and args.synthetic < need:
+        p.error(f"--synthetic {args.synthetic} is too few: --batch {args.batch} x (--batches {args.batches} + one "
+                f"warm-up batch per worker, up to {max(max(args.workers), 1)}) needs {need} images")
     setup_logging()
     torch.set_num_threads(args.threads)
     rows = []
