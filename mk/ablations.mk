@@ -27,6 +27,8 @@ ABLATION_SEG_ARGS    ?=
 ABLATION_RUNS = $(sort $(ABLATIONS))
 
 _abl_chain = $(RUNS)/$(1)/chain
+# make -n runs every line of a canned recipe that calls $(MAKE); the folder line then only prints itself
+_abl_dry := $(findstring n,$(firstword -$(MAKEFLAGS)))
 ifeq ($(LAUNCHER),slurm)
 # $(call _abl_after,<run>,<steps it waits for>,<this step>)
 _abl_after = $(if $(2),DEPENDENCY=afterok:$$(cat $(foreach s,$(2),"$(call _abl_chain,$(1))/$(s).id") | paste -sd: -)) \
@@ -44,7 +46,7 @@ define _abl_nl
 endef
 # $(call _abl_run,<run folder name>,<EXP>,<extra pretraining arguments>): pretrain, linear, segmentation
 define _abl_run
-@mkdir -p "$(call _abl_chain,$(1))" && rm -f "$(call _abl_chain,$(1))"/*.id
+@$(if $(_abl_dry),echo 'mkdir -p "$(call _abl_chain,$(1))" && rm -f "$(call _abl_chain,$(1))"/*.id',mkdir -p "$(call _abl_chain,$(1))" && rm -f "$(call _abl_chain,$(1))"/*.id)
 +$(MAKE) --no-print-directory pretrain EXP=$(2) OUT="$(RUNS)/$(1)" ARGS="$(strip $(ARGS) $(3))" \
   $(call _abl_after,$(1),,pretrain)
 +$(MAKE) --no-print-directory eval-linear EXP=$(2) CKPT="$(RUNS)/$(1)/backbone.pth" OUT= ARGS="$(ABLATION_LINEAR_ARGS)" \

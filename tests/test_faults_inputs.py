@@ -689,6 +689,7 @@ def test_make_recipes_quote_every_path(target: str) -> None:
         words = shlex.split(re.sub(r"\$\([^()]*\)", "X", ln))  # the shell's command substitutions aside
         # a path is one word: an unquoted one would be cut at its space into "/tmp/a", "dir", "ü/..."
         assert not [w for w in words if w.endswith("/tmp/a") or w == "dir" or w.startswith("ü/")], ln
+    assert not Path(SPACED).exists(), f"make -n {target} wrote under {SPACED}"  # a dry run changes nothing
 
 
 def test_make_runs_a_stage_with_spaces_and_non_ascii_characters_in_its_paths(tmp_path: Path) -> None:
