@@ -29,13 +29,13 @@ import sys
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .errors import LewelError
 from .io import atomic_write_json
 from .paths import REPO_ROOT
+from .records import now_iso
 
 SCHEMA = 1
 #: where the committed records live (relative to the repository)
@@ -135,7 +135,7 @@ def write_record(out: str | Path, *, name: str, tool: str, command: str, tables:
     from .utils import git_commit
 
     rec = {"schema": SCHEMA, "name": name, "tool": tool, "command": command,
-           "date": date or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "date": date or now_iso(),
            "commit": commit or git_commit(REPO_ROOT), "machine": dict(machine_info or machine()), "device": device,
            "source": source, "note": note, "summary": summary, "settings": dict(settings or {}),
            "tables": [t.as_dict() if isinstance(t, Table) else dict(t) for t in tables]}
@@ -147,13 +147,24 @@ def write_record(out: str | Path, *, name: str, tool: str, command: str, tables:
     return path
 
 
-def record_from_args(args, *, tool: str, argv: Sequence[str] | None, tables: Iterable[Table], device: str = "cpu",
+def device_label(device: Any) -> str:
+    """A record's ``device``: the GPU's name for a CUDA device (a ``torch.device``), else ``"cpu"``."""
+    if getattr(device, "type", device) != "cuda":
+        return "cpu"
+    import torch
+
+    return torch.cuda.get_device_name(device)
+
+
+def record_from_args(args, *, tool: str, argv: Sequence[str] | None, tables: Iterable[Table], device: Any = "cpu",
                      settings: Mapping[str, Any] | None = None, summary: str | None = None) -> Path | None:
-    """The record of a benchmark tool's run when ``--bench-record`` was given (printed); else nothing."""
+    """The record of a benchmark tool's run when ``--bench-record`` was given (printed); else nothing. ``device``:
+    the ``torch.device`` the tool measured on (:func:`device_label`)."""
     if not getattr(args, "bench_record", None):
         return None
     path = write_record(args.bench_record, name=args.bench_name or tool.rsplit(".", 1)[-1], tool=tool,
-                        command=command_line(tool, argv), tables=tables, device=device, note=args.bench_note,
+                        command=command_line(tool, argv), tables=tables, device=device_label(device),
+                        note=args.bench_note,
                         settings=settings, summary=summary)
     print(f"benchmark record: {path}", flush=True)
     return path

@@ -53,10 +53,11 @@ class RecordError(LewelError, ValueError):
     """A record file is malformed; the message names the file and the problem."""
 
 
-def default_records_dir() -> Path:
-    """``$LEWEL_RESULTS_DIR/records`` if set, else ``<repo>/results/records``."""
+def default_records_dir(repo: Path = REPO_ROOT) -> Path:
+    """``$LEWEL_RESULTS_DIR/records`` if set, else ``<repo>/results/records`` (``repo``: this checkout, or another
+    one, e.g. a fresh clone a command runs in)."""
     root = os.environ.get("LEWEL_RESULTS_DIR")
-    return Path(root) / "records" if root else REPO_ROOT / "results" / "records"
+    return Path(root) / "records" if root else Path(repo) / "results" / "records"
 
 
 def now_iso() -> str:

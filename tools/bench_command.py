@@ -28,6 +28,7 @@ from pathlib import Path
 from lewel_bench import benchmarks as B
 from lewel_bench.args import COUNT, ArgumentParser, PathArg
 from lewel_bench.errors import LewelError
+from lewel_bench.records import default_records_dir
 from lewel_bench.stage import cli_entry
 from lewel_bench.utils import REPO_ROOT
 
@@ -42,11 +43,6 @@ def duration(seconds: float) -> str:
         return f"{seconds:.1f} s"
     m, s = divmod(round(seconds), 60)
     return f"{m // 60}h{m % 60:02d}m{s:02d}s" if m >= 60 else f"{m}m{s:02d}s"
-
-
-def records_dir(cwd: Path) -> Path:
-    root = os.environ.get("LEWEL_RESULTS_DIR")
-    return Path(root) / "records" if root else cwd / "results" / "records"
 
 
 def _metrics(m: dict) -> str:
@@ -108,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.clone:
             cwd = Path(tmp) / "clone"
             subprocess.run(["git", "clone", "--quiet", str(REPO_ROOT), str(cwd)], check=True)
-        rec_dir = records_dir(cwd)
+        rec_dir = default_records_dir(cwd)
         before = set(rec_dir.glob("*.json")) if rec_dir.is_dir() else set()
         status, secs, last = run(args.command, cwd, args.tail)
         new = sorted(set(rec_dir.glob("*.json")) - before) if rec_dir.is_dir() else []

@@ -208,8 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     if rat:
         tables.append(Table("ratios", ["ratio", "aug.batched", "time per image", "paper (Table 9)"],
                             [[r["ratio"], str(r["batched"]).lower(), r["time"], r["paper"]] for r in rat]))
-    record_from_args(args, tool="tools.bench_e2e", argv=argv, tables=tables,
-                     device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+    record_from_args(args, tool="tools.bench_e2e", argv=argv, tables=tables, device=device)
     if args.json:
         atomic_write_json(args.json, {"setup": {"device": name, "arch": args.arch, "size": args.size,
                                                 "batch": args.batch, "iters": args.iters}, "rows": rows, "ratios": rat})

@@ -141,9 +141,7 @@ def main(argv: list[str] | None = None) -> None:
                               torch.device(args.device), finish=mode != "batched-workers")
                 print(f"| {mode} | {w} | {ips:.0f} | {ips / max(w, 1):.0f} |", flush=True)
                 rows.append([mode, w, f"{ips:.0f}", f"{ips / max(w, 1):.0f}"])
-    device = torch.device(args.device)
-    record_from_args(args, tool="tools.bench_loader", argv=argv,
-                     device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    record_from_args(args, tool="tools.bench_loader", argv=argv, device=torch.device(args.device),
                      tables=[Table(f"loader of {args.aug}'s views, {args.size} px, batch {args.batch}, "
                                    f"{'synthetic ImageNet-sized JPEGs' if args.data is None else 'a data root'}",
                                    ["mode", "workers", "images/s", "images/s per worker"], rows)])

@@ -24,10 +24,11 @@ LEWEL_M / MoCo v2 <= 1.05 on a GPU (the head's FLOP shares at 224 px are +27 % a
 and 1.007 are epoch times of a whole node, loader included), at or below their FLOP floor on a CPU; BYOL /
 supervised <= 2.8; CGH / MoCo v2 <= 1.24 and CGH / supervised 2.01 (the CGH supplement's Table 3 on 2 A100);
 MCL / BYOL <= 1.35 (the MCL appendix states 1.3125 x the online cost of standard training). A fixed
-target below the FLOP ratio of the backbone and size benchmarked is judged against that ratio (the table says so). ``--external`` adds public implementations timed in the same rounds
-(:mod:`tools.bench_external`: lightly's BYOL and MoCo v2, the official LEWEL_B code), each with the target
-ours / theirs <= 0.9, each in its own memory format (NCHW: none of them converts; ``--external-channels-last
-same`` gives them ours). The default batch (16) is a multiple of 16, as MCL's B/16 level needs.
+target below the FLOP ratio of the backbone and size benchmarked is judged against that ratio (the table says
+so). ``--external`` adds public implementations timed in the same rounds (:mod:`tools.bench_external`:
+lightly's BYOL and MoCo v2, the official LEWEL_B code), each with the target ours / theirs <= 0.9, each in its
+own memory format (NCHW: none of them converts; ``--external-channels-last same`` gives them ours). The
+default batch (16) is a multiple of 16, as MCL's B/16 level needs.
 A method is timed with the overrides its config declares (``paper.cost.overrides``): CGH after its loss warm-up
 (``model.loss_warmup_epochs=0``: the step of 195 of its 200 epochs; the warm-up's InfoNCE reuses the queue
 products and adds no further one).
@@ -157,7 +158,6 @@ def make_steps(arch: str, size: int, batch: int, device: torch.device, channels_
 
         steps[name] = step
     return steps, configs
-
 
 
 def ratio_limit(target: str | float, floor: float, scaled: bool = True) -> tuple[float, str]:
@@ -345,8 +345,8 @@ def main(argv: list[str] | None = None) -> None:
     setup = (f"{args.arch}, {args.size} px, batch {args.batch}, {args.threads} thread(s), "
              f"{'AMP fp16' if amp else 'fp32'}{', channels_last' if channels_last else ''}, {args.reps} interleaved "
              f"rounds of {args.steps} step(s), median")
-    record_from_args(args, tool="tools.bench_pretrain", argv=argv, device=torch.cuda.get_device_name(device) if cuda
-                     else "cpu", settings={"setup": setup}, tables=[
+    record_from_args(args, tool="tools.bench_pretrain", argv=argv, device=device, settings={"setup": setup},
+                     tables=[
                          Table(f"step time per method ({setup}; px: pixels entering the trunk per step / "
                                f"(batch x size^2))", ["method", "step (s, median)", "images/s", "GFLOP/step",
                                                       "time / supervised", "FLOPs / supervised", "online px",
