@@ -74,7 +74,7 @@ def register_extra_norm_head() -> None:
 
     if "Res5ROIHeadsExtraNorm" not in ROI_HEADS_REGISTRY:
         @ROI_HEADS_REGISTRY.register()
-        class Res5ROIHeadsExtraNorm(Res5ROIHeads):
+        class Res5ROIHeadsExtraNorm(Res5ROIHeads):  # registered by name (MODEL.ROI_HEADS.NAME)
             """Res5ROIHeads + a norm layer after res5 (MoCo's detection transfer)."""
 
             def __init__(self, cfg, input_shape):
@@ -133,10 +133,10 @@ def _trainer_cls() -> Any:
                 return PascalVOCDetectionEvaluator(dataset_name)
             return COCOEvaluator(dataset_name, output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference"))
 
-        def build_writers(self):
+        def build_writers(self):  # no TensorBoard writer: tensorboard is not a dependency
             return [CommonMetricPrinter(self.max_iter), JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.jsonl"))]
 
-        def build_hooks(self):
+        def build_hooks(self):  # the writers every solver.log_period iterations (LEWEL.LOG_PERIOD)
             from detectron2.engine import hooks
 
             out = super().build_hooks()
